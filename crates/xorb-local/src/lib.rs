@@ -1,0 +1,69 @@
+//! The `local` target: the whole XORB stack on one machine, with private PostgreSQL, Redis, NATS and Prometheus
+//! servers on 127.0.0.1 that we start ourselves under a state directory.
+
+pub mod process;
+pub mod servers;
+pub mod stack;
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("could not start {what}: {why}")]
+    Start { what: String, why: String },
+    #[error("database: {what}: {source}")]
+    Db {
+        what: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("NATS: {what}: {why}")]
+    Nats { what: String, why: String },
+    #[error("{0}")]
+    Config(String),
+    #[error("no stack in {0}: run `xorbctl stack up --release RELEASE` first")]
+    NoStack(PathBuf),
+    #[error(
+        "the stack in {dir} already runs {running}; `xorbctl stack down` first to start {wanted}"
+    )]
+    OtherReleaseRunning {
+        dir: PathBuf,
+        running: String,
+        wanted: String,
+    },
+    #[error("alembic {what} failed: {why}")]
+    Alembic { what: String, why: String },
+    #[error("{service} did not become healthy within {secs} s: {why}")]
+    Unhealthy {
+        service: String,
+        secs: u64,
+        why: String,
+    },
+    #[error(transparent)]
+    Release(#[from] xorb_model::release::ReleaseError),
+}
+
+impl LocalError {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            what: what.into(),
+            source,
+        }
+    }
+    pub fn db(what: impl Into<String>, source: tokio_postgres::Error) -> Self {
+        Self::Db {
+            what: what.into(),
+            source,
+        }
+    }
+    pub fn nats(what: impl Into<String>, e: impl std::fmt::Display) -> Self {
+        Self::Nats {
+            what: what.into(),
+            why: e.to_string(),
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! The private servers of a local stack: PostgreSQL, Redis, NATS (JetStream) and Prometheus, on 127.0.0.1.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use xorb_model::release::{Release, Retention, Storage, StreamDef};
+
+use crate::LocalError;
+use crate::process::{ProcRecord, free_port, poll_until, spawn_detached};
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Server {
+    pub port: u16,
+    pub proc: ProcRecord,
+    pub log: PathBuf,
+}
+
+/// PostgreSQL refuses to run as root: when we are root we run it as the `postgres` system user.
+fn postgres_user() -> Option<(u32, u32)> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let user = nix::unistd::User::from_name("postgres").ok().flatten()?;
+    Some((user.uid.as_raw(), user.gid.as_raw()))
+}
+
+fn as_postgres(mut cmd: Command) -> Command {
+    use std::os::unix::process::CommandExt;
+    if let Some((uid, gid)) = postgres_user() {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+fn chown_to_postgres(path: &Path) -> Result<(), LocalError> {
+    if let Some((uid, gid)) = postgres_user() {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .map_err(|e| LocalError::io(format!("cannot chown {}", path.display()), e))?;
+    }
+    Ok(())
+}
+
+pub fn mkdir(path: &Path, mode: u32) -> Result<(), LocalError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path)
+        .map_err(|e| LocalError::io(format!("cannot create {}", path.display()), e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| LocalError::io(format!("cannot set mode of {}", path.display()), e))
+}
+
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), LocalError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| LocalError::io(format!("cannot write {}", path.display()), e))?;
+    f.write_all(contents)
+        .map_err(|e| LocalError::io(format!("cannot write {}", path.display()), e))
+}
+
+pub fn write_file(path: &Path, contents: &str) -> Result<(), LocalError> {
+    std::fs::write(path, contents)
+        .map_err(|e| LocalError::io(format!("cannot write {}", path.display()), e))
+}
+
+/// Connection parameters of the stack's database (the password is a secret: never print a URL from here).
+#[derive(Debug, Clone)]
+pub struct PgConn {
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub dbname: String,
+}
+
+impl PgConn {
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://{}:{}@127.0.0.1:{}/{}",
+            self.user, self.password, self.port, self.dbname
+        )
+    }
+
+    pub fn config(&self) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host("127.0.0.1")
+            .port(self.port)
+            .user(&self.user)
+            .password(&self.password)
+            .dbname(&self.dbname)
+            .connect_timeout(Duration::from_secs(5));
+        c
+    }
+
+    pub fn with_db(&self, dbname: &str) -> Self {
+        Self {
+            dbname: dbname.to_string(),
+            ..self.clone()
+        }
+    }
+
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) = self.config().connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+}
+
+/// Initialises (first time only) and starts PostgreSQL under `dir`, then makes sure the `xorb` database exists.
+pub async fn start_postgres(dir: &Path, password: &str) -> Result<Server, LocalError> {
+    mkdir(dir, 0o700)?;
+    chown_to_postgres(dir)?;
+    let data = dir.join("data");
+    if !data.join("PG_VERSION").exists() {
+        let pwfile = dir.join("initdb.pw");
+        write_private(&pwfile, password.as_bytes())?;
+        chown_to_postgres(&pwfile)?;
+        let mut cmd = Command::new(format!("{PG_BIN}/initdb"));
+        cmd.arg("-D").arg(&data).args([
+            "-U",
+            "xorb",
+            "-A",
+            "scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
+        cmd.arg(format!("--pwfile={}", pwfile.display()));
+        let out = as_postgres(cmd)
+            .output()
+            .map_err(|e| LocalError::io("cannot run initdb", e))?;
+        let _ = std::fs::remove_file(&pwfile);
+        if !out.status.success() {
+            return Err(LocalError::Start {
+                what: "PostgreSQL (initdb)".into(),
+                why: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+    }
+    let port = free_port()?;
+    let log = dir.join("postgres.log");
+    let mut cmd = Command::new(format!("{PG_BIN}/postgres"));
+    cmd.arg("-D").arg(&data).arg("-p").arg(port.to_string());
+    cmd.args(["-c", "listen_addresses=127.0.0.1"]);
+    cmd.arg("-c")
+        .arg(format!("unix_socket_directories={}", dir.display()));
+    cmd.args(["-c", "max_connections=200", "-c", "fsync=on"]);
+    // The log file must be writable by the server's user.
+    write_file(&log, "")?;
+    chown_to_postgres(&log)?;
+    let proc = spawn_detached(as_postgres(cmd), &log)?;
+    let conn = PgConn {
+        port,
+        user: "xorb".into(),
+        password: password.into(),
+        dbname: "postgres".into(),
+    };
+    let ready = poll_until(START_TIMEOUT, || async {
+        if !proc.is_alive() {
+            return Some(false);
+        }
+        conn.connect().await.ok().map(|_| true)
+    })
+    .await;
+    if ready != Some(true) {
+        proc.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
+        return Err(LocalError::Start {
+            what: "PostgreSQL".into(),
+            why: format!("not ready; see {}", log.display()),
+        });
+    }
+    let client = conn
+        .connect()
+        .await
+        .map_err(|e| LocalError::db("connect", e))?;
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = 'xorb'", &[])
+        .await
+        .map_err(|e| LocalError::db("look up database xorb", e))?
+        .is_some();
+    if !exists {
+        client
+            .batch_execute("CREATE DATABASE xorb")
+            .await
+            .map_err(|e| LocalError::db("create database xorb", e))?;
+    }
+    Ok(Server { port, proc, log })
+}
+
+/// Starts Redis with the release's settings, bound to 127.0.0.1, password from a private config file.
+pub async fn start_redis(
+    dir: &Path,
+    release: &Release,
+    password: &str,
+) -> Result<Server, LocalError> {
+    mkdir(dir, 0o700)?;
+    let port = free_port()?;
+    let release_conf = dir.join("release.conf");
+    std::fs::copy(release.path(&release.manifest.redis.config), &release_conf)
+        .map_err(|e| LocalError::io("cannot copy the release's redis.conf", e))?;
+    let conf = dir.join("redis.conf");
+    let text = format!(
+        "include {}\nbind 127.0.0.1\nport {port}\ndir {}\ndbfilename dump.rdb\ndaemonize no\nprotected-mode yes\nrequirepass {password}\n",
+        release_conf.display(),
+        dir.display()
+    );
+    write_private(&conf, text.as_bytes())?;
+    let log = dir.join("redis.log");
+    let mut cmd = Command::new("redis-server");
+    cmd.arg(&conf);
+    let proc = spawn_detached(cmd, &log)?;
+    let url = format!("redis://:{password}@127.0.0.1:{port}/0");
+    let ready = poll_until(START_TIMEOUT, || async {
+        if !proc.is_alive() {
+            return Some(false);
+        }
+        redis_ping(&url).await.then_some(true)
+    })
+    .await;
+    if ready != Some(true) {
+        proc.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
+        return Err(LocalError::Start {
+            what: "Redis".into(),
+            why: format!("not ready; see {}", log.display()),
+        });
+    }
+    Ok(Server { port, proc, log })
+}
+
+pub async fn redis_ping(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    let Ok(mut con) = client.get_multiplexed_async_connection().await else {
+        return false;
+    };
+    redis::cmd("PING")
+        .query_async::<String>(&mut con)
+        .await
+        .is_ok()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NatsServer {
+    #[serde(flatten)]
+    pub server: Server,
+    pub monitor_port: u16,
+}
+
+pub async fn start_nats(dir: &Path) -> Result<NatsServer, LocalError> {
+    mkdir(dir, 0o700)?;
+    let port = free_port()?;
+    let monitor_port = free_port()?;
+    let conf = dir.join("nats.conf");
+    let text = format!(
+        "server_name: xorb-local\nlisten: \"127.0.0.1:{port}\"\nhttp: \"127.0.0.1:{monitor_port}\"\njetstream {{\n  store_dir: \"{}\"\n}}\n",
+        dir.join("jetstream").display()
+    );
+    write_file(&conf, &text)?;
+    let log = dir.join("nats.log");
+    let mut cmd = Command::new("nats-server");
+    cmd.arg("-c").arg(&conf);
+    let proc = spawn_detached(cmd, &log)?;
+    let url = format!("http://127.0.0.1:{monitor_port}/healthz?js-enabled=true");
+    let http = reqwest::Client::new();
+    let ready = poll_until(START_TIMEOUT, || async {
+        if !proc.is_alive() {
+            return Some(false);
+        }
+        let r = http.get(&url).send().await.ok()?;
+        r.status().is_success().then_some(true)
+    })
+    .await;
+    if ready != Some(true) {
+        proc.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
+        return Err(LocalError::Start {
+            what: "NATS".into(),
+            why: format!("not ready; see {}", log.display()),
+        });
+    }
+    Ok(NatsServer {
+        server: Server { port, proc, log },
+        monitor_port,
+    })
+}
+
+pub fn stream_config(def: &StreamDef) -> async_nats::jetstream::stream::Config {
+    use async_nats::jetstream::stream::{Config, RetentionPolicy, StorageType};
+    Config {
+        name: def.name.clone(),
+        description: def.description.clone(),
+        subjects: def.subjects.clone(),
+        retention: match def.retention {
+            Retention::Limits => RetentionPolicy::Limits,
+            Retention::Interest => RetentionPolicy::Interest,
+            Retention::Workqueue => RetentionPolicy::WorkQueue,
+        },
+        storage: match def.storage {
+            Storage::File => StorageType::File,
+            Storage::Memory => StorageType::Memory,
+        },
+        max_age: Duration::from_secs(def.max_age_secs),
+        max_messages: def.max_msgs,
+        max_bytes: def.max_bytes,
+        num_replicas: def.replicas as usize,
+        ..Default::default()
+    }
+}
+
+/// Creates every stream the release defines that does not exist yet. Returns the names created.
+pub async fn ensure_streams(nats_url: &str, defs: &[StreamDef]) -> Result<Vec<String>, LocalError> {
+    let client = async_nats::connect(nats_url)
+        .await
+        .map_err(|e| LocalError::nats("connect", e))?;
+    let js = async_nats::jetstream::new(client);
+    let mut created = Vec::new();
+    for def in defs {
+        if js.get_stream(&def.name).await.is_ok() {
+            continue;
+        }
+        js.create_stream(stream_config(def))
+            .await
+            .map_err(|e| LocalError::nats(format!("create stream {}", def.name), e))?;
+        created.push(def.name.clone());
+    }
+    Ok(created)
+}
+
+pub async fn list_streams(nats_url: &str) -> Result<Vec<String>, LocalError> {
+    use futures::TryStreamExt;
+    let client = async_nats::connect(nats_url)
+        .await
+        .map_err(|e| LocalError::nats("connect", e))?;
+    let js = async_nats::jetstream::new(client);
+    let mut names: Vec<String> = js
+        .stream_names()
+        .try_collect()
+        .await
+        .map_err(|e| LocalError::nats("list streams", e))?;
+    names.sort();
+    Ok(names)
+}
+
+/// Writes the local Prometheus configuration from the release's: each scrape job's targets become the local port
+/// of the service of the same name (`xorb-api` → api); jobs of services the stack does not run are dropped, and so
+/// is `alerting` (no Alertmanager runs locally, and its k8s host name must never be resolved from here).
+/// JSON is valid YAML, so we write JSON.
+pub fn local_prometheus_config(
+    release: &Release,
+    dir: &Path,
+    service_ports: &std::collections::BTreeMap<String, u16>,
+) -> Result<PathBuf, LocalError> {
+    let src = release.path(&release.manifest.monitoring.prometheus);
+    let text = std::fs::read_to_string(&src)
+        .map_err(|e| LocalError::io(format!("cannot read {}", src.display()), e))?;
+    let mut cfg: serde_json::Value = serde_saphyr::from_str(&text)
+        .map_err(|e| LocalError::Config(format!("{} is not valid YAML: {e}", src.display())))?;
+    let obj = cfg
+        .as_object_mut()
+        .ok_or_else(|| LocalError::Config(format!("{} is not a mapping", src.display())))?;
+    obj.remove("alerting");
+    let mut rule_files = Vec::new();
+    for rule in &release.manifest.monitoring.rules {
+        let name = rule
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dest = dir.join(&name);
+        std::fs::copy(release.path(rule), &dest)
+            .map_err(|e| LocalError::io("cannot copy alert rules", e))?;
+        rule_files.push(serde_json::Value::String(dest.display().to_string()));
+    }
+    obj.insert("rule_files".into(), serde_json::Value::Array(rule_files));
+    if let Some(jobs) = obj.get_mut("scrape_configs").and_then(|v| v.as_array_mut()) {
+        jobs.retain_mut(|job| {
+            let name = job
+                .get("job_name")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default();
+            let Some(port) = name
+                .strip_prefix("xorb-")
+                .and_then(|svc| service_ports.get(svc))
+            else {
+                return false;
+            };
+            job["static_configs"] =
+                serde_json::json!([{ "targets": [format!("127.0.0.1:{port}")] }]);
+            true
+        });
+    }
+    let out = dir.join("prometheus.yml");
+    write_file(
+        &out,
+        &serde_json::to_string_pretty(&cfg).unwrap_or_default(),
+    )?;
+    Ok(out)
+}
+
+pub async fn start_prometheus(dir: &Path, config: &Path) -> Result<Server, LocalError> {
+    mkdir(dir, 0o700)?;
+    let port = free_port()?;
+    let log = dir.join("prometheus.log");
+    let mut cmd = Command::new("prometheus");
+    cmd.arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--web.enable-lifecycle");
+    let proc = spawn_detached(cmd, &log)?;
+    let url = format!("http://127.0.0.1:{port}/-/ready");
+    let http = reqwest::Client::new();
+    let ready = poll_until(START_TIMEOUT, || async {
+        if !proc.is_alive() {
+            return Some(false);
+        }
+        let r = http.get(&url).send().await.ok()?;
+        r.status().is_success().then_some(true)
+    })
+    .await;
+    if ready != Some(true) {
+        proc.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
+        return Err(LocalError::Start {
+            what: "Prometheus".into(),
+            why: format!("not ready; see {}", log.display()),
+        });
+    }
+    Ok(Server { port, proc, log })
+}

@@ -1,0 +1,285 @@
+//! Command-line definitions and dispatch.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use xorb_local::stack::{self, Paths};
+
+use crate::output::{Format, Reporter};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "xorbctl",
+    version,
+    about = "Roll XORB releases back, phase by phase, without losing data"
+)]
+pub struct Cli {
+    /// Where the local stack keeps its servers, data, secrets and runs.
+    #[arg(long, global = true, env = "XORB_STATE_DIR", default_value = ".xorb")]
+    pub state_dir: PathBuf,
+    /// The directory of release directories (default: `releases/` of the project).
+    #[arg(long, global = true, env = "XORB_RELEASES")]
+    pub releases: Option<PathBuf>,
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start or stop the local stack.
+    Stack {
+        #[command(subcommand)]
+        action: StackCmd,
+    },
+    /// Each service's release and health, the schema revision, streams, Redis databases, Prometheus targets.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StackCmd {
+    /// Start PostgreSQL, Redis, NATS and Prometheus on loopback, migrate, create streams, start the services.
+    Up {
+        #[arg(long)]
+        release: String,
+        /// Create tenants, sessions with findings and (rc1) evidence.
+        #[arg(long)]
+        demo_data: bool,
+    },
+    /// Stop exactly the processes `stack up` started. Data stays in the state directory.
+    Down,
+}
+
+/// The project's directory: the nearest ancestor of the working directory or of this binary holding `releases/`.
+fn project_root() -> Option<PathBuf> {
+    let from_cwd = std::env::current_dir().ok();
+    let from_exe = std::env::current_exe().ok();
+    [from_cwd, from_exe]
+        .into_iter()
+        .flatten()
+        .find_map(|start| {
+            start
+                .ancestors()
+                .find(|d| d.join("releases").is_dir() && d.join("migrations").is_dir())
+                .map(Path::to_path_buf)
+        })
+}
+
+pub fn paths(cli: &Cli) -> anyhow::Result<Paths> {
+    let root = project_root();
+    let releases_root = match (&cli.releases, &root) {
+        (Some(r), _) => r.clone(),
+        (None, Some(root)) => root.join("releases"),
+        (None, None) => {
+            return Err(UsageError(
+                "cannot find the releases directory: pass --releases DIR or set XORB_RELEASES"
+                    .into(),
+            )
+            .into());
+        }
+    };
+    let venv = std::env::var_os("XORB_VENV")
+        .map(PathBuf::from)
+        .or_else(|| root.as_ref().map(|r| r.join(".venv")))
+        .unwrap_or_else(|| PathBuf::from(".venv"));
+    let svc_bin = std::env::var_os("XORB_SVC_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(|p| p.join("xorb-svc")))
+                .unwrap_or_else(|| "xorb-svc".into())
+        });
+    Ok(Paths {
+        releases_root,
+        venv,
+        svc_bin,
+    })
+}
+
+pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
+    let state_dir = cli.state_dir.clone();
+    match &cli.command {
+        Command::Stack {
+            action: StackCmd::Up { release, demo_data },
+        } => {
+            let paths = paths(&cli)?;
+            out.line(format!(
+                "Starting the local stack at {} on release {release}…",
+                state_dir.display()
+            ));
+            let report = stack::up(&paths, &state_dir, release, *demo_data)
+                .await
+                .with_context(|| format!("stack up --release {release} failed"))?;
+            out.result(&report, |r| {
+                let mut s = String::new();
+                if r.already_running {
+                    let _ = writeln!(
+                        s,
+                        "The stack already runs {} and every process is alive: nothing to do.",
+                        r.release
+                    );
+                } else if !r.restarted.is_empty() {
+                    let _ = writeln!(
+                        s,
+                        "Found a half-gone stack ({} had stopped): restarted it with its data.",
+                        r.restarted.join(", ")
+                    );
+                }
+                let _ = writeln!(
+                    s,
+                    "Stack up: {} (state in {}).",
+                    r.release,
+                    state_dir.display()
+                );
+                if let Some(d) = &r.demo {
+                    let _ = writeln!(
+                        s,
+                        "Demo data: tenants {}, {} sessions completed, {} findings{}.",
+                        d.tenants.join(", "),
+                        d.sessions_completed,
+                        d.findings,
+                        d.evidence
+                            .map(|e| format!(", {e} evidence records"))
+                            .unwrap_or_default()
+                    );
+                }
+                s
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stack {
+            action: StackCmd::Down,
+        } => {
+            let entries = match stack::down(&state_dir).await {
+                Ok(e) => e,
+                Err(xorb_local::LocalError::NoStack(_)) => {
+                    out.line(format!(
+                        "No stack recorded in {}: nothing to stop.",
+                        state_dir.display()
+                    ));
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(e) => return Err(e.into()),
+            };
+            out.result(&entries, |entries| {
+                let mut s = String::new();
+                for e in entries {
+                    let what = match e.result {
+                        xorb_local::process::StopResult::Stopped => "stopped",
+                        xorb_local::process::StopResult::Killed => "did not stop in time: killed",
+                        xorb_local::process::StopResult::AlreadyGone => "was already gone",
+                        xorb_local::process::StopResult::PidReused => {
+                            "pid now belongs to another process: left alone"
+                        }
+                    };
+                    let _ = writeln!(s, "{:<14} pid {:<8} {what}", e.name, e.pid);
+                }
+                s
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status => {
+            let st = stack::status(&state_dir).await?;
+            out.result(&st, render_status);
+            let all_ok =
+                st.services.iter().all(|s| s.healthy) && st.servers.values().all(|s| s.running);
+            Ok(if all_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(5)
+            })
+        }
+    }
+}
+
+fn render_status(st: &stack::StackStatus) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Stack: {}   release {}   schema {}",
+        st.state_dir.display(),
+        st.release,
+        st.schema_revision.as_deref().unwrap_or("none")
+    );
+    let _ = writeln!(
+        s,
+        "{:<14} {:<34} {:<18} {:<7} {}",
+        "SERVICE", "IMAGE", "REPORTS", "PORT", "HEALTH"
+    );
+    for svc in &st.services {
+        let health = if !svc.running {
+            "not running"
+        } else if svc.healthy {
+            "healthy"
+        } else {
+            "UNHEALTHY"
+        };
+        let _ = writeln!(
+            s,
+            "{:<14} {:<34} {:<18} {:<7} {health}",
+            svc.name,
+            svc.image,
+            svc.reported_release.as_deref().unwrap_or("-"),
+            svc.port
+        );
+    }
+    for (name, srv) in &st.servers {
+        let _ = writeln!(
+            s,
+            "{name:<14} port {:<6} {}",
+            srv.port,
+            if srv.running {
+                "running"
+            } else {
+                "NOT RUNNING"
+            }
+        );
+    }
+    let _ = writeln!(
+        s,
+        "Streams: {}",
+        if st.streams.is_empty() {
+            "none".into()
+        } else {
+            st.streams.join(", ")
+        }
+    );
+    let dbs: Vec<String> = st
+        .redis_databases
+        .iter()
+        .map(|(db, n)| format!("db{db} ({n} keys)"))
+        .collect();
+    let _ = writeln!(
+        s,
+        "Redis databases in use: {}",
+        if dbs.is_empty() {
+            "none".into()
+        } else {
+            dbs.join(", ")
+        }
+    );
+    let targets: Vec<String> = st
+        .prometheus_targets
+        .iter()
+        .map(|t| format!("{} {}", t.job, t.health))
+        .collect();
+    let _ = writeln!(
+        s,
+        "Prometheus targets: {}",
+        if targets.is_empty() {
+            "none".into()
+        } else {
+            targets.join(", ")
+        }
+    );
+    s
+}
