@@ -1,0 +1,7 @@
+//! One integration test binary with a shared context (like uv's `tests/it`): real servers, real Alembic, real
+//! tools. Stacks are private (temporary state directories, loopback, free ports) and stopped by a watchdog when
+//! this process ends, whatever way it ends.
+
+mod common;
+mod platform;
+mod releases;
