@@ -110,7 +110,7 @@ impl Secrets {
         Self::load_or_create(state_dir)
     }
 
-    fn save_tenants(&self, state_dir: &Path) -> Result<(), LocalError> {
+    pub fn save_tenants(&self, state_dir: &Path) -> Result<(), LocalError> {
         let text = serde_json::to_string_pretty(&self.tenant_tokens).unwrap_or_default();
         write_private(&Self::dir(state_dir).join("tenants.json"), text.as_bytes())
     }

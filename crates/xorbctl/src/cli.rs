@@ -42,6 +42,65 @@ pub enum Command {
     },
     /// Each service's release and health, the schema revision, streams, Redis databases, Prometheus targets.
     Status,
+    /// Show the rollback plan, with the live diff of every step. Changes nothing.
+    Plan(PlanArgs),
+    /// Roll the live stack back, step by step, with a durable journal.
+    Rollback {
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Continue a run that crashed, was killed, failed or waits for a confirmation.
+    Resume {
+        /// A run id, a unique prefix of one, or `latest`.
+        run: String,
+        /// Re-run this step that cannot be proven safe to repeat (after checking the live state).
+        #[arg(long = "confirm", value_name = "STEP")]
+        confirm: Vec<String>,
+        /// Record this step as done (after checking it is).
+        #[arg(long = "mark-done", value_name = "STEP")]
+        mark_done: Vec<String>,
+    },
+    /// Give a run up: it cannot be resumed afterwards.
+    Abort {
+        run: String,
+        #[arg(long, default_value = "operator")]
+        by: String,
+    },
+    /// The runs of this state directory, most recent first.
+    Runs,
+    /// One run: its plan, every step's state and the events.
+    Show { run: String },
+    /// The run's report.
+    Report {
+        run: String,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+        format: ReportFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Md,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// The release the live stack runs now.
+    #[arg(long)]
+    pub from: String,
+    /// The release to roll back to.
+    #[arg(long)]
+    pub to: String,
+    /// Roll back only part of the stack: api, services, config, database, infrastructure.
+    #[arg(long)]
+    pub only: Option<String>,
+    /// A runbook policy file instead of the embedded runbooks/rollback.toml.
+    #[arg(long)]
+    pub runbook: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,6 +244,124 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
                 }
                 s
             });
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan(a) => {
+            let (plan, _) = crate::rollback::compute_plan(
+                &cli,
+                &a.from,
+                &a.to,
+                a.only.as_deref(),
+                a.runbook.as_deref(),
+            )?;
+            out.result(&plan, crate::rollback::render_plan);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rollback { plan: a, yes } => {
+            crate::rollback::rollback(
+                &cli,
+                out,
+                &a.from,
+                &a.to,
+                a.only.as_deref(),
+                a.runbook.as_ref(),
+                *yes,
+            )
+            .await
+        }
+        Command::Resume {
+            run,
+            confirm,
+            mark_done,
+        } => crate::rollback::resume(&cli, out, run, confirm, mark_done).await,
+        Command::Abort { run, by } => {
+            let r = xorb_engine::abort_run(&state_dir, run, by)?;
+            out.result(&r, |r| {
+                if r.aborted {
+                    format!(
+                        "Run {} aborted by {by}.{}\n",
+                        r.run_id,
+                        r.running_pid
+                            .map(|p| format!(" Process {p} stops before its next step."))
+                            .unwrap_or_default()
+                    )
+                } else {
+                    format!("Run {} was not aborted: it is {}.\n", r.run_id, r.status)
+                }
+            });
+            Ok(if r.aborted {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
+        }
+        Command::Runs => {
+            let runs = if state_dir.join("journal.sqlite").exists() {
+                xorb_engine::list_runs(&state_dir)?
+            } else {
+                vec![]
+            };
+            out.result(&runs, |runs| {
+                let mut s = String::new();
+                if runs.is_empty() {
+                    s.push_str("No runs yet.\n");
+                }
+                for r in runs {
+                    let note = if r.active {
+                        " (running now)"
+                    } else if r.interrupted {
+                        " (interrupted: resume it)"
+                    } else {
+                        ""
+                    };
+                    let _ = writeln!(
+                        s,
+                        "{}  {} → {}  {}{note}",
+                        r.run.id, r.run.from, r.run.to, r.run.status
+                    );
+                }
+                s
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show { run } => {
+            let rec = xorb_engine::load_run(&state_dir, run)?;
+            out.result(&rec, |r| {
+                let mut s = format!(
+                    "Run {}: {} → {}  {}\n",
+                    r.id, r.plan.from, r.plan.to, r.status
+                );
+                for st in &r.steps {
+                    let _ = writeln!(
+                        s,
+                        "  {:<22} {:<12} attempts {}  {}",
+                        st.spec.id,
+                        st.state.as_str(),
+                        st.attempts,
+                        st.outcome
+                            .as_ref()
+                            .map(|o| o.to_string())
+                            .unwrap_or_default()
+                    );
+                }
+                let _ = writeln!(
+                    s,
+                    "Next: {}",
+                    xorb_engine::next_action(&r.id, &r.plan, &r.status)
+                );
+                s
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report { run, format } => {
+            let rec = xorb_engine::load_run(&state_dir, run)?;
+            match format {
+                ReportFormat::Md => print!("{}", xorb_report::render_markdown(&rec)),
+                ReportFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&xorb_report::render_json(&rec))?
+                ),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Status => {

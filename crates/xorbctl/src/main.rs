@@ -3,6 +3,7 @@
 
 mod cli;
 mod output;
+mod rollback;
 
 use std::process::ExitCode;
 

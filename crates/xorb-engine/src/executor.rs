@@ -1,0 +1,579 @@
+//! The executor: runs a plan step by step with the journal's intent/outcome protocol, per-step timeouts, retries,
+//! emergency procedures, and resumes a run that stopped.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use xorb_model::plan::{FailurePolicy, Plan, PlanError, RunStatus, Safety, StepOutcome, StepSpec};
+
+use crate::events::{Confirmation, Event, EventRecord, EventSink};
+use crate::journal::{Journal, JournalError, RunRecord, StepState};
+use crate::lock::{LOCK_FILE, LockError, RollbackLock};
+use crate::logfile::LogFileSink;
+use crate::runner::{Probe, StepContext, StepRunner};
+
+/// Why the engine itself could not go on (a failing *step* is not an error: it is a run status).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("the plan cannot be run: {0}")]
+    Plan(#[from] PlanError),
+    #[error("cannot create the run's directory {path}: {source}")]
+    RunDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot open the rollback log file in {path}: {source}")]
+    LogFile { path: PathBuf, source: std::io::Error },
+    #[error("run {run_id} has already succeeded; there is nothing to resume (`xorbctl report {run_id}` shows it)")]
+    AlreadySucceeded { run_id: String },
+    #[error("run {run_id} was aborted by {by}; an aborted run cannot be resumed: start a new rollback")]
+    RunAborted { run_id: String, by: String },
+    #[error("step {step:?} is not in run {run_id}; `xorbctl show {run_id}` lists its steps")]
+    UnknownStep { run_id: String, step: String },
+    #[error("the lock given to the engine is {given}, but this state directory's lock is {expected}")]
+    WrongLock { given: PathBuf, expected: PathBuf },
+}
+
+/// Options of `resume`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeOptions {
+    /// A person's decisions for steps the engine cannot prove safe to repeat (`--confirm STEP`,
+    /// `--mark-done STEP`).
+    pub confirmations: BTreeMap<String, Confirmation>,
+}
+
+impl ResumeOptions {
+    pub fn confirm(mut self, step: impl Into<String>, confirmation: Confirmation) -> Self {
+        self.confirmations.insert(step.into(), confirmation);
+        self
+    }
+}
+
+/// How one execution (start or resume) of a run ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunEnd {
+    pub run_id: String,
+    pub status: RunStatus,
+    /// The run's artifacts directory.
+    pub run_dir: PathBuf,
+    /// The runbook's log file of the run.
+    pub log_file: PathBuf,
+    /// Where the run stopped and what to do next, for people.
+    pub next: String,
+}
+
+impl RunEnd {
+    pub fn succeeded(&self) -> bool {
+        self.status == RunStatus::Succeeded
+    }
+}
+
+/// A new run id: `YYYYMMDD-HHMMSS-xxxx` (UTC, then 4 random hex digits).
+pub fn new_run_id() -> String {
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}-{}", Utc::now().format("%Y%m%d-%H%M%S"), &rand[..4])
+}
+
+/// The artifacts directory of a run: `<state_dir>/runs/<run_id>`.
+pub fn run_dir(state_dir: &Path, run_id: &str) -> PathBuf {
+    state_dir.join("runs").join(run_id)
+}
+
+/// Where a run stands and what to do next, in words an on-call engineer can act on.
+pub fn next_action(run_id: &str, plan: &Plan, status: &RunStatus) -> String {
+    let locate = |step: &str| plan.step(step).map(StepSpec::locate).unwrap_or_else(|| format!("step {step}"));
+    match status {
+        RunStatus::Running => format!(
+            "run {run_id} is running, or was interrupted if no xorbctl process holds the rollback lock; \
+             to continue an interrupted run: `xorbctl resume {run_id}`"
+        ),
+        RunStatus::Succeeded => {
+            format!("post-rollback monitoring for 2 hours; full report: `xorbctl report {run_id}`")
+        }
+        RunStatus::Failed { step, error } => format!(
+            "stopped at {}: {error}. Fix the cause, then run `xorbctl resume {run_id}` \
+             (or `xorbctl abort {run_id}` to give the run up)",
+            locate(step)
+        ),
+        RunStatus::EmergencyStopped { step, error, procedure, emergency_ok, detail } => {
+            let emergency = if *emergency_ok {
+                format!(
+                    "The emergency procedure \"{}\" was applied ({detail}): the stack stays in emergency mode \
+                     ({}) until the rollback completes",
+                    procedure.name(),
+                    procedure.describe()
+                )
+            } else {
+                format!(
+                    "The emergency procedure \"{}\" FAILED too ({detail}): apply it by hand as the runbook says ({})",
+                    procedure.name(),
+                    procedure.describe()
+                )
+            };
+            format!(
+                "stopped at {}: {error}. {emergency}. Fix the cause, then run `xorbctl resume {run_id}`",
+                locate(step)
+            )
+        }
+        RunStatus::WaitingForConfirmation { step, reason } => format!(
+            "stopped before running {} again: {reason}. Check the live state, then run \
+             `xorbctl resume {run_id} --confirm {step}` to run it again, or \
+             `xorbctl resume {run_id} --mark-done {step}` if it is already done",
+            locate(step)
+        ),
+        RunStatus::Aborted { by, step } => {
+            let at = step.as_deref().map(|s| format!(" at {}", locate(s))).unwrap_or_default();
+            format!(
+                "aborted by {by}{at}; an aborted run cannot be resumed: check the stack and start a new rollback \
+                 if needed"
+            )
+        }
+    }
+}
+
+/// Runs `fut` with the step timeout (`0`: no limit). `None` when it ran out.
+async fn bounded<F: Future>(secs: u64, fut: F) -> Option<F::Output> {
+    if secs == 0 { Some(fut.await) } else { tokio::time::timeout(Duration::from_secs(secs), fut).await.ok() }
+}
+
+fn ms_since(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The run being executed.
+struct Active {
+    run_id: String,
+    plan: Plan,
+    run_dir: PathBuf,
+    log: LogFileSink,
+}
+
+impl Active {
+    fn ctx(&self, index: usize, attempt: u32) -> StepContext<'_> {
+        StepContext {
+            run_id: &self.run_id,
+            run_dir: &self.run_dir,
+            from: &self.plan.from,
+            to: &self.plan.to,
+            index,
+            attempt,
+        }
+    }
+}
+
+/// A step's journaled progress when an execution begins.
+#[derive(Debug, Clone)]
+struct Progress {
+    state: StepState,
+    attempts: u32,
+    outcome: Option<StepOutcome>,
+}
+
+enum Resolution {
+    /// Recorded as done; go on.
+    Done,
+    /// Run it (again).
+    Run,
+    /// A person must decide.
+    Wait(String),
+}
+
+enum StepEnd {
+    Done,
+    Stopped(RunStatus),
+}
+
+/// Executes plans against a target. `R` does the work, `S` receives every event after it is journaled
+/// (the run's log file always receives them too).
+pub struct Engine<R, S> {
+    state_dir: PathBuf,
+    journal: Journal,
+    runner: R,
+    sink: S,
+}
+
+impl<R: StepRunner, S: EventSink> Engine<R, S> {
+    /// Opens the journal of `state_dir` (creating the directory and the journal if needed).
+    pub fn new(state_dir: impl Into<PathBuf>, runner: R, sink: S) -> Result<Self, EngineError> {
+        let state_dir = state_dir.into();
+        let journal = Journal::open(&state_dir)?;
+        Ok(Engine { state_dir, journal, runner, sink })
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    pub fn runner(&self) -> &R {
+        &self.runner
+    }
+
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
+    pub fn sink_mut(&mut self) -> &mut S {
+        &mut self.sink
+    }
+
+    pub fn into_parts(self) -> (R, S) {
+        (self.runner, self.sink)
+    }
+
+    /// Takes the rollback lock (refusing if another rollback holds it), journals the plan as a new run and
+    /// executes it.
+    pub async fn start(&mut self, plan: Plan) -> Result<RunEnd, EngineError> {
+        plan.validate()?;
+        let mut lock = RollbackLock::acquire(&self.state_dir, None)?;
+        self.start_locked(&mut lock, plan).await
+    }
+
+    /// As [`Engine::start`], with a lock the caller took earlier (e.g. before asking for confirmation).
+    pub async fn start_locked(&mut self, lock: &mut RollbackLock, plan: Plan) -> Result<RunEnd, EngineError> {
+        self.check_lock(lock)?;
+        plan.validate()?;
+        let run_id = new_run_id();
+        lock.set_run_id(Some(&run_id))?;
+        let dir = run_dir(&self.state_dir, &run_id);
+        std::fs::create_dir_all(&dir).map_err(|source| EngineError::RunDir { path: dir.clone(), source })?;
+        let created_at = crate::journal::now();
+        let log = LogFileSink::open(&dir, created_at).map_err(|source| EngineError::LogFile { path: dir.clone(), source })?;
+        let event = Event::RunStarted {
+            from: plan.from.clone(),
+            to: plan.to.clone(),
+            scope: plan.scope.clone(),
+            steps: plan.steps.len(),
+            run_dir: dir.to_string_lossy().into_owned(),
+            log_file: log.path().to_string_lossy().into_owned(),
+        };
+        let session = Instant::now();
+        let rec = self.journal.create_run(&run_id, &plan, &dir, created_at, event)?;
+        let progress = vec![Progress { state: StepState::Pending, attempts: 0, outcome: None }; plan.steps.len()];
+        let mut active = Active { run_id, plan, run_dir: dir, log };
+        self.publish(&mut active, &rec);
+        let status = self.drive(&mut active, progress, &BTreeMap::new()).await?;
+        self.finish(&mut active, status, session)
+    }
+
+    /// Takes the rollback lock and continues run `run` (an id, a unique prefix of one, or `latest`) from its first
+    /// step not done. A step that was in flight or had failed is probed first: found done, it is recorded as
+    /// already done; not done, it runs again if its safety class allows; otherwise the run stops and waits for a
+    /// person's confirmation (see [`ResumeOptions`]).
+    pub async fn resume(&mut self, run: &str, options: ResumeOptions) -> Result<RunEnd, EngineError> {
+        let run_id = self.journal.resolve_run_id(run)?;
+        let mut lock = RollbackLock::acquire(&self.state_dir, Some(&run_id))?;
+        self.resume_locked(&mut lock, &run_id, options).await
+    }
+
+    /// As [`Engine::resume`], with a lock the caller took earlier.
+    pub async fn resume_locked(
+        &mut self,
+        lock: &mut RollbackLock,
+        run: &str,
+        options: ResumeOptions,
+    ) -> Result<RunEnd, EngineError> {
+        self.check_lock(lock)?;
+        let run_id = self.journal.resolve_run_id(run)?;
+        lock.set_run_id(Some(&run_id))?;
+        let record = self.journal.load_run(&run_id)?;
+        match &record.status {
+            RunStatus::Succeeded => return Err(EngineError::AlreadySucceeded { run_id }),
+            RunStatus::Aborted { by, .. } => return Err(EngineError::RunAborted { run_id, by: by.clone() }),
+            _ => {}
+        }
+        for step in options.confirmations.keys() {
+            if record.step(step).is_none() {
+                return Err(EngineError::UnknownStep { run_id, step: step.clone() });
+            }
+        }
+        let RunRecord { plan, run_dir: dir, steps, created_at, .. } = record;
+        std::fs::create_dir_all(&dir).map_err(|source| EngineError::RunDir { path: dir.clone(), source })?;
+        let log = LogFileSink::open(&dir, created_at).map_err(|source| EngineError::LogFile { path: dir.clone(), source })?;
+        let progress: Vec<Progress> = steps
+            .iter()
+            .map(|s| Progress { state: s.state, attempts: s.attempts, outcome: s.outcome.clone() })
+            .collect();
+        let at_step = steps.iter().find(|s| !s.state.is_done()).map(|s| s.spec.id.clone());
+        let session = Instant::now();
+        let mut active = Active { run_id: run_id.clone(), plan, run_dir: dir, log };
+        let event = Event::RunResumed { at_step, confirmations: options.confirmations.clone() };
+        match self.journal.set_status(&run_id, &RunStatus::Running, event)? {
+            Some(rec) => self.publish(&mut active, &rec),
+            None => {
+                // Aborted between our read and our write.
+                let by = match self.journal.status(&run_id)? {
+                    RunStatus::Aborted { by, .. } => by,
+                    _ => String::from("someone"),
+                };
+                return Err(EngineError::RunAborted { run_id, by });
+            }
+        }
+        let status = self.drive(&mut active, progress, &options.confirmations).await?;
+        self.finish(&mut active, status, session)
+    }
+
+    fn check_lock(&self, lock: &RollbackLock) -> Result<(), EngineError> {
+        let expected = self.state_dir.join(LOCK_FILE);
+        if lock.path() != expected {
+            return Err(EngineError::WrongLock { given: lock.path().to_path_buf(), expected });
+        }
+        Ok(())
+    }
+
+    /// Hands a journaled event to the log file and the caller's sink.
+    fn publish(&mut self, active: &mut Active, rec: &EventRecord) {
+        active.log.emit(rec);
+        self.sink.emit(rec);
+    }
+
+    fn journal_event(&mut self, active: &mut Active, event: Event) -> Result<(), EngineError> {
+        let rec = self.journal.append_event(&active.run_id, event)?;
+        self.publish(active, &rec);
+        Ok(())
+    }
+
+    fn journal_outcome(
+        &mut self,
+        active: &mut Active,
+        index: usize,
+        attempt: u32,
+        outcome: StepOutcome,
+        duration_ms: u64,
+    ) -> Result<(), EngineError> {
+        let step = active.plan.steps[index].id.clone();
+        let event = Event::StepFinished { index, step, attempt, outcome: outcome.clone(), duration_ms };
+        let rec = self.journal.record_outcome(&active.run_id, index, &outcome, event)?;
+        self.publish(active, &rec);
+        Ok(())
+    }
+
+    async fn drive(
+        &mut self,
+        active: &mut Active,
+        progress: Vec<Progress>,
+        confirmations: &BTreeMap<String, Confirmation>,
+    ) -> Result<RunStatus, EngineError> {
+        let mut phase = None;
+        for (index, progress) in progress.into_iter().enumerate() {
+            if progress.state.is_done() {
+                continue;
+            }
+            // A person may have aborted the run from another process: stop at the step boundary.
+            let current = self.journal.status(&active.run_id)?;
+            if matches!(current, RunStatus::Aborted { .. }) {
+                return Ok(current);
+            }
+            let step = active.plan.steps[index].clone();
+            if phase != Some(step.phase) {
+                phase = Some(step.phase);
+                let steps = active.plan.steps.iter().filter(|s| s.phase == step.phase).count();
+                self.journal_event(active, Event::PhaseStarted { phase: step.phase, steps })?;
+            }
+            let confirmation = confirmations.get(&step.id).copied();
+            if confirmation == Some(Confirmation::MarkDone) {
+                self.journal_event(active, Event::ConfirmationUsed { step: step.id.clone(), confirmation: Confirmation::MarkDone })?;
+                let outcome = StepOutcome::AlreadyDone { detail: "confirmed done by the operator".into() };
+                self.journal_outcome(active, index, progress.attempts, outcome, 0)?;
+                continue;
+            }
+            if progress.attempts > 0 {
+                match self.reprobe(active, index, &step, &progress, confirmation).await? {
+                    Resolution::Done => continue,
+                    Resolution::Run => {}
+                    Resolution::Wait(reason) => {
+                        return Ok(RunStatus::WaitingForConfirmation { step: step.id.clone(), reason });
+                    }
+                }
+            }
+            match self.execute(active, index, &step, progress.attempts).await? {
+                StepEnd::Done => {}
+                StepEnd::Stopped(status) => return Ok(status),
+            }
+        }
+        Ok(RunStatus::Succeeded)
+    }
+
+    /// Probes the live state; a probe that errs or runs out of time "cannot tell".
+    async fn probe(&self, active: &Active, index: usize, step: &StepSpec, attempt: u32) -> Probe {
+        let ctx = active.ctx(index, attempt);
+        match bounded(step.timeout_secs, self.runner.probe(step, &ctx)).await {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => Probe::Unknown { why: format!("the probe failed: {e}") },
+            None => Probe::Unknown { why: format!("the probe did not answer within {} s", step.timeout_secs) },
+        }
+    }
+
+    /// Decides what to do with a step that was started before (in flight when the run stopped, or failed).
+    async fn reprobe(
+        &mut self,
+        active: &mut Active,
+        index: usize,
+        step: &StepSpec,
+        progress: &Progress,
+        confirmation: Option<Confirmation>,
+    ) -> Result<Resolution, EngineError> {
+        let probe = self.probe(active, index, step, progress.attempts).await;
+        self.journal_event(active, Event::StepProbed { step: step.id.clone(), probe: probe.clone() })?;
+        if let Probe::Done { detail } = &probe {
+            let outcome = StepOutcome::AlreadyDone { detail: format!("found done by the probe: {detail}") };
+            self.journal_outcome(active, index, progress.attempts, outcome, 0)?;
+            return Ok(Resolution::Done);
+        }
+        let in_flight = progress.state == StepState::InFlight;
+        // A failure the runner reported as retryable left nothing half-done.
+        let clean_failure = !in_flight && matches!(progress.outcome, Some(StepOutcome::Failed { retryable: true, .. }));
+        let safe = match (step.safety, &probe) {
+            (Safety::Idempotent, _) => true,
+            (Safety::Probed, Probe::NotDone) => true,
+            (Safety::NotRepeatable, Probe::NotDone) => clean_failure,
+            _ => false,
+        };
+        if safe {
+            return Ok(Resolution::Run);
+        }
+        if confirmation == Some(Confirmation::Rerun) {
+            self.journal_event(active, Event::ConfirmationUsed { step: step.id.clone(), confirmation: Confirmation::Rerun })?;
+            return Ok(Resolution::Run);
+        }
+        let how = if in_flight { "it was in flight when the run stopped" } else { "its last attempt failed" };
+        let reason = match (&probe, step.safety) {
+            (Probe::Unknown { why }, _) => {
+                format!("{how} and the probe cannot tell whether it is done ({why}); it is {}", step.safety)
+            }
+            (_, Safety::NotRepeatable) => {
+                format!("{how}, the probe found it not done, and it is not repeatable: it may have partly run")
+            }
+            _ => format!("{how} and it cannot be proven safe to repeat"),
+        };
+        Ok(Resolution::Wait(reason))
+    }
+
+    /// Runs a step (attempts after `previous_attempts`) under its failure policy.
+    async fn execute(
+        &mut self,
+        active: &mut Active,
+        index: usize,
+        step: &StepSpec,
+        previous_attempts: u32,
+    ) -> Result<StepEnd, EngineError> {
+        let max_tries = step.policy.max_attempts();
+        let mut attempt = previous_attempts;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            attempt += 1;
+            // INTENT
+            let event = Event::StepStarted { index, step: step.id.clone(), title: step.title.clone(), attempt };
+            let rec = self.journal.record_intent(&active.run_id, index, attempt, event)?;
+            self.publish(active, &rec);
+            // ACT
+            let started = Instant::now();
+            let outcome = {
+                let ctx = active.ctx(index, attempt);
+                match bounded(step.timeout_secs, self.runner.run(step, &ctx)).await {
+                    Some(Ok(outcome)) => outcome,
+                    Some(Err(e)) => e.into_outcome(),
+                    None => StepOutcome::Failed {
+                        error: format!("did not finish within its timeout of {} s", step.timeout_secs),
+                        // cancelled half-way: only a step that is safe to repeat may be retried blindly
+                        retryable: step.safety != Safety::NotRepeatable,
+                    },
+                }
+            };
+            // OUTCOME
+            self.journal_outcome(active, index, attempt, outcome.clone(), ms_since(started))?;
+            let StepOutcome::Failed { error, retryable } = outcome else {
+                return Ok(StepEnd::Done);
+            };
+            if retryable && tries < max_tries {
+                let backoff_ms = match step.policy {
+                    FailurePolicy::Retry { backoff_ms, .. } => backoff_ms,
+                    _ => 0,
+                };
+                let retry = Event::StepRetry {
+                    step: step.id.clone(),
+                    attempt,
+                    next_attempt: attempt + 1,
+                    backoff_ms,
+                    error: error.clone(),
+                };
+                self.journal_event(active, retry)?;
+                tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                if step.safety != Safety::Idempotent {
+                    let probe = self.probe(active, index, step, attempt).await;
+                    self.journal_event(active, Event::StepProbed { step: step.id.clone(), probe: probe.clone() })?;
+                    if let Probe::Done { detail } = probe {
+                        let outcome = StepOutcome::AlreadyDone { detail: format!("found done by the probe: {detail}") };
+                        self.journal_outcome(active, index, attempt, outcome, 0)?;
+                        return Ok(StepEnd::Done);
+                    }
+                }
+                continue;
+            }
+            return Ok(StepEnd::Stopped(self.fail(active, index, step, attempt, error).await?));
+        }
+    }
+
+    /// A step definitely failed: run the policy's emergency procedure, if any, and say how the run stops.
+    async fn fail(
+        &mut self,
+        active: &mut Active,
+        index: usize,
+        step: &StepSpec,
+        attempt: u32,
+        error: String,
+    ) -> Result<RunStatus, EngineError> {
+        let Some(procedure) = step.policy.emergency() else {
+            return Ok(RunStatus::Failed { step: step.id.clone(), error });
+        };
+        self.journal_event(active, Event::EmergencyStarted { step: step.id.clone(), procedure })?;
+        let result = {
+            let ctx = active.ctx(index, attempt);
+            bounded(step.timeout_secs, self.runner.emergency(procedure, &ctx)).await
+        };
+        let (ok, detail) = match result {
+            Some(Ok(detail)) => (true, detail),
+            Some(Err(e)) => (false, e.to_string()),
+            None => (false, format!("did not finish within {} s", step.timeout_secs)),
+        };
+        let event = Event::EmergencyFinished { step: step.id.clone(), procedure, ok, detail: detail.clone() };
+        self.journal_event(active, event)?;
+        Ok(RunStatus::EmergencyStopped { step: step.id.clone(), error, procedure, emergency_ok: ok, detail })
+    }
+
+    fn finish(&mut self, active: &mut Active, status: RunStatus, session: Instant) -> Result<RunEnd, EngineError> {
+        let duration_ms = ms_since(session);
+        let next = next_action(&active.run_id, &active.plan, &status);
+        let event = Event::RunFinished { status: status.clone(), duration_ms, next: next.clone() };
+        let (status, next) = match self.journal.set_status(&active.run_id, &status, event)? {
+            Some(rec) => {
+                self.publish(active, &rec);
+                (status, next)
+            }
+            None => {
+                // Aborted by a person meanwhile: the abort stands.
+                let status = self.journal.status(&active.run_id)?;
+                let next = next_action(&active.run_id, &active.plan, &status);
+                let event = Event::RunFinished { status: status.clone(), duration_ms, next: next.clone() };
+                self.journal_event(active, event)?;
+                (status, next)
+            }
+        };
+        Ok(RunEnd {
+            run_id: active.run_id.clone(),
+            status,
+            run_dir: active.run_dir.clone(),
+            log_file: active.log.path().to_path_buf(),
+            next,
+        })
+    }
+}

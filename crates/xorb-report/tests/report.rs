@@ -1,0 +1,208 @@
+//! Report tests: a real engine run (with a retry, a failure and a resume) against a scripted target, its journal
+//! record redacted (run id, paths, timestamps → a synthetic clock) and the Markdown / JSON reports snapshotted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Duration, Utc};
+use xorb_engine::*;
+use xorb_model::plan::*;
+
+/// Fails the listed steps once each (retryable or not), succeeds otherwise; the quota check is skipped.
+struct Scripted {
+    fail_once: Mutex<BTreeMap<String, bool>>,
+}
+
+impl StepRunner for Scripted {
+    async fn probe(&self, _step: &StepSpec, _ctx: &StepContext<'_>) -> Result<Probe, StepError> {
+        Ok(Probe::NotDone)
+    }
+    async fn run(&self, step: &StepSpec, ctx: &StepContext<'_>) -> Result<StepOutcome, StepError> {
+        if let Some(retryable) = self.fail_once.lock().unwrap().remove(&step.id) {
+            return Ok(StepOutcome::Failed { error: format!("{}: health check failed", step.id), retryable });
+        }
+        Ok(match &step.action {
+            Action::Check { name } if name == "quota" => {
+                StepOutcome::Skipped { reason: format!("no quota system on {}", ctx.to) }
+            }
+            Action::SetImage { service, release, .. } => {
+                StepOutcome::Succeeded { detail: format!("{service} reports {release}") }
+            }
+            _ => StepOutcome::Succeeded { detail: "ok".into() },
+        })
+    }
+    async fn emergency(&self, p: EmergencyProcedure, _ctx: &StepContext<'_>) -> Result<String, StepError> {
+        Ok(format!("{}: done on the test target", p.name()))
+    }
+}
+
+const FROM: &str = "v2025.08-rc1";
+const TO: &str = "v2025.07-stable";
+
+fn image(service: &str) -> StepSpec {
+    StepSpec::new(
+        format!("2.{service}.image"),
+        Phase::Services,
+        format!("Roll {service} back to {TO}"),
+        Action::SetImage { service: service.into(), image: format!("xorb/{service}:{TO}"), release: TO.into() },
+        Safety::Probed,
+    )
+    .with_change(Change::new(ChangeKind::Image, service, Some(format!("xorb/{service}:{FROM}")), Some(format!("xorb/{service}:{TO}"))))
+    .with_check(format!("{service}-health"))
+}
+
+fn check(name: &str) -> StepSpec {
+    StepSpec::new(format!("5.{name}"), Phase::Verification, format!("Check {name}"), Action::Check { name: name.into() }, Safety::Idempotent)
+}
+
+fn runbook_plan() -> Plan {
+    let mut config = BTreeMap::new();
+    config.insert("EVIDENCE_SYSTEM_ENABLED".to_string(), "false".to_string());
+    config.insert("TENANT_ISOLATION_MODE".to_string(), "basic".to_string());
+    Plan::new(FROM, TO)
+        .with_step(StepSpec::new("1.capture", Phase::Assessment, "Capture system state", Action::CaptureState, Safety::Idempotent))
+        .with_step(StepSpec::new("1.verify-target", Phase::Assessment, "Verify that v2025.07-stable is available", Action::VerifyTargetAvailable, Safety::Idempotent))
+        .with_step(StepSpec::new("1.integrity", Phase::Assessment, "Quick data-integrity scan", Action::IntegrityQuick, Safety::Idempotent).with_check("integrity-quick"))
+        .with_step(image("api").with_policy(FailurePolicy::Retry { attempts: 3, backoff_ms: 0, then: None }))
+        .with_step(image("orchestrator"))
+        .with_step(
+            StepSpec::new("2.control-plane.remove", Phase::Services, "Remove control-plane (not in v2025.07-stable)", Action::RemoveService { service: "control-plane".into() }, Safety::NotRepeatable)
+                .with_change(Change::new(ChangeKind::ServiceRemoved, "control-plane", Some(format!("xorb/control-plane:{FROM}")), None)),
+        )
+        .with_step(image("worker"))
+        .with_step(image("scheduler"))
+        .with_step(
+            StepSpec::new("2.config", Phase::Services, "Apply v2025.07-stable configuration", Action::ApplyConfig { service: None, changes: config }, Safety::Idempotent)
+                .with_change(Change::new(ChangeKind::Config, "EVIDENCE_SYSTEM_ENABLED", Some("true".into()), Some("false".into())))
+                .with_change(Change::new(ChangeKind::Config, "TENANT_ISOLATION_MODE", Some("advanced".into()), Some("basic".into()))),
+        )
+        .with_step(check("health"))
+        .with_step(check("info"))
+        .with_step(check("smoke"))
+        .with_step(check("tenant-isolation"))
+        .with_step(check("evidence-legacy"))
+        .with_step(check("quota"))
+}
+
+const RUN_ID: &str = "20250814-101500-test";
+const STATE_DIR: &str = "/var/lib/xorb";
+
+/// Redacts a journal record for snapshots: the run id and the temporary state directory become fixed strings,
+/// the log file's name (local time) is fixed, every timestamp is mapped, in order, onto a synthetic clock ticking one second per distinct instant, and the
+/// measured durations become one second per step attempt.
+fn redact(record: &RunRecord, state_dir: &std::path::Path) -> RunRecord {
+    let mut v = serde_json::to_value(record).unwrap();
+    let mut stamps = BTreeSet::new();
+    collect_stamps(&v, &mut stamps);
+    let t0: DateTime<Utc> = "2025-08-14T10:15:00Z".parse().unwrap();
+    let clock: BTreeMap<String, String> = stamps
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| (s, (t0 + Duration::seconds(i as i64)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)))
+        .collect();
+    let log_name = record.events.iter().find_map(|e| match &e.event {
+        Event::RunStarted { log_file, .. } => Some(log_file.rsplit('/').next().unwrap_or_default().to_string()),
+        _ => None,
+    });
+    rewrite(&mut v, &clock, &record.id, &state_dir.to_string_lossy(), log_name.as_deref().unwrap_or("?"));
+    serde_json::from_value(v).unwrap()
+}
+
+const STAMP_KEYS: [&str; 5] = ["at", "created_at", "updated_at", "finished_at", "started_at"];
+
+fn collect_stamps(v: &serde_json::Value, out: &mut BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                match v {
+                    serde_json::Value::String(s) if STAMP_KEYS.contains(&k.as_str()) => {
+                        out.insert(s.clone());
+                    }
+                    _ => collect_stamps(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| collect_stamps(v, out)),
+        _ => {}
+    }
+}
+
+fn rewrite(v: &mut serde_json::Value, clock: &BTreeMap<String, String>, run_id: &str, dir: &str, log: &str) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m.iter_mut() {
+                if STAMP_KEYS.contains(&k.as_str())
+                    && let serde_json::Value::String(s) = v
+                {
+                    *s = clock[s.as_str()].clone();
+                } else if k == "duration_ms" {
+                    *v = serde_json::json!(1000);
+                } else {
+                    rewrite(v, clock, run_id, dir, log);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|v| rewrite(v, clock, run_id, dir, log)),
+        // the log file's name carries the local time of the run's start
+        serde_json::Value::String(s) => {
+            *s = s.replace(dir, STATE_DIR).replace(run_id, RUN_ID).replace(log, "rollback-20250814-101500.log")
+        }
+        _ => {}
+    }
+}
+
+/// A run that retries api once, stops on a worker failure, is resumed and completes.
+async fn resumed_run() -> RunRecord {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fail = BTreeMap::new();
+    fail.insert("2.api.image".to_string(), true);
+    fail.insert("2.worker.image".to_string(), false);
+    let target = Scripted { fail_once: Mutex::new(fail) };
+    let mut engine = Engine::new(dir.path(), target, NullSink).unwrap();
+    let end = engine.start(runbook_plan()).await.unwrap();
+    assert_eq!(end.status.kind(), "failed");
+    let end = engine.resume(&end.run_id, ResumeOptions::default()).await.unwrap();
+    assert!(end.succeeded());
+    let record = load_run(dir.path(), &end.run_id).unwrap();
+    let (md, json) = xorb_report::write_reports(&record).unwrap();
+    assert!(md.exists() && json.exists());
+    redact(&record, dir.path())
+}
+
+#[tokio::test]
+async fn markdown_report_of_a_resumed_successful_run() {
+    let record = resumed_run().await;
+    let md = xorb_report::render_markdown(&record);
+    assert!(md.contains("✅ ROLLBACK COMPLETE\nDuration: "), "{md}");
+    assert!(md.contains("\nImpact: Resolved\nNext: Post-rollback monitoring for 2 hours\nReport: /var/lib/xorb/runs/"), "{md}");
+    insta::assert_snapshot!("resumed_successful_run_md", md);
+}
+
+#[tokio::test]
+async fn json_report_of_a_resumed_successful_run() {
+    let record = resumed_run().await;
+    let json = xorb_report::render_json(&record);
+    assert_eq!(json["completion"]["headline"], "✅ ROLLBACK COMPLETE");
+    assert_eq!(json["phases"].as_array().unwrap().len(), 3);
+    assert_eq!(json["versions"][0]["before"], FROM);
+    assert_eq!(json["versions"][0]["after"], TO);
+    insta::assert_json_snapshot!("resumed_successful_run_json", json);
+}
+
+#[tokio::test]
+async fn markdown_report_of_a_run_stopped_by_an_emergency() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fail = BTreeMap::new();
+    fail.insert("2.worker.image".to_string(), false);
+    let target = Scripted { fail_once: Mutex::new(fail) };
+    let mut plan = runbook_plan();
+    let i = plan.index_of("2.worker.image").unwrap();
+    plan.steps[i].policy = FailurePolicy::Emergency { procedure: EmergencyProcedure::CascadePrevention };
+    let end = Engine::new(dir.path(), target, NullSink).unwrap().start(plan).await.unwrap();
+    assert_eq!(end.status.kind(), "emergency_stopped");
+    let record = redact(&load_run(dir.path(), &end.run_id).unwrap(), dir.path());
+    let md = xorb_report::render_markdown(&record);
+    assert!(md.contains("🚨 ROLLBACK STOPPED"), "{md}");
+    assert!(md.contains("## Where it stopped"), "{md}");
+    insta::assert_snapshot!("emergency_stopped_run_md", md);
+}

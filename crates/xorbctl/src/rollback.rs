@@ -1,0 +1,226 @@
+//! `plan`, `rollback`, `resume`, `abort`, `runs`, `show`, `report`: wiring the engine to the local target.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use xorb_engine::planner::{self, Scope};
+use xorb_engine::{
+    Confirmation, Engine, JsonLinesSink, PlainSink, ResumeOptions, RollbackLock, RunEnd,
+};
+use xorb_local::rollback::{LocalRunner, observe};
+use xorb_model::plan::{Plan, RunStatus};
+use xorb_model::policy::Policy;
+use xorb_model::release::Release;
+
+use crate::cli::{Cli, UsageError, paths};
+use crate::output::{Format, Reporter};
+
+pub fn load_policy(file: Option<&Path>) -> anyhow::Result<Policy> {
+    match file {
+        None => Ok(Policy::embedded()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read runbook policy {}", p.display()))?;
+            Ok(Policy::parse(&text, &p.display().to_string())?)
+        }
+    }
+}
+
+/// Phase 1 of loading (no side effects): releases, policy, live observation, plan.
+pub fn compute_plan(
+    cli: &Cli,
+    from: &str,
+    to: &str,
+    only: Option<&str>,
+    runbook: Option<&Path>,
+) -> anyhow::Result<(Plan, Release)> {
+    let paths = paths(cli)?;
+    let policy = load_policy(runbook)?;
+    let from_rel = Release::load_named(&paths.releases_root, from)
+        .with_context(|| format!("--from {from}"))?;
+    let to_rel =
+        Release::load_named(&paths.releases_root, to).with_context(|| format!("--to {to}"))?;
+    let scope = only.map(Scope::parse).transpose()?.unwrap_or(Scope::All);
+    let live = observe(&cli.state_dir)?;
+    let plan = planner::plan(&live, &from_rel, &to_rel, &policy, scope)?;
+    Ok((plan, to_rel))
+}
+
+pub fn render_plan(plan: &Plan) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Rollback plan: {} → {}{}  ({} steps)",
+        plan.from,
+        plan.to,
+        plan.scope
+            .as_deref()
+            .map(|o| format!("  [--only {o}]"))
+            .unwrap_or_default(),
+        plan.steps.len()
+    );
+    let mut phase = None;
+    for step in &plan.steps {
+        if phase != Some(step.phase) {
+            phase = Some(step.phase);
+            let _ = writeln!(s, "\n{}", step.phase);
+        }
+        let _ = writeln!(
+            s,
+            "  {:<22} {}  [{:?}, timeout {} s]",
+            step.id, step.title, step.safety, step.timeout_secs
+        );
+        for c in &step.changes {
+            let _ = writeln!(
+                s,
+                "      {:<10} {:<36} {} → {}",
+                format!("{:?}", c.kind).to_lowercase(),
+                c.subject,
+                c.before.as_deref().unwrap_or("(absent)"),
+                c.after.as_deref().unwrap_or("(removed)")
+            );
+        }
+        if !step.checks.is_empty() && step.phase != xorb_model::plan::Phase::Verification {
+            let _ = writeln!(s, "      then checks: {}", step.checks.join(", "));
+        }
+    }
+    s
+}
+
+fn confirm(out: &Reporter, plan: &Plan, yes: bool) -> anyhow::Result<bool> {
+    if yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(UsageError("refusing to roll back without confirmation: stdin is not a terminal; review `xorbctl plan` and pass --yes".into()).into());
+    }
+    out.line(render_plan(plan));
+    print!(
+        "Roll {} back to {} now? Type 'yes' to go on: ",
+        plan.from, plan.to
+    );
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(answer.trim() == "yes")
+}
+
+fn end_code(end: &RunEnd) -> ExitCode {
+    match end.status {
+        RunStatus::Succeeded => ExitCode::SUCCESS,
+        RunStatus::WaitingForConfirmation { .. } => ExitCode::from(7),
+        _ => ExitCode::from(6),
+    }
+}
+
+fn print_end(out: &Reporter, end: &RunEnd) {
+    out.result(end, |e| {
+        format!(
+            "\nRun {}: {}\nNext: {}\nLog: {}\nArtifacts: {}\n",
+            e.run_id,
+            e.status,
+            e.next,
+            e.log_file.display(),
+            e.run_dir.display()
+        )
+    });
+}
+
+enum Op<'a> {
+    Start(Plan),
+    Resume(&'a str, ResumeOptions),
+}
+
+async fn execute(
+    cli: &Cli,
+    out: &Reporter,
+    to: Release,
+    lock: &mut RollbackLock,
+    op: Op<'_>,
+) -> anyhow::Result<RunEnd> {
+    let runner = LocalRunner::new(&cli.state_dir, paths(cli)?, to);
+    Ok(match out.format {
+        Format::Json => {
+            run_op(
+                Engine::new(&cli.state_dir, runner, JsonLinesSink(std::io::stdout()))?,
+                lock,
+                op,
+            )
+            .await?
+        }
+        Format::Text => {
+            run_op(
+                Engine::new(&cli.state_dir, runner, PlainSink(std::io::stdout()))?,
+                lock,
+                op,
+            )
+            .await?
+        }
+    })
+}
+
+async fn run_op<S: xorb_engine::EventSink>(
+    mut engine: Engine<LocalRunner, S>,
+    lock: &mut RollbackLock,
+    op: Op<'_>,
+) -> Result<RunEnd, xorb_engine::EngineError> {
+    match op {
+        Op::Start(plan) => engine.start_locked(lock, plan).await,
+        Op::Resume(run, opts) => engine.resume_locked(lock, run, opts).await,
+    }
+}
+
+pub async fn rollback(
+    cli: &Cli,
+    out: &Reporter,
+    from: &str,
+    to: &str,
+    only: Option<&str>,
+    runbook: Option<&PathBuf>,
+    yes: bool,
+) -> anyhow::Result<ExitCode> {
+    // The lock first: a second rollback is refused before anything else is looked at.
+    let mut lock = RollbackLock::acquire(&cli.state_dir, None)?;
+    let (plan, to_rel) = compute_plan(cli, from, to, only, runbook.map(PathBuf::as_path))?;
+    if !confirm(out, &plan, yes)? {
+        out.line("Not confirmed: nothing was done.");
+        return Ok(ExitCode::from(2));
+    }
+    out.line(format!(
+        "Rolling back {} → {} ({} steps)…",
+        plan.from,
+        plan.to,
+        plan.steps.len()
+    ));
+    let end = execute(cli, out, to_rel, &mut lock, Op::Start(plan)).await?;
+    print_end(out, &end);
+    Ok(end_code(&end))
+}
+
+pub async fn resume(
+    cli: &Cli,
+    out: &Reporter,
+    run: &str,
+    confirm_steps: &[String],
+    mark_done: &[String],
+) -> anyhow::Result<ExitCode> {
+    let mut lock = RollbackLock::acquire(&cli.state_dir, None)?;
+    let record = xorb_engine::load_run(&cli.state_dir, run)?;
+    let paths = paths(cli)?;
+    let to_rel = Release::load_named(&paths.releases_root, &record.plan.to)?;
+    let mut opts = ResumeOptions::default();
+    for s in confirm_steps {
+        opts = opts.confirm(s.clone(), Confirmation::Rerun);
+    }
+    for s in mark_done {
+        opts = opts.confirm(s.clone(), Confirmation::MarkDone);
+    }
+    out.line(format!("Resuming run {}…", record.id));
+    let id = record.id.clone();
+    let end = execute(cli, out, to_rel, &mut lock, Op::Resume(&id, opts)).await?;
+    print_end(out, &end);
+    Ok(end_code(&end))
+}
