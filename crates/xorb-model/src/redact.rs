@@ -720,7 +720,7 @@ mod tests {
             ("percent upper", "pw=S3cr3t%2Fpw%2Bx".to_string()),
             ("percent lower", "pw=S3cr3t%2fpw%2bx".to_string()),
             ("base64", format!("b64 {b64} end")),
-            ("base64 url-safe", format!("{}", URL_SAFE_NO_PAD.encode(PW))),
+            ("base64 url-safe", URL_SAFE_NO_PAD.encode(PW)),
             ("json", serde_json::to_string(&json!({ "pw": PW })).unwrap()),
             (
                 "json slash-escaped",
@@ -808,6 +808,11 @@ mod tests {
             "amqp://u:[REDACTED]@host/"
         );
         assert_eq!(redact_url("not a url: a:b@c"), "not a url: a:b@c");
+        assert_eq!(
+            redact_url("postgres://u:pw12@[::1]:5432/x"),
+            "postgres://u:[REDACTED]@[::1]:5432/x"
+        );
+        assert_eq!(redact_url("http://[::1]:8080/a@b"), "http://[::1]:8080/a@b");
         // In free text and JSON, several URLs, short passwords too.
         let r = Redactor::new();
         assert_eq!(
