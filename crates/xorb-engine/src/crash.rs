@@ -22,7 +22,10 @@ pub fn journal_writes() -> u64 {
 
 fn crash_after() -> Option<u64> {
     *CRASH_AFTER.get_or_init(|| {
-        std::env::var(CRASH_ENV).ok().and_then(|v| v.trim().parse::<u64>().ok()).filter(|n| *n > 0)
+        std::env::var(CRASH_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|n| *n > 0)
     })
 }
 

@@ -42,21 +42,57 @@ pub enum Event {
         at_step: Option<String>,
         confirmations: BTreeMap<String, Confirmation>,
     },
-    PhaseStarted { phase: Phase, steps: usize },
+    PhaseStarted {
+        phase: Phase,
+        steps: usize,
+    },
     /// The step's intent: it is about to act (journaled before acting).
-    StepStarted { index: usize, step: String, title: String, attempt: u32 },
+    StepStarted {
+        index: usize,
+        step: String,
+        title: String,
+        attempt: u32,
+    },
     /// On resume or before a retry: what the probe of the live state found.
-    StepProbed { step: String, probe: Probe },
+    StepProbed {
+        step: String,
+        probe: Probe,
+    },
     /// The step's outcome (journaled after acting).
-    StepFinished { index: usize, step: String, attempt: u32, outcome: StepOutcome, duration_ms: u64 },
+    StepFinished {
+        index: usize,
+        step: String,
+        attempt: u32,
+        outcome: StepOutcome,
+        duration_ms: u64,
+    },
     /// The step failed and its policy tries it again after `backoff_ms`.
-    StepRetry { step: String, attempt: u32, next_attempt: u32, backoff_ms: u64, error: String },
+    StepRetry {
+        step: String,
+        attempt: u32,
+        next_attempt: u32,
+        backoff_ms: u64,
+        error: String,
+    },
     /// A person's confirmation was applied to a step.
-    ConfirmationUsed { step: String, confirmation: Confirmation },
-    EmergencyStarted { step: String, procedure: EmergencyProcedure },
-    EmergencyFinished { step: String, procedure: EmergencyProcedure, ok: bool, detail: String },
+    ConfirmationUsed {
+        step: String,
+        confirmation: Confirmation,
+    },
+    EmergencyStarted {
+        step: String,
+        procedure: EmergencyProcedure,
+    },
+    EmergencyFinished {
+        step: String,
+        procedure: EmergencyProcedure,
+        ok: bool,
+        detail: String,
+    },
     /// `abort` was requested by a person (from this or another process).
-    AbortRequested { by: String },
+    AbortRequested {
+        by: String,
+    },
     /// This execution of the run ended (the run may be resumable: see `status`).
     RunFinished {
         status: RunStatus,
@@ -89,45 +125,92 @@ impl Event {
     /// One line for people (the log file, plain progress output).
     pub fn message(&self, run_id: &str) -> String {
         match self {
-            Event::RunStarted { from, to, scope, steps, .. } => {
-                let scope = scope.as_deref().map(|s| format!(", only {s}")).unwrap_or_default();
-                format!("Starting rollback from {from} to {to} (run {run_id}, {steps} steps{scope})")
+            Event::RunStarted {
+                from,
+                to,
+                scope,
+                steps,
+                ..
+            } => {
+                let scope = scope
+                    .as_deref()
+                    .map(|s| format!(", only {s}"))
+                    .unwrap_or_default();
+                format!(
+                    "Starting rollback from {from} to {to} (run {run_id}, {steps} steps{scope})"
+                )
             }
-            Event::RunResumed { at_step, confirmations } => {
-                let at = at_step.as_deref().map(|s| format!(" at step {s}")).unwrap_or_default();
+            Event::RunResumed {
+                at_step,
+                confirmations,
+            } => {
+                let at = at_step
+                    .as_deref()
+                    .map(|s| format!(" at step {s}"))
+                    .unwrap_or_default();
                 let conf = if confirmations.is_empty() {
                     String::new()
                 } else {
-                    let list: Vec<String> =
-                        confirmations.iter().map(|(s, c)| format!("{s}={}", confirmation_name(*c))).collect();
+                    let list: Vec<String> = confirmations
+                        .iter()
+                        .map(|(s, c)| format!("{s}={}", confirmation_name(*c)))
+                        .collect();
                     format!(" with confirmations {}", list.join(", "))
                 };
                 format!("Resuming rollback run {run_id}{at}{conf}")
             }
             Event::PhaseStarted { phase, steps } => format!("{phase} ({steps} steps)"),
-            Event::StepStarted { step, title, attempt, .. } => {
+            Event::StepStarted {
+                step,
+                title,
+                attempt,
+                ..
+            } => {
                 if *attempt > 1 {
                     format!("Step {step}: {title} (attempt {attempt})")
                 } else {
                     format!("Step {step}: {title}")
                 }
             }
-            Event::StepProbed { step, probe } => format!("Step {step}: probe of the live state: {probe}"),
-            Event::StepFinished { step, outcome, duration_ms, .. } => {
-                format!("Step {step} {outcome} ({})", format_duration_ms(*duration_ms))
+            Event::StepProbed { step, probe } => {
+                format!("Step {step}: probe of the live state: {probe}")
             }
-            Event::StepRetry { step, attempt, next_attempt, backoff_ms, error } => format!(
+            Event::StepFinished {
+                step,
+                outcome,
+                duration_ms,
+                ..
+            } => {
+                format!(
+                    "Step {step} {outcome} ({})",
+                    format_duration_ms(*duration_ms)
+                )
+            }
+            Event::StepRetry {
+                step,
+                attempt,
+                next_attempt,
+                backoff_ms,
+                error,
+            } => format!(
                 "Step {step} attempt {attempt} failed ({error}); retrying (attempt {next_attempt}) in {}",
                 format_duration_ms(*backoff_ms)
             ),
             Event::ConfirmationUsed { step, confirmation } => match confirmation {
                 Confirmation::Rerun => format!("Step {step}: operator confirmed it may run again"),
-                Confirmation::MarkDone => format!("Step {step}: operator confirmed it is already done"),
+                Confirmation::MarkDone => {
+                    format!("Step {step}: operator confirmed it is already done")
+                }
             },
             Event::EmergencyStarted { step, procedure } => {
                 format!("EMERGENCY after step {step} failed: {procedure}")
             }
-            Event::EmergencyFinished { procedure, ok, detail, .. } => {
+            Event::EmergencyFinished {
+                procedure,
+                ok,
+                detail,
+                ..
+            } => {
                 if *ok {
                     format!("Emergency procedure {} applied: {detail}", procedure.name())
                 } else {
@@ -135,10 +218,19 @@ impl Event {
                 }
             }
             Event::AbortRequested { by } => format!("Abort requested by {by}"),
-            Event::RunFinished { status: RunStatus::Succeeded, duration_ms, .. } => {
-                format!("Rollback completed successfully ({})", format_duration_ms(*duration_ms))
+            Event::RunFinished {
+                status: RunStatus::Succeeded,
+                duration_ms,
+                ..
+            } => {
+                format!(
+                    "Rollback completed successfully ({})",
+                    format_duration_ms(*duration_ms)
+                )
             }
-            Event::RunFinished { status, next, .. } => format!("Rollback stopped: {status}. Next: {next}"),
+            Event::RunFinished { status, next, .. } => {
+                format!("Rollback stopped: {status}. Next: {next}")
+            }
         }
     }
 }
@@ -277,7 +369,11 @@ impl<W: Write> EventSink for PlainSink<W> {
 
 /// The runbook's `log_action` line: `[YYYY-MM-DD HH:MM:SS] message`, local time.
 pub fn log_line(event: &EventRecord) -> String {
-    format!("[{}] {}", event.at.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S"), event.message())
+    format!(
+        "[{}] {}",
+        event.at.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S"),
+        event.message()
+    )
 }
 
 #[cfg(test)]
@@ -302,7 +398,9 @@ mod tests {
                 index: 1,
                 step: "2.api.image".into(),
                 attempt: 1,
-                outcome: StepOutcome::Succeeded { detail: "api on v2025.07-stable".into() },
+                outcome: StepOutcome::Succeeded {
+                    detail: "api on v2025.07-stable".into(),
+                },
                 duration_ms: 1200,
             },
         };
@@ -312,6 +410,9 @@ mod tests {
         assert_eq!(v["outcome"]["result"], "succeeded");
         let back: EventRecord = serde_json::from_value(v).unwrap();
         assert_eq!(back, rec);
-        assert_eq!(rec.message(), "Step 2.api.image succeeded: api on v2025.07-stable (1.2 s)");
+        assert_eq!(
+            rec.message(),
+            "Step 2.api.image succeeded: api on v2025.07-stable (1.2 s)"
+        );
     }
 }

@@ -26,16 +26,28 @@ pub enum EngineError {
     #[error("the plan cannot be run: {0}")]
     Plan(#[from] PlanError),
     #[error("cannot create the run's directory {path}: {source}")]
-    RunDir { path: PathBuf, source: std::io::Error },
+    RunDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot open the rollback log file in {path}: {source}")]
-    LogFile { path: PathBuf, source: std::io::Error },
-    #[error("run {run_id} has already succeeded; there is nothing to resume (`xorbctl report {run_id}` shows it)")]
+    LogFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "run {run_id} has already succeeded; there is nothing to resume (`xorbctl report {run_id}` shows it)"
+    )]
     AlreadySucceeded { run_id: String },
-    #[error("run {run_id} was aborted by {by}; an aborted run cannot be resumed: start a new rollback")]
+    #[error(
+        "run {run_id} was aborted by {by}; an aborted run cannot be resumed: start a new rollback"
+    )]
     RunAborted { run_id: String, by: String },
     #[error("step {step:?} is not in run {run_id}; `xorbctl show {run_id}` lists its steps")]
     UnknownStep { run_id: String, step: String },
-    #[error("the lock given to the engine is {given}, but this state directory's lock is {expected}")]
+    #[error(
+        "the lock given to the engine is {given}, but this state directory's lock is {expected}"
+    )]
     WrongLock { given: PathBuf, expected: PathBuf },
 }
 
@@ -86,7 +98,11 @@ pub fn run_dir(state_dir: &Path, run_id: &str) -> PathBuf {
 
 /// Where a run stands and what to do next, in words an on-call engineer can act on.
 pub fn next_action(run_id: &str, plan: &Plan, status: &RunStatus) -> String {
-    let locate = |step: &str| plan.step(step).map(StepSpec::locate).unwrap_or_else(|| format!("step {step}"));
+    let locate = |step: &str| {
+        plan.step(step)
+            .map(StepSpec::locate)
+            .unwrap_or_else(|| format!("step {step}"))
+    };
     match status {
         RunStatus::Running => format!(
             "run {run_id} is running, or was interrupted if no xorbctl process holds the rollback lock; \
@@ -100,7 +116,13 @@ pub fn next_action(run_id: &str, plan: &Plan, status: &RunStatus) -> String {
              (or `xorbctl abort {run_id}` to give the run up)",
             locate(step)
         ),
-        RunStatus::EmergencyStopped { step, error, procedure, emergency_ok, detail } => {
+        RunStatus::EmergencyStopped {
+            step,
+            error,
+            procedure,
+            emergency_ok,
+            detail,
+        } => {
             let emergency = if *emergency_ok {
                 format!(
                     "The emergency procedure \"{}\" was applied ({detail}): the stack stays in emergency mode \
@@ -127,7 +149,10 @@ pub fn next_action(run_id: &str, plan: &Plan, status: &RunStatus) -> String {
             locate(step)
         ),
         RunStatus::Aborted { by, step } => {
-            let at = step.as_deref().map(|s| format!(" at {}", locate(s))).unwrap_or_default();
+            let at = step
+                .as_deref()
+                .map(|s| format!(" at {}", locate(s)))
+                .unwrap_or_default();
             format!(
                 "aborted by {by}{at}; an aborted run cannot be resumed: check the stack and start a new rollback \
                  if needed"
@@ -138,7 +163,13 @@ pub fn next_action(run_id: &str, plan: &Plan, status: &RunStatus) -> String {
 
 /// Runs `fut` with the step timeout (`0`: no limit). `None` when it ran out.
 async fn bounded<F: Future>(secs: u64, fut: F) -> Option<F::Output> {
-    if secs == 0 { Some(fut.await) } else { tokio::time::timeout(Duration::from_secs(secs), fut).await.ok() }
+    if secs == 0 {
+        Some(fut.await)
+    } else {
+        tokio::time::timeout(Duration::from_secs(secs), fut)
+            .await
+            .ok()
+    }
 }
 
 fn ms_since(t: Instant) -> u64 {
@@ -202,7 +233,12 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
     pub fn new(state_dir: impl Into<PathBuf>, runner: R, sink: S) -> Result<Self, EngineError> {
         let state_dir = state_dir.into();
         let journal = Journal::open(&state_dir)?;
-        Ok(Engine { state_dir, journal, runner, sink })
+        Ok(Engine {
+            state_dir,
+            journal,
+            runner,
+            sink,
+        })
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -238,15 +274,25 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
     }
 
     /// As [`Engine::start`], with a lock the caller took earlier (e.g. before asking for confirmation).
-    pub async fn start_locked(&mut self, lock: &mut RollbackLock, plan: Plan) -> Result<RunEnd, EngineError> {
+    pub async fn start_locked(
+        &mut self,
+        lock: &mut RollbackLock,
+        plan: Plan,
+    ) -> Result<RunEnd, EngineError> {
         self.check_lock(lock)?;
         plan.validate()?;
         let run_id = new_run_id();
         lock.set_run_id(Some(&run_id))?;
         let dir = run_dir(&self.state_dir, &run_id);
-        std::fs::create_dir_all(&dir).map_err(|source| EngineError::RunDir { path: dir.clone(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| EngineError::RunDir {
+            path: dir.clone(),
+            source,
+        })?;
         let created_at = crate::journal::now();
-        let log = LogFileSink::open(&dir, created_at).map_err(|source| EngineError::LogFile { path: dir.clone(), source })?;
+        let log = LogFileSink::open(&dir, created_at).map_err(|source| EngineError::LogFile {
+            path: dir.clone(),
+            source,
+        })?;
         let event = Event::RunStarted {
             from: plan.from.clone(),
             to: plan.to.clone(),
@@ -256,9 +302,23 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
             log_file: log.path().to_string_lossy().into_owned(),
         };
         let session = Instant::now();
-        let rec = self.journal.create_run(&run_id, &plan, &dir, created_at, event)?;
-        let progress = vec![Progress { state: StepState::Pending, attempts: 0, outcome: None }; plan.steps.len()];
-        let mut active = Active { run_id, plan, run_dir: dir, log };
+        let rec = self
+            .journal
+            .create_run(&run_id, &plan, &dir, created_at, event)?;
+        let progress = vec![
+            Progress {
+                state: StepState::Pending,
+                attempts: 0,
+                outcome: None
+            };
+            plan.steps.len()
+        ];
+        let mut active = Active {
+            run_id,
+            plan,
+            run_dir: dir,
+            log,
+        };
         self.publish(&mut active, &rec);
         let status = self.drive(&mut active, progress, &BTreeMap::new()).await?;
         self.finish(&mut active, status, session)
@@ -268,7 +328,11 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
     /// step not done. A step that was in flight or had failed is probed first: found done, it is recorded as
     /// already done; not done, it runs again if its safety class allows; otherwise the run stops and waits for a
     /// person's confirmation (see [`ResumeOptions`]).
-    pub async fn resume(&mut self, run: &str, options: ResumeOptions) -> Result<RunEnd, EngineError> {
+    pub async fn resume(
+        &mut self,
+        run: &str,
+        options: ResumeOptions,
+    ) -> Result<RunEnd, EngineError> {
         let run_id = self.journal.resolve_run_id(run)?;
         let mut lock = RollbackLock::acquire(&self.state_dir, Some(&run_id))?;
         self.resume_locked(&mut lock, &run_id, options).await
@@ -287,26 +351,64 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
         let record = self.journal.load_run(&run_id)?;
         match &record.status {
             RunStatus::Succeeded => return Err(EngineError::AlreadySucceeded { run_id }),
-            RunStatus::Aborted { by, .. } => return Err(EngineError::RunAborted { run_id, by: by.clone() }),
+            RunStatus::Aborted { by, .. } => {
+                return Err(EngineError::RunAborted {
+                    run_id,
+                    by: by.clone(),
+                });
+            }
             _ => {}
         }
         for step in options.confirmations.keys() {
             if record.step(step).is_none() {
-                return Err(EngineError::UnknownStep { run_id, step: step.clone() });
+                return Err(EngineError::UnknownStep {
+                    run_id,
+                    step: step.clone(),
+                });
             }
         }
-        let RunRecord { plan, run_dir: dir, steps, created_at, .. } = record;
-        std::fs::create_dir_all(&dir).map_err(|source| EngineError::RunDir { path: dir.clone(), source })?;
-        let log = LogFileSink::open(&dir, created_at).map_err(|source| EngineError::LogFile { path: dir.clone(), source })?;
+        let RunRecord {
+            plan,
+            run_dir: dir,
+            steps,
+            created_at,
+            ..
+        } = record;
+        std::fs::create_dir_all(&dir).map_err(|source| EngineError::RunDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let log = LogFileSink::open(&dir, created_at).map_err(|source| EngineError::LogFile {
+            path: dir.clone(),
+            source,
+        })?;
         let progress: Vec<Progress> = steps
             .iter()
-            .map(|s| Progress { state: s.state, attempts: s.attempts, outcome: s.outcome.clone() })
+            .map(|s| Progress {
+                state: s.state,
+                attempts: s.attempts,
+                outcome: s.outcome.clone(),
+            })
             .collect();
-        let at_step = steps.iter().find(|s| !s.state.is_done()).map(|s| s.spec.id.clone());
+        let at_step = steps
+            .iter()
+            .find(|s| !s.state.is_done())
+            .map(|s| s.spec.id.clone());
         let session = Instant::now();
-        let mut active = Active { run_id: run_id.clone(), plan, run_dir: dir, log };
-        let event = Event::RunResumed { at_step, confirmations: options.confirmations.clone() };
-        match self.journal.set_status(&run_id, &RunStatus::Running, event)? {
+        let mut active = Active {
+            run_id: run_id.clone(),
+            plan,
+            run_dir: dir,
+            log,
+        };
+        let event = Event::RunResumed {
+            at_step,
+            confirmations: options.confirmations.clone(),
+        };
+        match self
+            .journal
+            .set_status(&run_id, &RunStatus::Running, event)?
+        {
             Some(rec) => self.publish(&mut active, &rec),
             None => {
                 // Aborted between our read and our write.
@@ -317,14 +419,19 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
                 return Err(EngineError::RunAborted { run_id, by });
             }
         }
-        let status = self.drive(&mut active, progress, &options.confirmations).await?;
+        let status = self
+            .drive(&mut active, progress, &options.confirmations)
+            .await?;
         self.finish(&mut active, status, session)
     }
 
     fn check_lock(&self, lock: &RollbackLock) -> Result<(), EngineError> {
         let expected = self.state_dir.join(LOCK_FILE);
         if lock.path() != expected {
-            return Err(EngineError::WrongLock { given: lock.path().to_path_buf(), expected });
+            return Err(EngineError::WrongLock {
+                given: lock.path().to_path_buf(),
+                expected,
+            });
         }
         Ok(())
     }
@@ -350,8 +457,16 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
         duration_ms: u64,
     ) -> Result<(), EngineError> {
         let step = active.plan.steps[index].id.clone();
-        let event = Event::StepFinished { index, step, attempt, outcome: outcome.clone(), duration_ms };
-        let rec = self.journal.record_outcome(&active.run_id, index, &outcome, event)?;
+        let event = Event::StepFinished {
+            index,
+            step,
+            attempt,
+            outcome: outcome.clone(),
+            duration_ms,
+        };
+        let rec = self
+            .journal
+            .record_outcome(&active.run_id, index, &outcome, event)?;
         self.publish(active, &rec);
         Ok(())
     }
@@ -375,26 +490,54 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
             let step = active.plan.steps[index].clone();
             if phase != Some(step.phase) {
                 phase = Some(step.phase);
-                let steps = active.plan.steps.iter().filter(|s| s.phase == step.phase).count();
-                self.journal_event(active, Event::PhaseStarted { phase: step.phase, steps })?;
+                let steps = active
+                    .plan
+                    .steps
+                    .iter()
+                    .filter(|s| s.phase == step.phase)
+                    .count();
+                self.journal_event(
+                    active,
+                    Event::PhaseStarted {
+                        phase: step.phase,
+                        steps,
+                    },
+                )?;
             }
             let confirmation = confirmations.get(&step.id).copied();
             if confirmation == Some(Confirmation::MarkDone) {
-                self.journal_event(active, Event::ConfirmationUsed { step: step.id.clone(), confirmation: Confirmation::MarkDone })?;
-                let outcome = StepOutcome::AlreadyDone { detail: "confirmed done by the operator".into() };
+                self.journal_event(
+                    active,
+                    Event::ConfirmationUsed {
+                        step: step.id.clone(),
+                        confirmation: Confirmation::MarkDone,
+                    },
+                )?;
+                let outcome = StepOutcome::AlreadyDone {
+                    detail: "confirmed done by the operator".into(),
+                };
                 self.journal_outcome(active, index, progress.attempts, outcome, 0)?;
                 continue;
             }
             if progress.attempts > 0 {
-                match self.reprobe(active, index, &step, &progress, confirmation).await? {
+                match self
+                    .reprobe(active, index, &step, &progress, confirmation)
+                    .await?
+                {
                     Resolution::Done => continue,
                     Resolution::Run => {}
                     Resolution::Wait(reason) => {
-                        return Ok(RunStatus::WaitingForConfirmation { step: step.id.clone(), reason });
+                        return Ok(RunStatus::WaitingForConfirmation {
+                            step: step.id.clone(),
+                            reason,
+                        });
                     }
                 }
             }
-            match self.execute(active, index, &step, progress.attempts).await? {
+            match self
+                .execute(active, index, &step, progress.attempts)
+                .await?
+            {
                 StepEnd::Done => {}
                 StepEnd::Stopped(status) => return Ok(status),
             }
@@ -407,8 +550,12 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
         let ctx = active.ctx(index, attempt);
         match bounded(step.timeout_secs, self.runner.probe(step, &ctx)).await {
             Some(Ok(p)) => p,
-            Some(Err(e)) => Probe::Unknown { why: format!("the probe failed: {e}") },
-            None => Probe::Unknown { why: format!("the probe did not answer within {} s", step.timeout_secs) },
+            Some(Err(e)) => Probe::Unknown {
+                why: format!("the probe failed: {e}"),
+            },
+            None => Probe::Unknown {
+                why: format!("the probe did not answer within {} s", step.timeout_secs),
+            },
         }
     }
 
@@ -422,15 +569,30 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
         confirmation: Option<Confirmation>,
     ) -> Result<Resolution, EngineError> {
         let probe = self.probe(active, index, step, progress.attempts).await;
-        self.journal_event(active, Event::StepProbed { step: step.id.clone(), probe: probe.clone() })?;
+        self.journal_event(
+            active,
+            Event::StepProbed {
+                step: step.id.clone(),
+                probe: probe.clone(),
+            },
+        )?;
         if let Probe::Done { detail } = &probe {
-            let outcome = StepOutcome::AlreadyDone { detail: format!("found done by the probe: {detail}") };
+            let outcome = StepOutcome::AlreadyDone {
+                detail: format!("found done by the probe: {detail}"),
+            };
             self.journal_outcome(active, index, progress.attempts, outcome, 0)?;
             return Ok(Resolution::Done);
         }
         let in_flight = progress.state == StepState::InFlight;
         // A failure the runner reported as retryable left nothing half-done.
-        let clean_failure = !in_flight && matches!(progress.outcome, Some(StepOutcome::Failed { retryable: true, .. }));
+        let clean_failure = !in_flight
+            && matches!(
+                progress.outcome,
+                Some(StepOutcome::Failed {
+                    retryable: true,
+                    ..
+                })
+            );
         let safe = match (step.safety, &probe) {
             (Safety::Idempotent, _) => true,
             (Safety::Probed, Probe::NotDone) => true,
@@ -441,16 +603,31 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
             return Ok(Resolution::Run);
         }
         if confirmation == Some(Confirmation::Rerun) {
-            self.journal_event(active, Event::ConfirmationUsed { step: step.id.clone(), confirmation: Confirmation::Rerun })?;
+            self.journal_event(
+                active,
+                Event::ConfirmationUsed {
+                    step: step.id.clone(),
+                    confirmation: Confirmation::Rerun,
+                },
+            )?;
             return Ok(Resolution::Run);
         }
-        let how = if in_flight { "it was in flight when the run stopped" } else { "its last attempt failed" };
+        let how = if in_flight {
+            "it was in flight when the run stopped"
+        } else {
+            "its last attempt failed"
+        };
         let reason = match (&probe, step.safety) {
             (Probe::Unknown { why }, _) => {
-                format!("{how} and the probe cannot tell whether it is done ({why}); it is {}", step.safety)
+                format!(
+                    "{how} and the probe cannot tell whether it is done ({why}); it is {}",
+                    step.safety
+                )
             }
             (_, Safety::NotRepeatable) => {
-                format!("{how}, the probe found it not done, and it is not repeatable: it may have partly run")
+                format!(
+                    "{how}, the probe found it not done, and it is not repeatable: it may have partly run"
+                )
             }
             _ => format!("{how} and it cannot be proven safe to repeat"),
         };
@@ -472,8 +649,15 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
             tries += 1;
             attempt += 1;
             // INTENT
-            let event = Event::StepStarted { index, step: step.id.clone(), title: step.title.clone(), attempt };
-            let rec = self.journal.record_intent(&active.run_id, index, attempt, event)?;
+            let event = Event::StepStarted {
+                index,
+                step: step.id.clone(),
+                title: step.title.clone(),
+                attempt,
+            };
+            let rec = self
+                .journal
+                .record_intent(&active.run_id, index, attempt, event)?;
             self.publish(active, &rec);
             // ACT
             let started = Instant::now();
@@ -483,7 +667,10 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
                     Some(Ok(outcome)) => outcome,
                     Some(Err(e)) => e.into_outcome(),
                     None => StepOutcome::Failed {
-                        error: format!("did not finish within its timeout of {} s", step.timeout_secs),
+                        error: format!(
+                            "did not finish within its timeout of {} s",
+                            step.timeout_secs
+                        ),
                         // cancelled half-way: only a step that is safe to repeat may be retried blindly
                         retryable: step.safety != Safety::NotRepeatable,
                     },
@@ -510,16 +697,26 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
                 tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
                 if step.safety != Safety::Idempotent {
                     let probe = self.probe(active, index, step, attempt).await;
-                    self.journal_event(active, Event::StepProbed { step: step.id.clone(), probe: probe.clone() })?;
+                    self.journal_event(
+                        active,
+                        Event::StepProbed {
+                            step: step.id.clone(),
+                            probe: probe.clone(),
+                        },
+                    )?;
                     if let Probe::Done { detail } = probe {
-                        let outcome = StepOutcome::AlreadyDone { detail: format!("found done by the probe: {detail}") };
+                        let outcome = StepOutcome::AlreadyDone {
+                            detail: format!("found done by the probe: {detail}"),
+                        };
                         self.journal_outcome(active, index, attempt, outcome, 0)?;
                         return Ok(StepEnd::Done);
                     }
                 }
                 continue;
             }
-            return Ok(StepEnd::Stopped(self.fail(active, index, step, attempt, error).await?));
+            return Ok(StepEnd::Stopped(
+                self.fail(active, index, step, attempt, error).await?,
+            ));
         }
     }
 
@@ -533,9 +730,18 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
         error: String,
     ) -> Result<RunStatus, EngineError> {
         let Some(procedure) = step.policy.emergency() else {
-            return Ok(RunStatus::Failed { step: step.id.clone(), error });
+            return Ok(RunStatus::Failed {
+                step: step.id.clone(),
+                error,
+            });
         };
-        self.journal_event(active, Event::EmergencyStarted { step: step.id.clone(), procedure })?;
+        self.journal_event(
+            active,
+            Event::EmergencyStarted {
+                step: step.id.clone(),
+                procedure,
+            },
+        )?;
         let result = {
             let ctx = active.ctx(index, attempt);
             bounded(step.timeout_secs, self.runner.emergency(procedure, &ctx)).await
@@ -543,17 +749,40 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
         let (ok, detail) = match result {
             Some(Ok(detail)) => (true, detail),
             Some(Err(e)) => (false, e.to_string()),
-            None => (false, format!("did not finish within {} s", step.timeout_secs)),
+            None => (
+                false,
+                format!("did not finish within {} s", step.timeout_secs),
+            ),
         };
-        let event = Event::EmergencyFinished { step: step.id.clone(), procedure, ok, detail: detail.clone() };
+        let event = Event::EmergencyFinished {
+            step: step.id.clone(),
+            procedure,
+            ok,
+            detail: detail.clone(),
+        };
         self.journal_event(active, event)?;
-        Ok(RunStatus::EmergencyStopped { step: step.id.clone(), error, procedure, emergency_ok: ok, detail })
+        Ok(RunStatus::EmergencyStopped {
+            step: step.id.clone(),
+            error,
+            procedure,
+            emergency_ok: ok,
+            detail,
+        })
     }
 
-    fn finish(&mut self, active: &mut Active, status: RunStatus, session: Instant) -> Result<RunEnd, EngineError> {
+    fn finish(
+        &mut self,
+        active: &mut Active,
+        status: RunStatus,
+        session: Instant,
+    ) -> Result<RunEnd, EngineError> {
         let duration_ms = ms_since(session);
         let next = next_action(&active.run_id, &active.plan, &status);
-        let event = Event::RunFinished { status: status.clone(), duration_ms, next: next.clone() };
+        let event = Event::RunFinished {
+            status: status.clone(),
+            duration_ms,
+            next: next.clone(),
+        };
         let (status, next) = match self.journal.set_status(&active.run_id, &status, event)? {
             Some(rec) => {
                 self.publish(active, &rec);
@@ -563,7 +792,11 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
                 // Aborted by a person meanwhile: the abort stands.
                 let status = self.journal.status(&active.run_id)?;
                 let next = next_action(&active.run_id, &active.plan, &status);
-                let event = Event::RunFinished { status: status.clone(), duration_ms, next: next.clone() };
+                let event = Event::RunFinished {
+                    status: status.clone(),
+                    duration_ms,
+                    next: next.clone(),
+                };
                 self.journal_event(active, event)?;
                 (status, next)
             }

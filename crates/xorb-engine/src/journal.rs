@@ -28,9 +28,15 @@ pub const SCHEMA_VERSION: i64 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("cannot create the state directory {path}: {source}")]
-    StateDir { path: PathBuf, source: std::io::Error },
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot open the rollback journal {path}: {source}")]
-    Open { path: PathBuf, source: rusqlite::Error },
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     #[error(
         "the rollback journal {path} cannot use write-ahead logging (journal_mode stays {mode:?}); put the state \
          directory on a local file system"
@@ -40,15 +46,32 @@ pub enum JournalError {
         "the rollback journal {path} was written by a newer xorbctl (journal schema {found}, this xorbctl knows \
          {known}); use the newer xorbctl"
     )]
-    NewerSchema { path: PathBuf, found: i64, known: i64 },
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
     #[error("rollback journal {path}: could not {op}: {source}")]
-    Sql { path: PathBuf, op: &'static str, source: rusqlite::Error },
+    Sql {
+        path: PathBuf,
+        op: &'static str,
+        source: rusqlite::Error,
+    },
     #[error("no run {0:?} in the rollback journal; `xorbctl runs` lists the runs")]
     RunNotFound(String),
     #[error("{prefix:?} matches several runs ({}); give more of the run id", matches.join(", "))]
-    Ambiguous { prefix: String, matches: Vec<String> },
-    #[error("rollback journal {path}: the {what} cannot be read ({message}); was it written by another version?")]
-    Corrupt { path: PathBuf, what: String, message: String },
+    Ambiguous {
+        prefix: String,
+        matches: Vec<String>,
+    },
+    #[error(
+        "rollback journal {path}: the {what} cannot be read ({message}); was it written by another version?"
+    )]
+    Corrupt {
+        path: PathBuf,
+        what: String,
+        message: String,
+    },
 }
 
 /// A step's state in the journal.
@@ -91,7 +114,10 @@ impl StepState {
 
     /// Succeeded, already done or skipped: nothing more to do for this step.
     pub fn is_done(self) -> bool {
-        matches!(self, StepState::Succeeded | StepState::AlreadyDone | StepState::Skipped)
+        matches!(
+            self,
+            StepState::Succeeded | StepState::AlreadyDone | StepState::Skipped
+        )
     }
 
     pub fn from_outcome(outcome: &StepOutcome) -> StepState {
@@ -211,23 +237,39 @@ impl std::fmt::Debug for Journal {
 impl Journal {
     /// Opens (creating if needed) `<state_dir>/journal.sqlite`.
     pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
-        std::fs::create_dir_all(state_dir)
-            .map_err(|source| JournalError::StateDir { path: state_dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(state_dir).map_err(|source| JournalError::StateDir {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
         Self::open_file(&state_dir.join(JOURNAL_FILE))
     }
 
     /// Opens (creating if needed) a journal database at `path`.
     pub fn open_file(path: &Path) -> Result<Journal, JournalError> {
-        let open_err = |source| JournalError::Open { path: path.to_path_buf(), source };
+        let open_err = |source| JournalError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
         let conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(open_err)?;
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(open_err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(open_err)?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(JournalError::NotWal { path: path.to_path_buf(), mode });
+            return Err(JournalError::NotWal {
+                path: path.to_path_buf(),
+                mode,
+            });
         }
-        conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
-        let journal = Journal { conn, path: path.to_path_buf() };
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        let journal = Journal {
+            conn,
+            path: path.to_path_buf(),
+        };
         journal.migrate()?;
         Ok(journal)
     }
@@ -237,18 +279,32 @@ impl Journal {
     }
 
     fn sql(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> JournalError + '_ {
-        move |source| JournalError::Sql { path: self.path.clone(), op, source }
+        move |source| JournalError::Sql {
+            path: self.path.clone(),
+            op,
+            source,
+        }
     }
 
     fn corrupt(&self, what: impl Into<String>, message: impl ToString) -> JournalError {
-        JournalError::Corrupt { path: self.path.clone(), what: what.into(), message: message.to_string() }
+        JournalError::Corrupt {
+            path: self.path.clone(),
+            what: what.into(),
+            message: message.to_string(),
+        }
     }
 
     fn migrate(&self) -> Result<(), JournalError> {
-        let version: i64 =
-            self.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(self.sql("read the schema version"))?;
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(self.sql("read the schema version"))?;
         if version > SCHEMA_VERSION {
-            return Err(JournalError::NewerSchema { path: self.path.clone(), found: version, known: SCHEMA_VERSION });
+            return Err(JournalError::NewerSchema {
+                path: self.path.clone(),
+                found: version,
+                known: SCHEMA_VERSION,
+            });
         }
         if version == SCHEMA_VERSION {
             return Ok(());
@@ -302,7 +358,11 @@ impl Journal {
         f: impl FnOnce(&Transaction<'_>) -> Result<T, rusqlite::Error>,
     ) -> Result<T, JournalError> {
         let path = self.path.clone();
-        let err = |source| JournalError::Sql { path: path.clone(), op, source };
+        let err = |source| JournalError::Sql {
+            path: path.clone(),
+            op,
+            source,
+        };
         let tx = Transaction::new(&mut self.conn, TransactionBehavior::Immediate).map_err(err)?;
         let value = f(&tx).map_err(err)?;
         tx.commit().map_err(err)?;
@@ -310,17 +370,28 @@ impl Journal {
         Ok(value)
     }
 
-    fn insert_event(tx: &Transaction<'_>, run_id: &str, at: DateTime<Utc>, event: &Event) -> rusqlite::Result<i64> {
-        let data = serde_json::to_string(event).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        tx.execute(
+    fn insert_event(
+        tx: &Transaction<'_>,
+        run_id: &str,
+        at: DateTime<Utc>,
+        event: &Event,
+    ) -> rusqlite::Result<i64> {
+        let data = serde_json::to_string(event)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        tx.prepare_cached(
             "INSERT INTO events (run_id, ts, kind, data_json) VALUES (?1, ?2, ?3, ?4)",
-            params![run_id, ts(at), event.kind(), data],
-        )?;
+        )?
+        .execute(params![run_id, ts(at), event.kind(), data])?;
         Ok(tx.last_insert_rowid())
     }
 
     fn record(seq: i64, run_id: &str, at: DateTime<Utc>, event: Event) -> EventRecord {
-        EventRecord { seq, run_id: run_id.to_string(), at, event }
+        EventRecord {
+            seq,
+            run_id: run_id.to_string(),
+            at,
+            event,
+        }
     }
 
     /// Journals a new run: its plan, every step pending, status `Running`, and `event` (RunStarted), all at
@@ -335,12 +406,13 @@ impl Journal {
     ) -> Result<EventRecord, JournalError> {
         let now = created_at;
         let plan_json = serde_json::to_string(plan).map_err(|e| self.corrupt("plan", e))?;
-        let status_json = serde_json::to_string(&RunStatus::Running).map_err(|e| self.corrupt("status", e))?;
+        let status_json =
+            serde_json::to_string(&RunStatus::Running).map_err(|e| self.corrupt("status", e))?;
         let seq = self.write("create the run", |tx| {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO runs (id, from_release, to_release, scope, plan_json, status, status_json, run_dir,
                                    created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?8)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?8)")?.execute(
                 params![
                     run_id,
                     plan.from,
@@ -375,15 +447,15 @@ impl Journal {
     ) -> Result<EventRecord, JournalError> {
         let now = now();
         let seq = self.write("journal the step's intent", |tx| {
-            let n = tx.execute(
+            let n = tx.prepare_cached(
                 "UPDATE steps SET state = 'in_flight', attempts = ?3, started_at = ?4, finished_at = NULL
-                 WHERE run_id = ?1 AND idx = ?2",
+                 WHERE run_id = ?1 AND idx = ?2")?.execute(
                 params![run_id, index as i64, attempt, ts(now)],
             )?;
             if n != 1 {
                 return Err(rusqlite::Error::QueryReturnedNoRows);
             }
-            tx.execute("UPDATE runs SET updated_at = ?2 WHERE id = ?1", params![run_id, ts(now)])?;
+            tx.prepare_cached("UPDATE runs SET updated_at = ?2 WHERE id = ?1")?.execute( params![run_id, ts(now)])?;
             Self::insert_event(tx, run_id, now, &event)
         })?;
         Ok(Self::record(seq, run_id, now, event))
@@ -398,29 +470,37 @@ impl Journal {
         event: Event,
     ) -> Result<EventRecord, JournalError> {
         let now = now();
-        let outcome_json = serde_json::to_string(outcome).map_err(|e| self.corrupt("outcome", e))?;
+        let outcome_json =
+            serde_json::to_string(outcome).map_err(|e| self.corrupt("outcome", e))?;
         let state = StepState::from_outcome(outcome).as_str();
         let seq = self.write("journal the step's outcome", |tx| {
-            let n = tx.execute(
-                "UPDATE steps SET state = ?3, finished_at = ?4, outcome_json = ?5,
+            let n = tx
+                .prepare_cached(
+                    "UPDATE steps SET state = ?3, finished_at = ?4, outcome_json = ?5,
                                   started_at = COALESCE(started_at, ?4)
                  WHERE run_id = ?1 AND idx = ?2",
-                params![run_id, index as i64, state, ts(now), outcome_json],
-            )?;
+                )?
+                .execute(params![run_id, index as i64, state, ts(now), outcome_json])?;
             if n != 1 {
                 return Err(rusqlite::Error::QueryReturnedNoRows);
             }
-            tx.execute("UPDATE runs SET updated_at = ?2 WHERE id = ?1", params![run_id, ts(now)])?;
+            tx.prepare_cached("UPDATE runs SET updated_at = ?2 WHERE id = ?1")?
+                .execute(params![run_id, ts(now)])?;
             Self::insert_event(tx, run_id, now, &event)
         })?;
         Ok(Self::record(seq, run_id, now, event))
     }
 
     /// Journals an event that changes no state.
-    pub fn append_event(&mut self, run_id: &str, event: Event) -> Result<EventRecord, JournalError> {
+    pub fn append_event(
+        &mut self,
+        run_id: &str,
+        event: Event,
+    ) -> Result<EventRecord, JournalError> {
         let now = now();
         let seq = self.write("journal an event", |tx| {
-            tx.execute("UPDATE runs SET updated_at = ?2 WHERE id = ?1", params![run_id, ts(now)])?;
+            tx.prepare_cached("UPDATE runs SET updated_at = ?2 WHERE id = ?1")?
+                .execute(params![run_id, ts(now)])?;
             Self::insert_event(tx, run_id, now, &event)
         })?;
         Ok(Self::record(seq, run_id, now, event))
@@ -436,11 +516,15 @@ impl Journal {
     ) -> Result<Option<EventRecord>, JournalError> {
         let now = now();
         let status_json = serde_json::to_string(status).map_err(|e| self.corrupt("status", e))?;
-        let finished = if matches!(status, RunStatus::Running) { None } else { Some(ts(now)) };
+        let finished = if matches!(status, RunStatus::Running) {
+            None
+        } else {
+            Some(ts(now))
+        };
         let seq = self.write("journal the run's status", |tx| {
-            let n = tx.execute(
+            let n = tx.prepare_cached(
                 "UPDATE runs SET status = ?2, status_json = ?3, updated_at = ?4, finished_at = ?5
-                 WHERE id = ?1 AND status <> 'aborted'",
+                 WHERE id = ?1 AND status <> 'aborted'")?.execute(
                 params![run_id, status.kind(), status_json, ts(now), finished],
             )?;
             if n == 0 {
@@ -459,14 +543,20 @@ impl Journal {
         if current.is_final() {
             return Ok((current, false));
         }
-        let step = current.stopped_at().map(str::to_string).or_else(|| self.in_flight_step(run_id).ok().flatten());
-        let status = RunStatus::Aborted { by: by.to_string(), step };
+        let step = current
+            .stopped_at()
+            .map(str::to_string)
+            .or_else(|| self.in_flight_step(run_id).ok().flatten());
+        let status = RunStatus::Aborted {
+            by: by.to_string(),
+            step,
+        };
         let status_json = serde_json::to_string(&status).map_err(|e| self.corrupt("status", e))?;
         let event = Event::AbortRequested { by: by.to_string() };
         let done = self.write("journal the abort", |tx| {
-            let n = tx.execute(
+            let n = tx.prepare_cached(
                 "UPDATE runs SET status = 'aborted', status_json = ?2, updated_at = ?3, finished_at = ?3
-                 WHERE id = ?1 AND status NOT IN ('aborted', 'succeeded')",
+                 WHERE id = ?1 AND status NOT IN ('aborted', 'succeeded')")?.execute(
                 params![run_id, status_json, ts(now)],
             )?;
             if n == 1 {
@@ -474,7 +564,11 @@ impl Journal {
             }
             Ok(n == 1)
         })?;
-        if done { Ok((status, true)) } else { Ok((self.status(run_id)?, false)) }
+        if done {
+            Ok((status, true))
+        } else {
+            Ok((self.status(run_id)?, false))
+        }
     }
 
     fn in_flight_step(&self, run_id: &str) -> Result<Option<String>, JournalError> {
@@ -492,8 +586,8 @@ impl Journal {
     pub fn status(&self, run_id: &str) -> Result<RunStatus, JournalError> {
         let json: Option<String> = self
             .conn
-            .query_row("SELECT status_json FROM runs WHERE id = ?1", [run_id], |r| r.get(0))
-            .optional()
+            .prepare_cached("SELECT status_json FROM runs WHERE id = ?1")
+            .and_then(|mut stmt| stmt.query_row([run_id], |r| r.get(0)).optional())
             .map_err(self.sql("read the run's status"))?;
         let json = json.ok_or_else(|| JournalError::RunNotFound(run_id.to_string()))?;
         serde_json::from_str(&json).map_err(|e| self.corrupt(format!("status of run {run_id}"), e))
@@ -505,12 +599,20 @@ impl Journal {
         if text == "latest" || text == "last" {
             return self
                 .conn
-                .query_row("SELECT id FROM runs ORDER BY created_at DESC, id DESC LIMIT 1", [], |r| r.get(0))
+                .query_row(
+                    "SELECT id FROM runs ORDER BY created_at DESC, id DESC LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
                 .optional()
                 .map_err(self.sql("list the runs"))?
                 .ok_or_else(|| JournalError::RunNotFound(text.to_string()));
         }
-        let mut stmt = self.conn.prepare("SELECT id FROM runs WHERE id = ?1 OR substr(id, 1, length(?1)) = ?1 ORDER BY id")
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id FROM runs WHERE id = ?1 OR substr(id, 1, length(?1)) = ?1 ORDER BY id",
+            )
             .map_err(self.sql("list the runs"))?;
         let ids: Vec<String> = stmt
             .query_map([text], |r| r.get(0))
@@ -523,21 +625,42 @@ impl Journal {
         match ids.len() {
             0 => Err(JournalError::RunNotFound(text.to_string())),
             1 => Ok(ids.into_iter().next().unwrap_or_default()),
-            _ => Err(JournalError::Ambiguous { prefix: text.to_string(), matches: ids }),
+            _ => Err(JournalError::Ambiguous {
+                prefix: text.to_string(),
+                matches: ids,
+            }),
         }
     }
 
     fn parse_ts(&self, what: &str, s: &str) -> Result<DateTime<Utc>, JournalError> {
-        DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).map_err(|e| self.corrupt(what, e))
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| self.corrupt(what, e))
     }
 
-    fn parse_opt_ts(&self, what: &str, s: Option<String>) -> Result<Option<DateTime<Utc>>, JournalError> {
+    fn parse_opt_ts(
+        &self,
+        what: &str,
+        s: Option<String>,
+    ) -> Result<Option<DateTime<Utc>>, JournalError> {
         s.map(|s| self.parse_ts(what, &s)).transpose()
     }
 
     /// Every run, most recent first.
     pub fn list_runs(&self) -> Result<Vec<RunSummary>, JournalError> {
-        type Row = (String, String, String, Option<String>, String, String, String, Option<String>, String, i64, i64);
+        type Row = (
+            String,
+            String,
+            String,
+            Option<String>,
+            String,
+            String,
+            String,
+            Option<String>,
+            String,
+            i64,
+            i64,
+        );
         let mut stmt = self
             .conn
             .prepare(
@@ -569,21 +692,36 @@ impl Journal {
             .collect::<Result<_, _>>()
             .map_err(self.sql("list the runs"))?;
         rows.into_iter()
-            .map(|(id, from, to, scope, status, created, updated, finished, run_dir, total, done)| {
-                Ok(RunSummary {
-                    status: serde_json::from_str(&status).map_err(|e| self.corrupt(format!("status of run {id}"), e))?,
-                    created_at: self.parse_ts("run timestamp", &created)?,
-                    updated_at: self.parse_ts("run timestamp", &updated)?,
-                    finished_at: self.parse_opt_ts("run timestamp", finished)?,
-                    steps_total: usize::try_from(total).unwrap_or(0),
-                    steps_done: usize::try_from(done).unwrap_or(0),
-                    run_dir: PathBuf::from(run_dir),
+            .map(
+                |(
                     id,
                     from,
                     to,
                     scope,
-                })
-            })
+                    status,
+                    created,
+                    updated,
+                    finished,
+                    run_dir,
+                    total,
+                    done,
+                )| {
+                    Ok(RunSummary {
+                        status: serde_json::from_str(&status)
+                            .map_err(|e| self.corrupt(format!("status of run {id}"), e))?,
+                        created_at: self.parse_ts("run timestamp", &created)?,
+                        updated_at: self.parse_ts("run timestamp", &updated)?,
+                        finished_at: self.parse_opt_ts("run timestamp", finished)?,
+                        steps_total: usize::try_from(total).unwrap_or(0),
+                        steps_done: usize::try_from(done).unwrap_or(0),
+                        run_dir: PathBuf::from(run_dir),
+                        id,
+                        from,
+                        to,
+                        scope,
+                    })
+                },
+            )
             .collect()
     }
 
@@ -601,12 +739,20 @@ impl Journal {
             .map_err(self.sql("read the run"))?;
         let (plan_json, status_json, created, updated, finished, run_dir) =
             row.ok_or_else(|| JournalError::RunNotFound(run_id.to_string()))?;
-        let plan: Plan =
-            serde_json::from_str(&plan_json).map_err(|e| self.corrupt(format!("plan of run {run_id}"), e))?;
-        let status: RunStatus =
-            serde_json::from_str(&status_json).map_err(|e| self.corrupt(format!("status of run {run_id}"), e))?;
+        let plan: Plan = serde_json::from_str(&plan_json)
+            .map_err(|e| self.corrupt(format!("plan of run {run_id}"), e))?;
+        let status: RunStatus = serde_json::from_str(&status_json)
+            .map_err(|e| self.corrupt(format!("status of run {run_id}"), e))?;
 
-        type StepRow = (i64, String, String, i64, Option<String>, Option<String>, Option<String>);
+        type StepRow = (
+            i64,
+            String,
+            String,
+            i64,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
         let mut stmt = self
             .conn
             .prepare(
@@ -615,23 +761,43 @@ impl Journal {
             )
             .map_err(self.sql("read the steps"))?;
         let rows: Vec<StepRow> = stmt
-            .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
+            .query_map([run_id], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            })
             .map_err(self.sql("read the steps"))?
             .collect::<Result<_, _>>()
             .map_err(self.sql("read the steps"))?;
         if rows.len() != plan.steps.len() {
             return Err(self.corrupt(
                 format!("steps of run {run_id}"),
-                format!("{} steps journaled for a plan of {}", rows.len(), plan.steps.len()),
+                format!(
+                    "{} steps journaled for a plan of {}",
+                    rows.len(),
+                    plan.steps.len()
+                ),
             ));
         }
         let mut steps = Vec::with_capacity(rows.len());
-        for ((idx, step_id, state, attempts, started, finished_s, outcome), spec) in rows.into_iter().zip(&plan.steps) {
+        for ((idx, step_id, state, attempts, started, finished_s, outcome), spec) in
+            rows.into_iter().zip(&plan.steps)
+        {
             if step_id != spec.id || usize::try_from(idx).ok() != Some(steps.len()) {
-                return Err(self.corrupt(format!("steps of run {run_id}"), format!("step #{idx} is {step_id:?}, the plan says {:?}", spec.id)));
+                return Err(self.corrupt(
+                    format!("steps of run {run_id}"),
+                    format!("step #{idx} is {step_id:?}, the plan says {:?}", spec.id),
+                ));
             }
-            let state =
-                StepState::parse(&state).ok_or_else(|| self.corrupt(format!("step {step_id}"), format!("state {state:?}")))?;
+            let state = StepState::parse(&state).ok_or_else(|| {
+                self.corrupt(format!("step {step_id}"), format!("state {state:?}"))
+            })?;
             let outcome: Option<StepOutcome> = outcome
                 .map(|o| serde_json::from_str(&o))
                 .transpose()
@@ -658,8 +824,14 @@ impl Journal {
             .map_err(self.sql("read the events"))?;
         let mut events = Vec::with_capacity(rows.len());
         for (seq, at, data) in rows {
-            let event: Event = serde_json::from_str(&data).map_err(|e| self.corrupt(format!("event #{seq}"), e))?;
-            events.push(EventRecord { seq, run_id: run_id.to_string(), at: self.parse_ts("event timestamp", &at)?, event });
+            let event: Event = serde_json::from_str(&data)
+                .map_err(|e| self.corrupt(format!("event #{seq}"), e))?;
+            events.push(EventRecord {
+                seq,
+                run_id: run_id.to_string(),
+                at: self.parse_ts("event timestamp", &at)?,
+                event,
+            });
         }
 
         Ok(RunRecord {
@@ -683,26 +855,49 @@ mod tests {
 
     fn plan() -> Plan {
         Plan::new("v2025.08-rc1", "v2025.07-stable")
-            .with_step(StepSpec::new("1.capture", Phase::Assessment, "Capture", Action::CaptureState, Safety::Idempotent))
+            .with_step(StepSpec::new(
+                "1.capture",
+                Phase::Assessment,
+                "Capture",
+                Action::CaptureState,
+                Safety::Idempotent,
+            ))
             .with_step(StepSpec::new(
                 "2.api.image",
                 Phase::Services,
                 "api",
-                Action::SetImage { service: "api".into(), image: "xorb/api:s".into(), release: "s".into() },
+                Action::SetImage {
+                    service: "api".into(),
+                    image: "xorb/api:s".into(),
+                    release: "s".into(),
+                },
                 Safety::Probed,
             ))
     }
 
     fn started(p: &Plan) -> Event {
-        Event::RunStarted { from: p.from.clone(), to: p.to.clone(), scope: None, steps: p.steps.len(), run_dir: "d".into(), log_file: "l".into() }
+        Event::RunStarted {
+            from: p.from.clone(),
+            to: p.to.clone(),
+            scope: None,
+            steps: p.steps.len(),
+            run_dir: "d".into(),
+            log_file: "l".into(),
+        }
     }
 
     #[test]
     fn journal_is_wal_with_full_sync() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
-        let mode: String = j.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
-        let sync: i64 = j.conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        let mode: String = j
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        let sync: i64 = j
+            .conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(mode, "wal");
         assert_eq!(sync, 2, "synchronous=FULL");
         assert!(dir.path().join(JOURNAL_FILE).exists());
@@ -713,26 +908,55 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::open(dir.path()).unwrap();
         let p = plan();
-        j.create_run("r1", &p, &dir.path().join("runs/r1"), Utc::now(), started(&p)).unwrap();
+        j.create_run(
+            "r1",
+            &p,
+            &dir.path().join("runs/r1"),
+            Utc::now(),
+            started(&p),
+        )
+        .unwrap();
         let rec = j.load_run("r1").unwrap();
         assert_eq!(rec.status, RunStatus::Running);
         assert_eq!(rec.steps.len(), 2);
-        assert!(rec.steps.iter().all(|s| s.state == StepState::Pending && s.attempts == 0));
+        assert!(
+            rec.steps
+                .iter()
+                .all(|s| s.state == StepState::Pending && s.attempts == 0)
+        );
         assert_eq!(rec.first_open_step(), Some(0));
 
-        j.record_intent("r1", 0, 1, Event::StepStarted { index: 0, step: "1.capture".into(), title: "t".into(), attempt: 1 })
-            .unwrap();
+        j.record_intent(
+            "r1",
+            0,
+            1,
+            Event::StepStarted {
+                index: 0,
+                step: "1.capture".into(),
+                title: "t".into(),
+                attempt: 1,
+            },
+        )
+        .unwrap();
         let rec = j.load_run("r1").unwrap();
         assert_eq!(rec.steps[0].state, StepState::InFlight);
         assert_eq!(rec.steps[0].attempts, 1);
         assert!(rec.steps[0].started_at.is_some() && rec.steps[0].finished_at.is_none());
 
-        let ok = StepOutcome::Succeeded { detail: "captured".into() };
+        let ok = StepOutcome::Succeeded {
+            detail: "captured".into(),
+        };
         j.record_outcome(
             "r1",
             0,
             &ok,
-            Event::StepFinished { index: 0, step: "1.capture".into(), attempt: 1, outcome: ok.clone(), duration_ms: 3 },
+            Event::StepFinished {
+                index: 0,
+                step: "1.capture".into(),
+                attempt: 1,
+                outcome: ok.clone(),
+                duration_ms: 3,
+            },
         )
         .unwrap();
         let rec = j.load_run("r1").unwrap();
@@ -752,12 +976,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::open(dir.path()).unwrap();
         let p = plan();
-        j.create_run("r1", &p, dir.path(), Utc::now(), started(&p)).unwrap();
+        j.create_run("r1", &p, dir.path(), Utc::now(), started(&p))
+            .unwrap();
         let (status, changed) = j.abort_run("r1", "alice").unwrap();
         assert!(changed);
-        assert_eq!(status, RunStatus::Aborted { by: "alice".into(), step: None });
-        let fin = Event::RunFinished { status: RunStatus::Succeeded, duration_ms: 1, next: String::new() };
-        assert!(j.set_status("r1", &RunStatus::Succeeded, fin).unwrap().is_none());
+        assert_eq!(
+            status,
+            RunStatus::Aborted {
+                by: "alice".into(),
+                step: None
+            }
+        );
+        let fin = Event::RunFinished {
+            status: RunStatus::Succeeded,
+            duration_ms: 1,
+            next: String::new(),
+        };
+        assert!(
+            j.set_status("r1", &RunStatus::Succeeded, fin)
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(j.status("r1").unwrap().kind(), "aborted");
         let (_, changed) = j.abort_run("r1", "bob").unwrap();
         assert!(!changed);
@@ -769,12 +1008,38 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::open(dir.path()).unwrap();
         let p = plan();
-        j.create_run("20250814-100000-aaaa", &p, dir.path(), Utc::now(), started(&p)).unwrap();
-        j.create_run("20250814-100000-aabb", &p, dir.path(), Utc::now(), started(&p)).unwrap();
-        assert_eq!(j.resolve_run_id("20250814-100000-aaaa").unwrap(), "20250814-100000-aaaa");
-        assert_eq!(j.resolve_run_id("20250814-100000-aab").unwrap(), "20250814-100000-aabb");
-        assert!(matches!(j.resolve_run_id("20250814"), Err(JournalError::Ambiguous { .. })));
-        assert!(matches!(j.resolve_run_id("nope"), Err(JournalError::RunNotFound(_))));
+        j.create_run(
+            "20250814-100000-aaaa",
+            &p,
+            dir.path(),
+            Utc::now(),
+            started(&p),
+        )
+        .unwrap();
+        j.create_run(
+            "20250814-100000-aabb",
+            &p,
+            dir.path(),
+            Utc::now(),
+            started(&p),
+        )
+        .unwrap();
+        assert_eq!(
+            j.resolve_run_id("20250814-100000-aaaa").unwrap(),
+            "20250814-100000-aaaa"
+        );
+        assert_eq!(
+            j.resolve_run_id("20250814-100000-aab").unwrap(),
+            "20250814-100000-aabb"
+        );
+        assert!(matches!(
+            j.resolve_run_id("20250814"),
+            Err(JournalError::Ambiguous { .. })
+        ));
+        assert!(matches!(
+            j.resolve_run_id("nope"),
+            Err(JournalError::RunNotFound(_))
+        ));
         assert_eq!(j.resolve_run_id("latest").unwrap(), "20250814-100000-aabb");
         let msg = j.load_run("nope").unwrap_err().to_string();
         assert!(msg.contains("xorbctl runs"), "{msg}");
@@ -786,7 +1051,8 @@ mod tests {
         let mut a = Journal::open(dir.path()).unwrap();
         let b = Journal::open(dir.path()).unwrap();
         let p = plan();
-        a.create_run("r1", &p, dir.path(), Utc::now(), started(&p)).unwrap();
+        a.create_run("r1", &p, dir.path(), Utc::now(), started(&p))
+            .unwrap();
         assert_eq!(b.status("r1").unwrap(), RunStatus::Running);
         let mut b = b;
         b.abort_run("r1", "ops").unwrap();
@@ -800,6 +1066,9 @@ mod tests {
         j.conn.pragma_update(None, "user_version", 99).unwrap();
         drop(j);
         let err = Journal::open(dir.path()).unwrap_err();
-        assert!(matches!(err, JournalError::NewerSchema { found: 99, .. }), "{err}");
+        assert!(
+            matches!(err, JournalError::NewerSchema { found: 99, .. }),
+            "{err}"
+        );
     }
 }

@@ -47,8 +47,8 @@ use serde::{Deserialize, Serialize};
 use xorb_model::plan::RunStatus;
 
 pub use events::{
-    Confirmation, Event, EventRecord, EventSink, FnSink, JsonLinesSink, MemorySink, NullSink, PlainSink,
-    format_duration_ms,
+    Confirmation, Event, EventRecord, EventSink, FnSink, JsonLinesSink, MemorySink, NullSink,
+    PlainSink, format_duration_ms,
 };
 pub use executor::{Engine, EngineError, ResumeOptions, RunEnd, new_run_id, next_action, run_dir};
 pub use journal::{Journal, JournalError, RunRecord, RunSummary, StepRecord, StepState};
@@ -79,9 +79,15 @@ pub fn list_runs(state_dir: &Path) -> Result<Vec<RunListing>, EngineError> {
         .list_runs()?
         .into_iter()
         .map(|run| {
-            let active = holder.as_ref().is_some_and(|h| h.run_id.as_deref() == Some(run.id.as_str()));
+            let active = holder
+                .as_ref()
+                .is_some_and(|h| h.run_id.as_deref() == Some(run.id.as_str()));
             let interrupted = run.status == RunStatus::Running && !active;
-            RunListing { run, active, interrupted }
+            RunListing {
+                run,
+                active,
+                interrupted,
+            }
         })
         .collect())
 }
@@ -116,5 +122,10 @@ pub fn abort_run(state_dir: &Path, run: &str, by: &str) -> Result<AbortResult, E
     } else {
         None
     };
-    Ok(AbortResult { run_id, status, aborted, running_pid })
+    Ok(AbortResult {
+        run_id,
+        status,
+        aborted,
+        running_pid,
+    })
 }

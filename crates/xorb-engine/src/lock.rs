@@ -23,9 +23,16 @@ pub enum LockError {
         pid.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()),
         run_id.as_deref().unwrap_or("RUN")
     )]
-    Held { run_id: Option<String>, pid: Option<u32>, path: PathBuf },
+    Held {
+        run_id: Option<String>,
+        pid: Option<u32>,
+        path: PathBuf,
+    },
     #[error("cannot use the rollback lock {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Who holds the lock, as written in the lock file.
@@ -44,14 +51,23 @@ pub struct RollbackLock {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LockError + '_ {
-    move |source| LockError::Io { path: path.to_path_buf(), source }
+    move |source| LockError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn open_lock_file(state_dir: &Path) -> Result<(File, PathBuf), LockError> {
     std::fs::create_dir_all(state_dir).map_err(io_err(state_dir))?;
     let path = state_dir.join(LOCK_FILE);
     // Never truncate on open: the content names the current holder until we hold the lock ourselves.
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io_err(&path))?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err(&path))?;
     Ok((file, path))
 }
 
@@ -72,15 +88,26 @@ impl RollbackLock {
         let (file, path) = open_lock_file(state_dir)?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(file) => {
-                let mut lock = RollbackLock { file, path, run_id: None };
+                let mut lock = RollbackLock {
+                    file,
+                    path,
+                    run_id: None,
+                };
                 lock.set_run_id(run_id)?;
                 Ok(lock)
             }
             Err((mut file, Errno::EWOULDBLOCK)) => {
                 let holder = read_holder(&mut file);
-                Err(LockError::Held { run_id: holder.run_id, pid: holder.pid, path })
+                Err(LockError::Held {
+                    run_id: holder.run_id,
+                    pid: holder.pid,
+                    path,
+                })
             }
-            Err((_, errno)) => Err(LockError::Io { path, source: std::io::Error::from(errno) }),
+            Err((_, errno)) => Err(LockError::Io {
+                path,
+                source: std::io::Error::from(errno),
+            }),
         }
     }
 
@@ -119,11 +146,18 @@ pub fn current_holder(state_dir: &Path) -> Result<Option<Holder>, LockError> {
     if !path.exists() {
         return Ok(None);
     }
-    let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io_err(&path))?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
     match Flock::lock(file, FlockArg::LockSharedNonblock) {
         Ok(_released_on_drop) => Ok(None),
         Err((mut file, Errno::EWOULDBLOCK)) => Ok(Some(read_holder(&mut file))),
-        Err((_, errno)) => Err(LockError::Io { path, source: std::io::Error::from(errno) }),
+        Err((_, errno)) => Err(LockError::Io {
+            path,
+            source: std::io::Error::from(errno),
+        }),
     }
 }
 
@@ -146,10 +180,16 @@ mod tests {
         }
         let msg = err.to_string();
         assert!(msg.contains("run 20250814-101500-abcd"), "{msg}");
-        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
         assert_eq!(
             current_holder(dir.path()).unwrap(),
-            Some(Holder { run_id: Some("20250814-101500-abcd".into()), pid: Some(std::process::id()) })
+            Some(Holder {
+                run_id: Some("20250814-101500-abcd".into()),
+                pid: Some(std::process::id())
+            })
         );
         drop(first);
         assert_eq!(current_holder(dir.path()).unwrap(), None);

@@ -11,7 +11,10 @@ use crate::events::{EventRecord, EventSink, log_line};
 
 /// The log file's name for a run created at `created_at` (local time, as `date` prints it).
 pub fn log_file_name(created_at: DateTime<Utc>) -> String {
-    format!("rollback-{}.log", created_at.with_timezone(&Local).format("%Y%m%d-%H%M%S"))
+    format!(
+        "rollback-{}.log",
+        created_at.with_timezone(&Local).format("%Y%m%d-%H%M%S")
+    )
 }
 
 /// Appends one line per event to the run's log file.
@@ -27,7 +30,10 @@ impl LogFileSink {
         std::fs::create_dir_all(run_dir)?;
         let path = run_dir.join(log_file_name(created_at));
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        Ok(LogFileSink { file: Some(file), path })
+        Ok(LogFileSink {
+            file: Some(file),
+            path,
+        })
     }
 
     pub fn path(&self) -> &Path {

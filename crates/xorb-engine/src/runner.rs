@@ -46,21 +46,36 @@ pub enum StepError {
 
 impl StepError {
     pub fn retryable(message: impl Into<String>) -> Self {
-        StepError::Failed { message: message.into(), retryable: true }
+        StepError::Failed {
+            message: message.into(),
+            retryable: true,
+        }
     }
 
     pub fn fatal(message: impl Into<String>) -> Self {
-        StepError::Failed { message: message.into(), retryable: false }
+        StepError::Failed {
+            message: message.into(),
+            retryable: false,
+        }
     }
 
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StepError::Failed { retryable: true, .. })
+        matches!(
+            self,
+            StepError::Failed {
+                retryable: true,
+                ..
+            }
+        )
     }
 
     /// The outcome journaled for this error.
     pub fn into_outcome(self) -> StepOutcome {
         let retryable = self.is_retryable();
-        StepOutcome::Failed { error: self.to_string(), retryable }
+        StepOutcome::Failed {
+            error: self.to_string(),
+            retryable,
+        }
     }
 }
 
@@ -87,11 +102,19 @@ pub trait StepRunner {
     /// Looks at the live state, without changing it, to tell whether `step`'s effect is already in place.
     /// Called on resume for a step that was in flight or had failed, and before retrying a step that is not
     /// idempotent. Return `Probe::Unknown` when there is no way to tell.
-    fn probe(&self, step: &StepSpec, ctx: &StepContext<'_>) -> impl Future<Output = Result<Probe, StepError>>;
+    fn probe(
+        &self,
+        step: &StepSpec,
+        ctx: &StepContext<'_>,
+    ) -> impl Future<Output = Result<Probe, StepError>>;
 
     /// Carries out `step`. Return `StepOutcome::Failed` (or a `StepError`) when it did not work; say whether a
     /// retry is safe.
-    fn run(&self, step: &StepSpec, ctx: &StepContext<'_>) -> impl Future<Output = Result<StepOutcome, StepError>>;
+    fn run(
+        &self,
+        step: &StepSpec,
+        ctx: &StepContext<'_>,
+    ) -> impl Future<Output = Result<StepOutcome, StepError>>;
 
     /// Carries out one of the runbook's emergency procedures after `ctx`'s step definitely failed.
     /// Returns what was done, in words.
@@ -103,11 +126,19 @@ pub trait StepRunner {
 }
 
 impl<R: StepRunner + ?Sized> StepRunner for &R {
-    fn probe(&self, step: &StepSpec, ctx: &StepContext<'_>) -> impl Future<Output = Result<Probe, StepError>> {
+    fn probe(
+        &self,
+        step: &StepSpec,
+        ctx: &StepContext<'_>,
+    ) -> impl Future<Output = Result<Probe, StepError>> {
         (**self).probe(step, ctx)
     }
 
-    fn run(&self, step: &StepSpec, ctx: &StepContext<'_>) -> impl Future<Output = Result<StepOutcome, StepError>> {
+    fn run(
+        &self,
+        step: &StepSpec,
+        ctx: &StepContext<'_>,
+    ) -> impl Future<Output = Result<StepOutcome, StepError>> {
         (**self).run(step, ctx)
     }
 

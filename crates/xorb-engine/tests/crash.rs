@@ -24,12 +24,20 @@ fn dirs() -> Dirs {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
     let effects = tmp.path().join("effects.txt");
-    Dirs { _tmp: tmp, state, effects }
+    Dirs {
+        _tmp: tmp,
+        state,
+        effects,
+    }
 }
 
 fn spawn(d: &Dirs, args: &[&str], crash_after: Option<u64>) -> Child {
     let mut cmd = Command::new(BIN);
-    cmd.arg(&d.state).arg(&d.effects).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.arg(&d.state)
+        .arg(&d.effects)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     cmd.env_remove(CRASH_ENV);
     if let Some(k) = crash_after {
         cmd.env(CRASH_ENV, k.to_string());
@@ -54,7 +62,11 @@ fn wait(child: &mut Child) -> ExitStatus {
 
 fn output(child: Child) -> (ExitStatus, String, String) {
     let out = child.wait_with_output().unwrap();
-    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn latest(d: &Dirs) -> Option<RunRecord> {
@@ -67,12 +79,22 @@ fn latest(d: &Dirs) -> Option<RunRecord> {
 }
 
 fn effects(d: &Dirs) -> Vec<String> {
-    std::fs::read_to_string(&d.effects).unwrap_or_default().lines().map(str::to_string).collect()
+    std::fs::read_to_string(&d.effects)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// What must be equal between an interrupted-and-resumed run and an uninterrupted one.
 fn normalized(rec: &RunRecord) -> (RunStatus, Vec<(String, bool)>) {
-    (rec.status.clone(), rec.steps.iter().map(|s| (s.spec.id.clone(), s.state.is_done())).collect())
+    (
+        rec.status.clone(),
+        rec.steps
+            .iter()
+            .map(|s| (s.spec.id.clone(), s.state.is_done()))
+            .collect(),
+    )
 }
 
 /// Runs `start` without interruption and returns (journal writes, record, effects).
@@ -84,19 +106,30 @@ fn reference() -> (u64, RunRecord, Vec<String>) {
     assert_eq!(v["status"]["state"], "succeeded", "{stdout}");
     let writes = v["journal_writes"].as_u64().unwrap();
     let rec = latest(&d).unwrap();
-    assert!(rec.steps.iter().all(|s| s.state == StepState::Succeeded && s.attempts == 1));
+    assert!(
+        rec.steps
+            .iter()
+            .all(|s| s.state == StepState::Succeeded && s.attempts == 1)
+    );
     (writes, rec, effects(&d))
 }
 
 /// Drives the run to completion as an operator would: resume; when the engine waits for a confirmation, look at
 /// the live state (the effects file) and confirm a re-run or mark the step done.
 /// Returns (processes started, processes killed).
-fn resume_until_done(d: &Dirs, extra: &[&str], mut kill_after: impl FnMut() -> Option<Duration>) -> (usize, usize) {
+fn resume_until_done(
+    d: &Dirs,
+    extra: &[&str],
+    mut kill_after: impl FnMut() -> Option<Duration>,
+) -> (usize, usize) {
     let mut confirm: Vec<String> = Vec::new();
     let mut killed = 0;
     for round in 1..=60 {
         let rec = latest(d);
-        if rec.as_ref().is_some_and(|r| r.status == RunStatus::Succeeded) {
+        if rec
+            .as_ref()
+            .is_some_and(|r| r.status == RunStatus::Succeeded)
+        {
             return (round - 1, killed);
         }
         let mut args: Vec<&str> = vec![if rec.is_none() { "start" } else { "resume" }];
@@ -121,10 +154,17 @@ fn resume_until_done(d: &Dirs, extra: &[&str], mut kill_after: impl FnMut() -> O
         if v["status"]["state"] == "waiting_for_confirmation" {
             let step = v["status"]["step"].as_str().unwrap().to_string();
             let done = effects(d).contains(&step);
-            confirm.push(if done { "--mark-done".into() } else { "--confirm".into() });
+            confirm.push(if done {
+                "--mark-done".into()
+            } else {
+                "--confirm".into()
+            });
             confirm.push(step);
         } else {
-            assert!(v["status"]["state"] == "succeeded", "unexpected end: {stdout}");
+            assert!(
+                v["status"]["state"] == "succeeded",
+                "unexpected end: {stdout}"
+            );
         }
     }
     panic!("the run did not complete after 60 resumes");
@@ -132,17 +172,37 @@ fn resume_until_done(d: &Dirs, extra: &[&str], mut kill_after: impl FnMut() -> O
 
 fn assert_same_as_reference(d: &Dirs, reference: &RunRecord, ref_effects: &[String], label: &str) {
     let rec = latest(d).unwrap();
-    assert_eq!(normalized(&rec), normalized(reference), "{label}: journal differs from an uninterrupted run");
+    assert_eq!(
+        normalized(&rec),
+        normalized(reference),
+        "{label}: journal differs from an uninterrupted run"
+    );
     assert_eq!(rec.plan, reference.plan, "{label}");
-    assert_eq!(effects(d), ref_effects, "{label}: every side effect exactly once, in plan order");
-    let started = rec.events.iter().filter(|e| e.event.kind() == "run_started").count();
+    assert_eq!(
+        effects(d),
+        ref_effects,
+        "{label}: every side effect exactly once, in plan order"
+    );
+    let started = rec
+        .events
+        .iter()
+        .filter(|e| e.event.kind() == "run_started")
+        .count();
     assert_eq!(started, 1, "{label}: one run");
     assert!(matches!(
         &rec.events.last().unwrap().event,
-        xorb_engine::Event::RunFinished { status: RunStatus::Succeeded, .. }
+        xorb_engine::Event::RunFinished {
+            status: RunStatus::Succeeded,
+            ..
+        }
     ));
     // the lock was released by the kernel after each kill: nobody holds it now
-    assert!(xorb_engine::list_runs(&d.state).unwrap().iter().all(|r| !r.active));
+    assert!(
+        xorb_engine::list_runs(&d.state)
+            .unwrap()
+            .iter()
+            .all(|r| !r.active)
+    );
 }
 
 #[test]
@@ -157,10 +217,17 @@ fn sigkill_at_every_journal_boundary_then_resume() {
         let mut child = spawn(&d, &["start"], Some(k));
         let status = wait(&mut child);
         let (_, _, stderr) = output(child);
-        assert_eq!(status.signal(), Some(9), "k={k}: the hook must SIGKILL the process ({stderr})");
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "k={k}: the hook must SIGKILL the process ({stderr})"
+        );
         let rec = latest(&d).expect("the first write creates the run");
         let journaled = rec.events.len() as u64;
-        assert_eq!(journaled, k, "k={k}: exactly k writes (one event each) reached the journal");
+        assert_eq!(
+            journaled, k,
+            "k={k}: exactly k writes (one event each) reached the journal"
+        );
         let (rounds, _) = resume_until_done(&d, &[], || None);
         assert!(rounds <= 2, "k={k}: {rounds} resumes");
         if rounds == 2 {
@@ -189,7 +256,13 @@ fn sigkill_at_random_moments_inside_steps_then_resume() {
     let seed = std::env::var("XORB_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
     eprintln!("random kill seed: {seed} (XORB_CRASH_SEED={seed} to replay)");
     let mut rng = Rng(seed);
     let (mut processes, mut kills) = (0, 0);
@@ -206,10 +279,18 @@ fn sigkill_at_random_moments_inside_steps_then_resume() {
         });
         processes += rounds;
         kills += killed;
-        assert_same_as_reference(&d, &reference, &ref_effects, &format!("seed {seed}, iteration {iteration}"));
+        assert_same_as_reference(
+            &d,
+            &reference,
+            &ref_effects,
+            &format!("seed {seed}, iteration {iteration}"),
+        );
     }
     eprintln!("{processes} processes, {kills} of them killed by SIGKILL at a random moment");
-    assert!(kills >= 6, "too few kills landed ({kills}): the random window is off");
+    assert!(
+        kills >= 6,
+        "too few kills landed ({kills}): the random window is off"
+    );
 }
 
 #[test]
@@ -224,20 +305,30 @@ fn sigkill_releases_the_lock_and_a_second_rollback_is_refused_while_one_runs() {
         {
             break h;
         }
-        assert!(start.elapsed() < DEADLINE, "the first rollback never took the lock");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the first rollback never took the lock"
+        );
         std::thread::sleep(Duration::from_millis(2));
     };
     assert_eq!(holder.pid, Some(first.id()));
     let second = spawn(&d, &["start"], None);
     let (status, _, stderr) = output(second);
     assert_eq!(status.code(), Some(2));
-    assert!(stderr.contains("another rollback is in progress"), "{stderr}");
+    assert!(
+        stderr.contains("another rollback is in progress"),
+        "{stderr}"
+    );
     assert!(stderr.contains(&format!("pid {}", first.id())), "{stderr}");
 
     first.kill().unwrap();
     let status = wait(&mut first);
     assert_eq!(status.signal(), Some(9));
-    assert_eq!(xorb_engine::lock::current_holder(&d.state).unwrap(), None, "the kernel released the lock");
+    assert_eq!(
+        xorb_engine::lock::current_holder(&d.state).unwrap(),
+        None,
+        "the kernel released the lock"
+    );
     let runs = xorb_engine::list_runs(&d.state).unwrap();
     assert!(runs[0].interrupted);
     resume_until_done(&d, &[], || None);

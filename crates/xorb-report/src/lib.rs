@@ -141,7 +141,11 @@ fn step_report(step: &StepRecord, events: &[EventRecord]) -> StepReport {
             Event::StepStarted { step: id, .. } if *id == step.spec.id => {
                 first_start.get_or_insert(e.at);
             }
-            Event::StepFinished { step: id, duration_ms, .. } if *id == step.spec.id => {
+            Event::StepFinished {
+                step: id,
+                duration_ms,
+                ..
+            } if *id == step.spec.id => {
                 last_end = Some(e.at);
                 executed_ms = Some(executed_ms.unwrap_or(0) + duration_ms);
             }
@@ -166,9 +170,8 @@ fn step_report(step: &StepRecord, events: &[EventRecord]) -> StepReport {
 
 fn check_result(step: &StepRecord) -> (&'static str, String) {
     match (&step.outcome, step.state) {
-        (Some(StepOutcome::Succeeded { detail }), _) | (Some(StepOutcome::AlreadyDone { detail }), _) => {
-            ("passed", detail.clone())
-        }
+        (Some(StepOutcome::Succeeded { detail }), _)
+        | (Some(StepOutcome::AlreadyDone { detail }), _) => ("passed", detail.clone()),
         (Some(StepOutcome::Skipped { reason }), _) => ("skipped", reason.clone()),
         (Some(StepOutcome::Failed { error, .. }), _) => ("failed", error.clone()),
         (None, StepState::InFlight) => ("not run", "interrupted".into()),
@@ -204,7 +207,9 @@ pub fn build(record: &RunRecord) -> Report {
         .events
         .iter()
         .find_map(|e| match &e.event {
-            Event::RunStarted { log_file, .. } if !log_file.is_empty() => Some(PathBuf::from(log_file)),
+            Event::RunStarted { log_file, .. } if !log_file.is_empty() => {
+                Some(PathBuf::from(log_file))
+            }
             _ => None,
         })
         .unwrap_or_else(|| record.run_dir.join(log_file_name(record.created_at)));
@@ -236,7 +241,9 @@ pub fn build(record: &RunRecord) -> Report {
         phases.push(PhaseReport {
             phase,
             label: phase.label(),
-            duration_ms: started_at.zip(finished_at.or(last_activity)).map(|(s, f)| ms_between(s, f)),
+            duration_ms: started_at
+                .zip(finished_at.or(last_activity))
+                .map(|(s, f)| ms_between(s, f)),
             started_at,
             finished_at,
             steps_done: steps.iter().filter(|s| s.state.is_done()).count(),
@@ -255,7 +262,12 @@ pub fn build(record: &RunRecord) -> Report {
             names.insert(0, name.clone());
         }
         for name in names {
-            checks.push(CheckReport { name, step: step.spec.id.clone(), result: result.into(), detail: detail.clone() });
+            checks.push(CheckReport {
+                name,
+                step: step.spec.id.clone(),
+                result: result.into(),
+                detail: detail.clone(),
+            });
         }
     }
 
@@ -269,7 +281,13 @@ pub fn build(record: &RunRecord) -> Report {
     }];
     for step in &record.steps {
         for change in &step.spec.changes {
-            if matches!(change.kind, ChangeKind::Image | ChangeKind::ServiceRemoved | ChangeKind::ServiceAdded | ChangeKind::Schema) {
+            if matches!(
+                change.kind,
+                ChangeKind::Image
+                    | ChangeKind::ServiceRemoved
+                    | ChangeKind::ServiceAdded
+                    | ChangeKind::Schema
+            ) {
                 let absent = || "(absent)".to_string();
                 versions.push(VersionReport {
                     component: match change.kind {
@@ -310,28 +328,55 @@ pub fn build(record: &RunRecord) -> Report {
     }
 }
 
-fn completion(record: &RunRecord, checks: &[CheckReport], duration_ms: u64, report: &Path, next: &str) -> Completion {
+fn completion(
+    record: &RunRecord,
+    checks: &[CheckReport],
+    duration_ms: u64,
+    report: &Path,
+    next: &str,
+) -> Completion {
     let plan = &record.plan;
-    let where_ = |step: &str| plan.step(step).map(|s| s.locate()).unwrap_or_else(|| format!("step {step}"));
+    let where_ = |step: &str| {
+        plan.step(step)
+            .map(|s| s.locate())
+            .unwrap_or_else(|| format!("step {step}"))
+    };
     let duration = format_duration_ms(duration_ms);
     let report = report.display().to_string();
     let (headline, status, impact, next) = match &record.status {
         RunStatus::Succeeded => {
-            let skipped: Vec<&CheckReport> = checks.iter().filter(|c| c.result == "skipped").collect();
+            let skipped: Vec<&CheckReport> =
+                checks.iter().filter(|c| c.result == "skipped").collect();
             let passed = checks.iter().filter(|c| c.result == "passed").count();
             let status = if checks.is_empty() {
                 "All steps completed".to_string()
             } else if skipped.is_empty() {
                 format!("All services healthy ({passed} checks passed)")
             } else {
-                let names: Vec<String> = skipped.iter().map(|c| format!("{}: {}", c.name, c.detail)).collect();
-                format!("All services healthy ({passed} checks passed; skipped: {})", names.join("; "))
+                let names: Vec<String> = skipped
+                    .iter()
+                    .map(|c| format!("{}: {}", c.name, c.detail))
+                    .collect();
+                format!(
+                    "All services healthy ({passed} checks passed; skipped: {})",
+                    names.join("; ")
+                )
             };
-            ("✅ ROLLBACK COMPLETE", status, "Resolved".to_string(), "Post-rollback monitoring for 2 hours".to_string())
+            (
+                "✅ ROLLBACK COMPLETE",
+                status,
+                "Resolved".to_string(),
+                "Post-rollback monitoring for 2 hours".to_string(),
+            )
         }
         RunStatus::Aborted { by, step } => (
             "⛔ ROLLBACK ABORTED",
-            format!("Aborted by {by}{}", step.as_deref().map(|s| format!(" at {}", where_(s))).unwrap_or_default()),
+            format!(
+                "Aborted by {by}{}",
+                step.as_deref()
+                    .map(|s| format!(" at {}", where_(s)))
+                    .unwrap_or_default()
+            ),
             "Not resolved: the stack may be partly rolled back; check it".to_string(),
             next.to_string(),
         ),
@@ -353,7 +398,13 @@ fn completion(record: &RunRecord, checks: &[CheckReport], duration_ms: u64, repo
             "Not resolved: the stack is partly rolled back".to_string(),
             next.to_string(),
         ),
-        RunStatus::EmergencyStopped { step, error, procedure, emergency_ok, .. } => (
+        RunStatus::EmergencyStopped {
+            step,
+            error,
+            procedure,
+            emergency_ok,
+            ..
+        } => (
             "🚨 ROLLBACK STOPPED — EMERGENCY PROCEDURE",
             format!(
                 "Failed at {}: {error}; emergency procedure {} {}",
@@ -365,7 +416,14 @@ fn completion(record: &RunRecord, checks: &[CheckReport], duration_ms: u64, repo
             next.to_string(),
         ),
     };
-    Completion { headline: headline.to_string(), duration, status, impact, next, report }
+    Completion {
+        headline: headline.to_string(),
+        duration,
+        status,
+        impact,
+        next,
+        report,
+    }
 }
 
 fn fmt_ts(t: DateTime<Utc>) -> String {
@@ -373,7 +431,8 @@ fn fmt_ts(t: DateTime<Utc>) -> String {
 }
 
 fn offset(start: DateTime<Utc>, t: Option<DateTime<Utc>>) -> String {
-    t.map(|t| format!("+{}", format_duration_ms(ms_between(start, t)))).unwrap_or_else(|| "—".into())
+    t.map(|t| format!("+{}", format_duration_ms(ms_between(start, t))))
+        .unwrap_or_else(|| "—".into())
 }
 
 fn dur(ms: Option<u64>) -> String {
@@ -419,17 +478,37 @@ pub fn render_markdown(record: &RunRecord) -> String {
     line("");
     line("| | |");
     line("|---|---|");
-    line(&format!("| Rollback | {} → {} |", cell(&r.from), cell(&r.to)));
-    line(&format!("| Scope | {} |", r.scope.as_deref().map(cell).unwrap_or_else(|| "full rollback".into())));
+    line(&format!(
+        "| Rollback | {} → {} |",
+        cell(&r.from),
+        cell(&r.to)
+    ));
+    line(&format!(
+        "| Scope | {} |",
+        r.scope
+            .as_deref()
+            .map(cell)
+            .unwrap_or_else(|| "full rollback".into())
+    ));
     line(&format!("| Status | {} |", cell(&r.status.to_string())));
     line(&format!("| Started | {} |", fmt_ts(r.started_at)));
-    line(&format!("| Finished | {} |", r.finished_at.map(fmt_ts).unwrap_or_else(|| "—".into())));
-    line(&format!("| Duration | {} |", format_duration_ms(r.duration_ms)));
+    line(&format!(
+        "| Finished | {} |",
+        r.finished_at.map(fmt_ts).unwrap_or_else(|| "—".into())
+    ));
+    line(&format!(
+        "| Duration | {} |",
+        format_duration_ms(r.duration_ms)
+    ));
     line(&format!(
         "| Executing | {} in {} execution{} |",
         format_duration_ms(r.executing_ms),
         r.executions,
-        if r.executions == 1 { "" } else { "s (start and resumes)" }
+        if r.executions == 1 {
+            ""
+        } else {
+            "s (start and resumes)"
+        }
     ));
     line(&format!("| Artifacts | `{}` |", r.artifacts_dir.display()));
     line(&format!("| Log file | `{}` |", r.log_file.display()));
@@ -486,8 +565,15 @@ pub fn render_markdown(record: &RunRecord) -> String {
                 outcome_cell(s)
             ));
         }
-        let changes: Vec<String> =
-            p.steps.iter().flat_map(|s| s.changes.iter().map(move |c| format!("- `{}`: {}", s.id, c))).collect();
+        let changes: Vec<String> = p
+            .steps
+            .iter()
+            .flat_map(|s| {
+                s.changes
+                    .iter()
+                    .map(move |c| format!("- `{}`: {}", s.id, c))
+            })
+            .collect();
         if !changes.is_empty() {
             line("");
             line("Changes:");
@@ -506,7 +592,13 @@ pub fn render_markdown(record: &RunRecord) -> String {
         line("| Check | Step | Result | Detail |");
         line("|---|---|---|---|");
         for c in &r.checks {
-            line(&format!("| {} | `{}` | {} | {} |", cell(&c.name), c.step, c.result, cell(&c.detail)));
+            line(&format!(
+                "| {} | `{}` | {} | {} |",
+                cell(&c.name),
+                c.step,
+                c.result,
+                cell(&c.detail)
+            ));
         }
     }
     line("");
@@ -524,7 +616,8 @@ pub fn render_markdown(record: &RunRecord) -> String {
 
 /// The report as JSON (the [`Report`] structure).
 pub fn render_json(record: &RunRecord) -> serde_json::Value {
-    serde_json::to_value(build(record)).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+    serde_json::to_value(build(record))
+        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
 }
 
 /// Writes `report.md` and `report.json` into the run's directory; returns their paths.
@@ -540,5 +633,9 @@ pub fn write_reports(record: &RunRecord) -> std::io::Result<(PathBuf, PathBuf)> 
 
 /// Per-phase wall durations, for benchmarks and summaries: phase → milliseconds.
 pub fn phase_durations(record: &RunRecord) -> BTreeMap<Phase, u64> {
-    build(record).phases.into_iter().filter_map(|p| Some((p.phase, p.duration_ms?))).collect()
+    build(record)
+        .phases
+        .into_iter()
+        .filter_map(|p| Some((p.phase, p.duration_ms?)))
+        .collect()
 }

@@ -19,19 +19,30 @@ impl StepRunner for Scripted {
     }
     async fn run(&self, step: &StepSpec, ctx: &StepContext<'_>) -> Result<StepOutcome, StepError> {
         if let Some(retryable) = self.fail_once.lock().unwrap().remove(&step.id) {
-            return Ok(StepOutcome::Failed { error: format!("{}: health check failed", step.id), retryable });
+            return Ok(StepOutcome::Failed {
+                error: format!("{}: health check failed", step.id),
+                retryable,
+            });
         }
         Ok(match &step.action {
-            Action::Check { name } if name == "quota" => {
-                StepOutcome::Skipped { reason: format!("no quota system on {}", ctx.to) }
-            }
-            Action::SetImage { service, release, .. } => {
-                StepOutcome::Succeeded { detail: format!("{service} reports {release}") }
-            }
-            _ => StepOutcome::Succeeded { detail: "ok".into() },
+            Action::Check { name } if name == "quota" => StepOutcome::Skipped {
+                reason: format!("no quota system on {}", ctx.to),
+            },
+            Action::SetImage {
+                service, release, ..
+            } => StepOutcome::Succeeded {
+                detail: format!("{service} reports {release}"),
+            },
+            _ => StepOutcome::Succeeded {
+                detail: "ok".into(),
+            },
         })
     }
-    async fn emergency(&self, p: EmergencyProcedure, _ctx: &StepContext<'_>) -> Result<String, StepError> {
+    async fn emergency(
+        &self,
+        p: EmergencyProcedure,
+        _ctx: &StepContext<'_>,
+    ) -> Result<String, StepError> {
         Ok(format!("{}: done on the test target", p.name()))
     }
 }
@@ -44,15 +55,30 @@ fn image(service: &str) -> StepSpec {
         format!("2.{service}.image"),
         Phase::Services,
         format!("Roll {service} back to {TO}"),
-        Action::SetImage { service: service.into(), image: format!("xorb/{service}:{TO}"), release: TO.into() },
+        Action::SetImage {
+            service: service.into(),
+            image: format!("xorb/{service}:{TO}"),
+            release: TO.into(),
+        },
         Safety::Probed,
     )
-    .with_change(Change::new(ChangeKind::Image, service, Some(format!("xorb/{service}:{FROM}")), Some(format!("xorb/{service}:{TO}"))))
+    .with_change(Change::new(
+        ChangeKind::Image,
+        service,
+        Some(format!("xorb/{service}:{FROM}")),
+        Some(format!("xorb/{service}:{TO}")),
+    ))
     .with_check(format!("{service}-health"))
 }
 
 fn check(name: &str) -> StepSpec {
-    StepSpec::new(format!("5.{name}"), Phase::Verification, format!("Check {name}"), Action::Check { name: name.into() }, Safety::Idempotent)
+    StepSpec::new(
+        format!("5.{name}"),
+        Phase::Verification,
+        format!("Check {name}"),
+        Action::Check { name: name.into() },
+        Safety::Idempotent,
+    )
 }
 
 fn runbook_plan() -> Plan {
@@ -60,21 +86,78 @@ fn runbook_plan() -> Plan {
     config.insert("EVIDENCE_SYSTEM_ENABLED".to_string(), "false".to_string());
     config.insert("TENANT_ISOLATION_MODE".to_string(), "basic".to_string());
     Plan::new(FROM, TO)
-        .with_step(StepSpec::new("1.capture", Phase::Assessment, "Capture system state", Action::CaptureState, Safety::Idempotent))
-        .with_step(StepSpec::new("1.verify-target", Phase::Assessment, "Verify that v2025.07-stable is available", Action::VerifyTargetAvailable, Safety::Idempotent))
-        .with_step(StepSpec::new("1.integrity", Phase::Assessment, "Quick data-integrity scan", Action::IntegrityQuick, Safety::Idempotent).with_check("integrity-quick"))
-        .with_step(image("api").with_policy(FailurePolicy::Retry { attempts: 3, backoff_ms: 0, then: None }))
+        .with_step(StepSpec::new(
+            "1.capture",
+            Phase::Assessment,
+            "Capture system state",
+            Action::CaptureState,
+            Safety::Idempotent,
+        ))
+        .with_step(StepSpec::new(
+            "1.verify-target",
+            Phase::Assessment,
+            "Verify that v2025.07-stable is available",
+            Action::VerifyTargetAvailable,
+            Safety::Idempotent,
+        ))
+        .with_step(
+            StepSpec::new(
+                "1.integrity",
+                Phase::Assessment,
+                "Quick data-integrity scan",
+                Action::IntegrityQuick,
+                Safety::Idempotent,
+            )
+            .with_check("integrity-quick"),
+        )
+        .with_step(image("api").with_policy(FailurePolicy::Retry {
+            attempts: 3,
+            backoff_ms: 0,
+            then: None,
+        }))
         .with_step(image("orchestrator"))
         .with_step(
-            StepSpec::new("2.control-plane.remove", Phase::Services, "Remove control-plane (not in v2025.07-stable)", Action::RemoveService { service: "control-plane".into() }, Safety::NotRepeatable)
-                .with_change(Change::new(ChangeKind::ServiceRemoved, "control-plane", Some(format!("xorb/control-plane:{FROM}")), None)),
+            StepSpec::new(
+                "2.control-plane.remove",
+                Phase::Services,
+                "Remove control-plane (not in v2025.07-stable)",
+                Action::RemoveService {
+                    service: "control-plane".into(),
+                },
+                Safety::NotRepeatable,
+            )
+            .with_change(Change::new(
+                ChangeKind::ServiceRemoved,
+                "control-plane",
+                Some(format!("xorb/control-plane:{FROM}")),
+                None,
+            )),
         )
         .with_step(image("worker"))
         .with_step(image("scheduler"))
         .with_step(
-            StepSpec::new("2.config", Phase::Services, "Apply v2025.07-stable configuration", Action::ApplyConfig { service: None, changes: config }, Safety::Idempotent)
-                .with_change(Change::new(ChangeKind::Config, "EVIDENCE_SYSTEM_ENABLED", Some("true".into()), Some("false".into())))
-                .with_change(Change::new(ChangeKind::Config, "TENANT_ISOLATION_MODE", Some("advanced".into()), Some("basic".into()))),
+            StepSpec::new(
+                "2.config",
+                Phase::Services,
+                "Apply v2025.07-stable configuration",
+                Action::ApplyConfig {
+                    service: None,
+                    changes: config,
+                },
+                Safety::Idempotent,
+            )
+            .with_change(Change::new(
+                ChangeKind::Config,
+                "EVIDENCE_SYSTEM_ENABLED",
+                Some("true".into()),
+                Some("false".into()),
+            ))
+            .with_change(Change::new(
+                ChangeKind::Config,
+                "TENANT_ISOLATION_MODE",
+                Some("advanced".into()),
+                Some("basic".into()),
+            )),
         )
         .with_step(check("health"))
         .with_step(check("info"))
@@ -98,17 +181,37 @@ fn redact(record: &RunRecord, state_dir: &std::path::Path) -> RunRecord {
     let clock: BTreeMap<String, String> = stamps
         .into_iter()
         .enumerate()
-        .map(|(i, s)| (s, (t0 + Duration::seconds(i as i64)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)))
+        .map(|(i, s)| {
+            (
+                s,
+                (t0 + Duration::seconds(i as i64))
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            )
+        })
         .collect();
     let log_name = record.events.iter().find_map(|e| match &e.event {
-        Event::RunStarted { log_file, .. } => Some(log_file.rsplit('/').next().unwrap_or_default().to_string()),
+        Event::RunStarted { log_file, .. } => {
+            Some(log_file.rsplit('/').next().unwrap_or_default().to_string())
+        }
         _ => None,
     });
-    rewrite(&mut v, &clock, &record.id, &state_dir.to_string_lossy(), log_name.as_deref().unwrap_or("?"));
+    rewrite(
+        &mut v,
+        &clock,
+        &record.id,
+        &state_dir.to_string_lossy(),
+        log_name.as_deref().unwrap_or("?"),
+    );
     serde_json::from_value(v).unwrap()
 }
 
-const STAMP_KEYS: [&str; 5] = ["at", "created_at", "updated_at", "finished_at", "started_at"];
+const STAMP_KEYS: [&str; 5] = [
+    "at",
+    "created_at",
+    "updated_at",
+    "finished_at",
+    "started_at",
+];
 
 fn collect_stamps(v: &serde_json::Value, out: &mut BTreeSet<String>) {
     match v {
@@ -127,7 +230,13 @@ fn collect_stamps(v: &serde_json::Value, out: &mut BTreeSet<String>) {
     }
 }
 
-fn rewrite(v: &mut serde_json::Value, clock: &BTreeMap<String, String>, run_id: &str, dir: &str, log: &str) {
+fn rewrite(
+    v: &mut serde_json::Value,
+    clock: &BTreeMap<String, String>,
+    run_id: &str,
+    dir: &str,
+    log: &str,
+) {
     match v {
         serde_json::Value::Object(m) => {
             for (k, v) in m.iter_mut() {
@@ -142,10 +251,15 @@ fn rewrite(v: &mut serde_json::Value, clock: &BTreeMap<String, String>, run_id: 
                 }
             }
         }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(|v| rewrite(v, clock, run_id, dir, log)),
+        serde_json::Value::Array(a) => a
+            .iter_mut()
+            .for_each(|v| rewrite(v, clock, run_id, dir, log)),
         // the log file's name carries the local time of the run's start
         serde_json::Value::String(s) => {
-            *s = s.replace(dir, STATE_DIR).replace(run_id, RUN_ID).replace(log, "rollback-20250814-101500.log")
+            *s = s
+                .replace(dir, STATE_DIR)
+                .replace(run_id, RUN_ID)
+                .replace(log, "rollback-20250814-101500.log")
         }
         _ => {}
     }
@@ -157,11 +271,16 @@ async fn resumed_run() -> RunRecord {
     let mut fail = BTreeMap::new();
     fail.insert("2.api.image".to_string(), true);
     fail.insert("2.worker.image".to_string(), false);
-    let target = Scripted { fail_once: Mutex::new(fail) };
+    let target = Scripted {
+        fail_once: Mutex::new(fail),
+    };
     let mut engine = Engine::new(dir.path(), target, NullSink).unwrap();
     let end = engine.start(runbook_plan()).await.unwrap();
     assert_eq!(end.status.kind(), "failed");
-    let end = engine.resume(&end.run_id, ResumeOptions::default()).await.unwrap();
+    let end = engine
+        .resume(&end.run_id, ResumeOptions::default())
+        .await
+        .unwrap();
     assert!(end.succeeded());
     let record = load_run(dir.path(), &end.run_id).unwrap();
     let (md, json) = xorb_report::write_reports(&record).unwrap();
@@ -194,11 +313,19 @@ async fn markdown_report_of_a_run_stopped_by_an_emergency() {
     let dir = tempfile::tempdir().unwrap();
     let mut fail = BTreeMap::new();
     fail.insert("2.worker.image".to_string(), false);
-    let target = Scripted { fail_once: Mutex::new(fail) };
+    let target = Scripted {
+        fail_once: Mutex::new(fail),
+    };
     let mut plan = runbook_plan();
     let i = plan.index_of("2.worker.image").unwrap();
-    plan.steps[i].policy = FailurePolicy::Emergency { procedure: EmergencyProcedure::CascadePrevention };
-    let end = Engine::new(dir.path(), target, NullSink).unwrap().start(plan).await.unwrap();
+    plan.steps[i].policy = FailurePolicy::Emergency {
+        procedure: EmergencyProcedure::CascadePrevention,
+    };
+    let end = Engine::new(dir.path(), target, NullSink)
+        .unwrap()
+        .start(plan)
+        .await
+        .unwrap();
     assert_eq!(end.status.kind(), "emergency_stopped");
     let record = redact(&load_run(dir.path(), &end.run_id).unwrap(), dir.path());
     let md = xorb_report::render_markdown(&record);

@@ -73,11 +73,26 @@ pub enum Command {
     Runs,
     /// One run: its plan, every step's state and the events.
     Show { run: String },
+    /// Prove the audit trail whole, or name the first entry that was changed, removed or reordered.
+    Audit {
+        #[command(subcommand)]
+        action: AuditCmd,
+    },
     /// The run's report.
     Report {
         run: String,
         #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
         format: ReportFormat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Verify every entry's hash link and Ed25519 signature.
+    Verify {
+        /// Check signatures of the entries of this window only, e.g. 1h, 30m, 2d (hash links are always checked).
+        #[arg(long)]
+        since: Option<String>,
     },
 }
 
@@ -353,6 +368,16 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
             });
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit {
+            action: AuditCmd::Verify { since },
+        } => {
+            let since = since.as_deref().map(parse_since).transpose()?;
+            let dir = state_dir.join("audit");
+            let key = xorb_audit::load_public_key(&dir.join("audit-signing-key.pub.pem"))?;
+            let report = xorb_audit::verify(&dir.join("audit.jsonl"), &key, since)?;
+            out.result(&report.to_string(), |s| format!("{s}\n"));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Report { run, format } => {
             let rec = xorb_engine::load_run(&state_dir, run)?;
             match format {
@@ -459,4 +484,23 @@ fn render_status(st: &stack::StackStatus) -> String {
         }
     );
     s
+}
+
+/// "1h", "30m", "2d", "90s" → that long ago.
+fn parse_since(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    let bad = || {
+        UsageError(format!(
+            "--since {text:?}: use a number and a unit, like 30m, 1h or 2d"
+        ))
+    };
+    let (n, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+    let n: i64 = n.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "s" => chrono::Duration::seconds(n),
+        "m" => chrono::Duration::minutes(n),
+        "h" => chrono::Duration::hours(n),
+        "d" => chrono::Duration::days(n),
+        _ => return Err(bad().into()),
+    };
+    Ok(chrono::Utc::now() - d)
 }

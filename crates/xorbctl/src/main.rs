@@ -4,6 +4,7 @@
 mod cli;
 mod output;
 mod rollback;
+mod sinks;
 
 use std::process::ExitCode;
 
@@ -31,9 +32,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// The one place errors become exit codes: 2 bad input, 3 refused (the stack is not as expected), 4 a server or
-/// dependency failed, 1 anything else.
+/// The one place errors become exit codes: 2 bad input (unknown release, malformed file, bad flag), 3 refused
+/// (the stack is not as the command expects: no stack, wrong --from, another rollback running), 4 a server or
+/// dependency failed, 1 anything else. A rollback that ran and failed exits 6, one waiting for a person 7; an
+/// audit trail that does not verify, 8.
 fn exit_code(e: &anyhow::Error) -> u8 {
+    use xorb_engine::planner::PlanError as P;
+    use xorb_engine::{EngineError as E, JournalError as J};
     use xorb_local::LocalError as L;
     for cause in e.chain() {
         if let Some(le) = cause.downcast_ref::<L>() {
@@ -48,9 +53,35 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 | L::Unhealthy { .. } => 4,
             };
         }
+        if let Some(pe) = cause.downcast_ref::<P>() {
+            return match pe {
+                P::WrongFrom { .. } => 3,
+                P::BadScope(_) | P::SameRelease(_) | P::NotYetSupported(_) => 2,
+            };
+        }
+        if cause.downcast_ref::<xorb_audit::VerifyError>().is_some() {
+            return 8;
+        }
+        if cause.downcast_ref::<xorb_engine::LockError>().is_some() {
+            return 3;
+        }
+        if let Some(J::RunNotFound(_) | J::Ambiguous { .. }) = cause.downcast_ref::<J>() {
+            return 2;
+        }
+        if let Some(E::Lock(_) | E::AlreadySucceeded { .. } | E::RunAborted { .. }) =
+            cause.downcast_ref::<E>()
+        {
+            return 3;
+        }
+        if let Some(E::UnknownStep { .. }) = cause.downcast_ref::<E>() {
+            return 2;
+        }
         if cause
             .downcast_ref::<xorb_model::release::ReleaseError>()
             .is_some()
+            || cause
+                .downcast_ref::<xorb_model::policy::PolicyError>()
+                .is_some()
             || cause.downcast_ref::<cli::UsageError>().is_some()
         {
             return 2;

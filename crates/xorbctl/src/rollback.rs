@@ -7,16 +7,14 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use xorb_engine::planner::{self, Scope};
-use xorb_engine::{
-    Confirmation, Engine, JsonLinesSink, PlainSink, ResumeOptions, RollbackLock, RunEnd,
-};
+use xorb_engine::{Confirmation, Engine, ResumeOptions, RollbackLock, RunEnd};
 use xorb_local::rollback::{LocalRunner, observe};
 use xorb_model::plan::{Plan, RunStatus};
 use xorb_model::policy::Policy;
 use xorb_model::release::Release;
 
 use crate::cli::{Cli, UsageError, paths};
-use crate::output::{Format, Reporter};
+use crate::output::Reporter;
 
 pub fn load_policy(file: Option<&Path>) -> anyhow::Result<Policy> {
     match file {
@@ -142,24 +140,11 @@ async fn execute(
     op: Op<'_>,
 ) -> anyhow::Result<RunEnd> {
     let runner = LocalRunner::new(&cli.state_dir, paths(cli)?, to);
-    Ok(match out.format {
-        Format::Json => {
-            run_op(
-                Engine::new(&cli.state_dir, runner, JsonLinesSink(std::io::stdout()))?,
-                lock,
-                op,
-            )
-            .await?
-        }
-        Format::Text => {
-            run_op(
-                Engine::new(&cli.state_dir, runner, PlainSink(std::io::stdout()))?,
-                lock,
-                op,
-            )
-            .await?
-        }
-    })
+    let secrets = xorb_local::stack::Secrets::load(&cli.state_dir)
+        .map(|s| s.values())
+        .unwrap_or_default();
+    let sink = crate::sinks::RunSink::new(out.format, &cli.state_dir, secrets)?;
+    Ok(run_op(Engine::new(&cli.state_dir, runner, sink)?, lock, op).await?)
 }
 
 async fn run_op<S: xorb_engine::EventSink>(

@@ -15,7 +15,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use xorb_engine::{Confirmation, Engine, NullSink, Probe, ResumeOptions, StepContext, StepError, StepRunner};
+use xorb_engine::{
+    Confirmation, Engine, NullSink, Probe, ResumeOptions, StepContext, StepError, StepRunner,
+};
 use xorb_model::plan::{Action, EmergencyProcedure, Phase, Plan, Safety, StepOutcome, StepSpec};
 
 struct EffectsTarget {
@@ -25,14 +27,20 @@ struct EffectsTarget {
 
 impl EffectsTarget {
     fn lines(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.effects).unwrap_or_default().lines().map(str::to_string).collect()
+        std::fs::read_to_string(&self.effects)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 }
 
 impl StepRunner for EffectsTarget {
     async fn probe(&self, step: &StepSpec, _ctx: &StepContext<'_>) -> Result<Probe, StepError> {
-        Ok(if self.lines().iter().any(|l| *l == step.id) {
-            Probe::Done { detail: "effect recorded".into() }
+        Ok(if self.lines().contains(&step.id) {
+            Probe::Done {
+                detail: "effect recorded".into(),
+            }
         } else {
             Probe::NotDone
         })
@@ -47,12 +55,19 @@ impl StepRunner for EffectsTarget {
             .open(&self.effects)
             .map_err(|e| StepError::fatal(format!("cannot open the effects file: {e}")))?;
         // One write(2) of one short line: it is in the file or not, whatever kills the process.
-        f.write_all(format!("{}\n", step.id).as_bytes()).map_err(|e| StepError::fatal(e.to_string()))?;
+        f.write_all(format!("{}\n", step.id).as_bytes())
+            .map_err(|e| StepError::fatal(e.to_string()))?;
         tokio::time::sleep(Duration::from_millis(self.sleep_ms - self.sleep_ms / 2)).await;
-        Ok(StepOutcome::Succeeded { detail: format!("{} applied", step.id) })
+        Ok(StepOutcome::Succeeded {
+            detail: format!("{} applied", step.id),
+        })
     }
 
-    async fn emergency(&self, procedure: EmergencyProcedure, _ctx: &StepContext<'_>) -> Result<String, StepError> {
+    async fn emergency(
+        &self,
+        procedure: EmergencyProcedure,
+        _ctx: &StepContext<'_>,
+    ) -> Result<String, StepError> {
         Ok(format!("{} (test target: nothing to do)", procedure.name()))
     }
 }
@@ -73,7 +88,13 @@ fn crash_plan() -> Plan {
         )
     };
     Plan::new("v2025.08-rc1", "v2025.07-stable")
-        .with_step(StepSpec::new("1.capture", Phase::Assessment, "Capture state", Action::CaptureState, Safety::Idempotent))
+        .with_step(StepSpec::new(
+            "1.capture",
+            Phase::Assessment,
+            "Capture state",
+            Action::CaptureState,
+            Safety::Idempotent,
+        ))
         .with_step(StepSpec::new(
             "1.verify-target",
             Phase::Assessment,
@@ -87,14 +108,18 @@ fn crash_plan() -> Plan {
             "2.control-plane.remove",
             Phase::Services,
             "Remove control-plane",
-            Action::RemoveService { service: "control-plane".into() },
+            Action::RemoveService {
+                service: "control-plane".into(),
+            },
             Safety::NotRepeatable,
         ))
         .with_step(StepSpec::new(
             "5.health",
             Phase::Verification,
             "Health",
-            Action::Check { name: "health".into() },
+            Action::Check {
+                name: "health".into(),
+            },
             Safety::Idempotent,
         ))
 }

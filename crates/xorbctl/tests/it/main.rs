@@ -5,3 +5,4 @@
 mod common;
 mod platform;
 mod releases;
+mod rollback;
