@@ -56,13 +56,14 @@ pub struct LiveProc {
 }
 
 impl LiveProc {
+    /// The configuration this process runs with: its environment less the connections we add and the
+    /// variables it inherits from us.
     fn config(&self) -> BTreeMap<String, String> {
         self.env
             .iter()
             .filter(|(k, _)| {
                 !CONNECTION_KEYS.contains(&k.as_str())
-                    && k.chars()
-                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+                    && !stack::PASSTHROUGH_ENV.contains(&k.as_str())
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()

@@ -225,6 +225,9 @@ impl StackState {
     }
 }
 
+/// Variables of our own environment a service inherits: not part of its configuration.
+pub const PASSTHROUGH_ENV: [&str; 5] = ["PATH", "HOME", "LANG", "RUST_LOG", "RUST_BACKTRACE"];
+
 /// Starts one service process (`xorb/ROLE:RELEASE` is `xorb-svc --role ROLE --release RELEASE` here).
 pub fn start_service(
     paths: &Paths,
@@ -238,7 +241,7 @@ pub fn start_service(
     let mut cmd = Command::new(&paths.svc_bin);
     cmd.args(["--role", &svc.name, "--release", &svc.release]);
     cmd.env_clear();
-    for k in ["PATH", "HOME", "LANG", "RUST_LOG", "RUST_BACKTRACE"] {
+    for k in PASSTHROUGH_ENV {
         if let Ok(v) = std::env::var(k) {
             cmd.env(k, v);
         }

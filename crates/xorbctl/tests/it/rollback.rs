@@ -191,7 +191,9 @@ fn observable(st: &Stack) -> (Value, String, Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn plan_changes_nothing() {
-    let st = rc1();
+    // Its own stack: on the shared one, other tests change Redis and the database while this one compares.
+    let own = Stack::up(RC1, true);
+    let st = &own;
     let before = observable(st);
     let out = st.xorbctl(&["plan", "--from", RC1, "--to", STABLE, "--output", "json"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -322,8 +324,11 @@ fn crash_then_resume(k: usize) -> bool {
         assert!(out.status.success(), "k={k}: {}", text(&out));
     } else {
         let resumed = st.xorbctl(&["resume", "latest"]);
+        // Killed after the run's last write: it had finished, and resume says so without acting.
+        let finished_before =
+            String::from_utf8_lossy(&resumed.stderr).contains("has already succeeded");
         assert!(
-            resumed.status.success(),
+            resumed.status.success() || finished_before,
             "k={k}: resume failed: {}",
             text(&resumed)
         );
