@@ -429,3 +429,66 @@ fn killed_at_random_moments_inside_steps_and_resumed_ends_the_same() {
         let _ = std::fs::remove_dir_all(&st.dir);
     }
 }
+
+#[test]
+fn a_failing_service_step_retries_runs_the_emergency_procedure_and_resumes_once_fixed() {
+    let st = Stack::up(RC1, false);
+    // An "image" whose stable worker cannot start: a wrapper that refuses exactly that role and release.
+    let bin_dir = st.dir.join("broken-image");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let wrapper = bin_dir.join("xorb-svc");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *'--role worker --release {STABLE}'*) echo 'worker image is broken' >&2; exit 1;; esac\nexec '{}' \"$@\"\n",
+            svc_bin().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = st
+        .cmd()
+        .args(["rollback", "--from", RC1, "--to", STABLE, "--yes"])
+        .env("XORB_SVC_BIN", &wrapper)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("2.worker.image"),
+        "the output names the step: {stdout}"
+    );
+    assert!(
+        stdout.contains("resume"),
+        "and says what to do next: {stdout}"
+    );
+    let run = last_run(&st);
+    assert_eq!(
+        run["status"]["state"], "emergency_stopped",
+        "{:#}",
+        run["status"]
+    );
+    let worker = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["spec"]["id"] == "2.worker.image")
+        .unwrap();
+    assert_eq!(worker["attempts"], 2, "the policy retried once: {worker:#}");
+    // Minimal service: only the api still runs.
+    let status = st.status();
+    let running: Vec<&str> = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["running"] == true)
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(running, ["api"], "{status:#}");
+    // The image is fixed: resume finishes the run and every service is back, on stable.
+    let resumed = st.xorbctl(&["resume", "latest"]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert_on_stable(&st);
+    st.xorbctl(&["stack", "down"]);
+}
