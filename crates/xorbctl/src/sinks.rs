@@ -14,6 +14,9 @@ pub struct RunSink {
     pub redactor: Redactor,
     pub audit: Option<AuditLog>,
     pub actor: String,
+    /// On a terminal: a bar over the run's steps, the event lines printed above it.
+    bar: Option<indicatif::ProgressBar>,
+    terminal: bool,
 }
 
 impl RunSink {
@@ -28,12 +31,52 @@ impl RunSink {
         let actor = std::env::var("SUDO_USER")
             .or_else(|_| std::env::var("USER"))
             .unwrap_or_else(|_| "xorbctl".into());
+        let terminal =
+            format == Format::Text && std::io::IsTerminal::is_terminal(&std::io::stdout());
         Ok(Self {
             format,
             redactor,
             audit: Some(audit),
             actor,
+            bar: None,
+            terminal,
         })
+    }
+}
+
+impl RunSink {
+    fn progress(&mut self, record: &EventRecord, line: String) {
+        use xorb_engine::Event as E;
+        let bar = self.bar.get_or_insert_with(|| {
+            let steps = match &record.event {
+                E::RunStarted { steps, .. } => *steps as u64,
+                _ => 0,
+            };
+            let bar = if steps > 0 {
+                indicatif::ProgressBar::new(steps)
+            } else {
+                indicatif::ProgressBar::new_spinner()
+            };
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{spinner} [{bar:30}] {pos}/{len} {elapsed} {msg}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        });
+        bar.println(line);
+        match &record.event {
+            E::StepStarted { step, title, .. } => {
+                bar.set_message(format!("{step}: {}", self.redactor.redact(title)))
+            }
+            E::StepFinished { .. } => bar.inc(1),
+            E::RunFinished { .. } => {
+                bar.finish_and_clear();
+                self.bar = None;
+            }
+            _ => {}
+        }
     }
 }
 
@@ -43,9 +86,14 @@ impl EventSink for RunSink {
             Format::Text => xorb_engine::events::log_line(event),
             Format::Json => serde_json::to_string(event).unwrap_or_default(),
         };
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", self.redactor.redact(&line));
-        let _ = out.flush();
+        let line = self.redactor.redact(&line).into_owned();
+        if self.terminal {
+            self.progress(event, line);
+        } else {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
         if let Some(audit) = &mut self.audit {
             let detail = serde_json::to_value(&event.event).unwrap_or_default();
             let entry = NewEntry::new(
