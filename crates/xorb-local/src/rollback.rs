@@ -317,18 +317,7 @@ impl LocalRunner {
                 }
             }
             "info" => {
-                let api = st
-                    .base_url("api")
-                    .ok_or_else(|| StepError::fatal("no api service"))?;
-                let v: serde_json::Value = self
-                    .http
-                    .get(format!("{api}/api/v1/info"))
-                    .send()
-                    .await
-                    .map_err(failed)?
-                    .json()
-                    .await
-                    .map_err(failed)?;
+                let v = self.api_info(&st).await?;
                 if v["release"] == self.to.name() {
                     Ok(StepOutcome::Succeeded {
                         detail: format!(
@@ -390,16 +379,7 @@ impl LocalRunner {
                 }
             }
             "evidence-legacy" => {
-                let api = st.base_url("api").unwrap_or_default();
-                let v: serde_json::Value = self
-                    .http
-                    .get(format!("{api}/api/v1/info"))
-                    .send()
-                    .await
-                    .map_err(failed)?
-                    .json()
-                    .await
-                    .map_err(failed)?;
+                let v = self.api_info(&st).await?;
                 if v["features"]["evidence_system"] == true {
                     return Err(failed("the evidence system is still enabled on the api"));
                 }
@@ -478,6 +458,19 @@ impl LocalRunner {
                 why: "unknown check".into(),
             }),
         }
+    }
+
+    async fn api_info(&self, st: &StackState) -> Result<serde_json::Value, StepError> {
+        let api = st
+            .base_url("api")
+            .ok_or_else(|| StepError::fatal("no api service"))?;
+        let r = self
+            .http
+            .get(format!("{api}/api/v1/info"))
+            .send()
+            .await
+            .map_err(failed)?;
+        r.json().await.map_err(failed)
     }
 
     /// A tenant of the tool's own for checks (so checks never act in a customer's name).

@@ -272,22 +272,7 @@ pub async fn start_nats(dir: &Path) -> Result<NatsServer, LocalError> {
     cmd.arg("-c").arg(&conf);
     let proc = spawn_detached(cmd, &log)?;
     let url = format!("http://127.0.0.1:{monitor_port}/healthz?js-enabled=true");
-    let http = reqwest::Client::new();
-    let ready = poll_until(START_TIMEOUT, || async {
-        if !proc.is_alive() {
-            return Some(false);
-        }
-        let r = http.get(&url).send().await.ok()?;
-        r.status().is_success().then_some(true)
-    })
-    .await;
-    if ready != Some(true) {
-        proc.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
-        return Err(LocalError::Start {
-            what: "NATS".into(),
-            why: format!("not ready; see {}", log.display()),
-        });
-    }
+    wait_http_ready(&proc, &url, "NATS", &log).await?;
     Ok(NatsServer {
         server: Server { port, proc, log },
         monitor_port,
@@ -420,21 +405,32 @@ pub async fn start_prometheus(dir: &Path, config: &Path) -> Result<Server, Local
         .arg("--web.enable-lifecycle");
     let proc = spawn_detached(cmd, &log)?;
     let url = format!("http://127.0.0.1:{port}/-/ready");
+    wait_http_ready(&proc, &url, "Prometheus", &log).await?;
+    Ok(Server { port, proc, log })
+}
+
+/// Waits until `url` answers 2xx; a server that dies or never gets ready is killed and reported with its log.
+async fn wait_http_ready(
+    proc: &ProcRecord,
+    url: &str,
+    what: &str,
+    log: &Path,
+) -> Result<(), LocalError> {
     let http = reqwest::Client::new();
     let ready = poll_until(START_TIMEOUT, || async {
         if !proc.is_alive() {
             return Some(false);
         }
-        let r = http.get(&url).send().await.ok()?;
+        let r = http.get(url).send().await.ok()?;
         r.status().is_success().then_some(true)
     })
     .await;
     if ready != Some(true) {
         proc.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
         return Err(LocalError::Start {
-            what: "Prometheus".into(),
+            what: what.into(),
             why: format!("not ready; see {}", log.display()),
         });
     }
-    Ok(Server { port, proc, log })
+    Ok(())
 }
