@@ -423,16 +423,17 @@ async fn stack_up_then_down_leaves_no_process_behind_and_down_twice_is_safe() {
     assert_eq!(v["release"], "v2025.07-stable");
     assert_eq!(v["schema_revision"], "1a5be11");
     let stack = st.stack_json();
-    let mut pids: Vec<i64> = stack["services"]
+    // A process is its pid *and* its start time: pids are reused, quickly when builds run beside the tests.
+    let mut procs: Vec<(i64, u64)> = stack["services"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| s["proc"]["pid"].as_i64().unwrap())
+        .map(|s| proc_id(&s["proc"]))
         .collect();
     for s in ["postgres", "redis", "prometheus"] {
-        pids.push(stack[s]["proc"]["pid"].as_i64().unwrap());
+        procs.push(proc_id(&stack[s]["proc"]));
     }
-    pids.push(stack["nats"]["proc"]["pid"].as_i64().unwrap());
+    procs.push(proc_id(&stack["nats"]["proc"]));
     let again = st.xorbctl(&["stack", "up", "--release", "v2025.07-stable"]);
     assert!(again.status.success());
     assert!(
@@ -444,10 +445,10 @@ async fn stack_up_then_down_leaves_no_process_behind_and_down_twice_is_safe() {
     assert_eq!(other.status.code(), Some(3), "{}", text(&other));
     let down = st.xorbctl(&["stack", "down"]);
     assert!(down.status.success(), "{}", text(&down));
-    for pid in &pids {
+    for (pid, start) in &procs {
         assert!(
-            !std::path::Path::new(&format!("/proc/{pid}")).exists() || is_zombie(*pid),
-            "pid {pid} still runs"
+            !runs(*pid, *start),
+            "pid {pid} (started at {start}) still runs"
         );
     }
     // Nothing anywhere still refers to this state directory.
@@ -467,12 +468,26 @@ async fn stack_up_then_down_leaves_no_process_behind_and_down_twice_is_safe() {
     let _ = Duration::ZERO;
 }
 
-fn is_zombie(pid: i64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit(')')
-            .next()
-            .is_some_and(|r| r.trim_start().starts_with('Z'))
-    })
+fn proc_id(p: &serde_json::Value) -> (i64, u64) {
+    (
+        p["pid"].as_i64().unwrap(),
+        p["start_time"].as_u64().unwrap(),
+    )
+}
+
+/// The process `pid` that started at `start` is alive (not gone, not a zombie).
+fn runs(pid: i64, start: u64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    fields.first().is_some_and(|s| *s != "Z")
+        && fields.get(19).and_then(|s| s.parse::<u64>().ok()) == Some(start)
 }
 
 async fn stable_counts(pg: &tokio_postgres::Client) -> Vec<i64> {
