@@ -203,7 +203,7 @@ impl LocalRunner {
         svc.proc = Some(proc);
         st.services[idx] = svc.clone();
         st.save(&self.state_dir).map_err(failed)?;
-        stack::wait_healthy(&svc, &release, timeout)
+        stack::wait_healthy(&self.state_dir, &svc, &release, timeout)
             .await
             .map_err(failed)?;
         Ok(format!("{name} runs {image}, healthy ({how})"))

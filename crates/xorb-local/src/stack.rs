@@ -247,7 +247,7 @@ pub fn start_service(
         }
     }
     cmd.envs(stack.service_env(state_dir, secrets, svc));
-    spawn_detached(cmd, &dir.join(format!("{}.log", svc.name)))
+    spawn_detached(cmd, &service_log(state_dir, &svc.name))
 }
 
 /// Health of one service as its endpoint reports it.
@@ -279,23 +279,44 @@ pub async fn probe_service(http: &reqwest::Client, port: u16) -> Result<ServiceH
     })
 }
 
+pub fn service_log(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir
+        .join("services")
+        .join(name)
+        .join(format!("{name}.log"))
+}
+
+/// The last lines of a log, to say why a process died without sending the operator digging.
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    all[all.len().saturating_sub(lines)..].join(" | ")
+}
+
 /// Waits until the service answers healthy on `release`; fails early if its process died.
 pub async fn wait_healthy(
+    state_dir: &Path,
     svc: &ServiceState,
     release: &str,
     within: Duration,
 ) -> Result<(), LocalError> {
+    let log = service_log(state_dir, &svc.name);
     let http = reqwest::Client::new();
     let last = std::sync::Mutex::new(String::from("no answer yet"));
     let set = |s: String| *last.lock().unwrap_or_else(|e| e.into_inner()) = s;
     let ok = poll_until(within, || {
         let http = http.clone();
         let set = &set;
+        let log = &log;
         async move {
             if let Some(p) = &svc.proc
                 && !p.is_alive()
             {
-                set("its process exited (see its log under services/)".into());
+                set(format!(
+                    "its process exited; {}: {}",
+                    log.display(),
+                    log_tail(log, 3)
+                ));
                 return Some(false);
             }
             match probe_service(&http, svc.port).await {
@@ -505,8 +526,23 @@ async fn fresh_up(
             stack.services[i].proc = Some(proc);
         }
         stack.save(state_dir)?;
-        for s in &stack.services {
-            wait_healthy(s, release.name(), HEALTH_TIMEOUT).await?;
+        for i in 0..stack.services.len() {
+            // As a pod's restart policy would: a role that exits while starting is started again, twice at most.
+            let mut restarts = 0;
+            loop {
+                match wait_healthy(state_dir, &stack.services[i], release.name(), HEALTH_TIMEOUT).await {
+                    Ok(()) => break,
+                    Err(e) if restarts < 2 && !stack.services[i].proc.as_ref().is_some_and(ProcRecord::is_alive) => {
+                        restarts += 1;
+                        tracing::warn!(service = %stack.services[i].name, error = %e, restarts, "restarting a service that exited while starting");
+                        let proc = start_service(paths, state_dir, &stack, &secrets, &stack.services[i])?;
+                        started.push(proc.clone());
+                        stack.services[i].proc = Some(proc);
+                        stack.save(state_dir)?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         Ok(stack)
     }
