@@ -536,21 +536,9 @@ impl LocalRunner {
         id: &str,
     ) -> Result<serde_json::Value, StepError> {
         let api = st.base_url("api").unwrap_or_default();
-        crate::process::poll_until(Duration::from_secs(60), || async {
-            let v: serde_json::Value = self
-                .http
-                .get(format!("{api}/api/v1/ptaas/sessions/{id}"))
-                .bearer_auth(token)
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            (v["status"] == "completed").then_some(v)
-        })
-        .await
-        .ok_or_else(|| failed(format!("session {id} did not complete within 60 s")))
+        stack::wait_session_completed(&self.http, &api, token, id)
+            .await
+            .ok_or_else(|| failed(format!("session {id} did not complete within 60 s")))
     }
 }
 

@@ -829,20 +829,10 @@ pub async fn demo_data(state_dir: &Path, stack: &StackState) -> Result<DemoRepor
         }
     }
     for (token, id) in &ids {
-        let done = poll_until(Duration::from_secs(60), || async {
-            let v: serde_json::Value = http
-                .get(format!("{api}/api/v1/ptaas/sessions/{id}"))
-                .bearer_auth(token)
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            (v["status"] == "completed").then_some(())
-        })
-        .await;
-        if done.is_none() {
+        if wait_session_completed(&http, &api, token, id)
+            .await
+            .is_none()
+        {
             return Err(LocalError::Config(format!(
                 "demo session {id} did not complete within 60 s"
             )));
@@ -863,4 +853,24 @@ pub async fn demo_data(state_dir: &Path, stack: &StackState) -> Result<DemoRepor
         findings,
         evidence,
     })
+}
+
+/// Polls a PTaaS session until it is completed (60 s at most); returns it with its findings.
+pub async fn wait_session_completed(
+    http: &reqwest::Client,
+    api: &str,
+    token: &str,
+    id: &str,
+) -> Option<serde_json::Value> {
+    poll_until(Duration::from_secs(60), || async {
+        let r = http
+            .get(format!("{api}/api/v1/ptaas/sessions/{id}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .ok()?;
+        let v: serde_json::Value = r.json().await.ok()?;
+        (v["status"] == "completed").then_some(v)
+    })
+    .await
 }
