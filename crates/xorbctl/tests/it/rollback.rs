@@ -265,17 +265,7 @@ async fn a_wrong_from_an_unknown_release_and_a_second_rollback_are_refused_befor
 #[tokio::test(flavor = "multi_thread")]
 async fn only_api_rolls_back_only_the_api() {
     let st = Stack::up(RC1, false);
-    let pids_before: BTreeMap<String, i64> = st.stack_json()["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().unwrap().to_string(),
-                s["proc"]["pid"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let pids_before = service_pids(&st);
     let out = rollback(&st, &["--only", "api"]);
     assert!(out.status.success(), "{}", text(&out));
     let status = st.status();
@@ -285,17 +275,7 @@ async fn only_api_rolls_back_only_the_api() {
         assert_eq!(s["reported_release"], want, "{name}");
         assert_eq!(s["healthy"], true, "{name}");
     }
-    let pids_after: BTreeMap<String, i64> = st.stack_json()["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().unwrap().to_string(),
-                s["proc"]["pid"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let pids_after = service_pids(&st);
     for (name, pid) in &pids_before {
         if name != "api" {
             assert_eq!(pids_after[name], *pid, "{name} was not touched");
@@ -491,4 +471,19 @@ fn a_failing_service_step_retries_runs_the_emergency_procedure_and_resumes_once_
     assert!(resumed.status.success(), "{}", text(&resumed));
     assert_on_stable(&st);
     st.xorbctl(&["stack", "down"]);
+}
+
+/// Service name → pid, as stack.json records it.
+fn service_pids(st: &Stack) -> BTreeMap<String, i64> {
+    st.stack_json()["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["proc"]["pid"].as_i64().unwrap(),
+            )
+        })
+        .collect()
 }
