@@ -23,6 +23,9 @@ pub struct LiveState {
     /// The release the stack was brought up on or last fully rolled to.
     pub release: String,
     pub services: Vec<LiveService>,
+    /// The database, when the target adapter could observe it (None: phase 3 cannot be planned).
+    #[serde(default)]
+    pub database: Option<xorb_model::schema::LiveDatabase>,
 }
 
 /// What part of the stack a run touches (`--only`).

@@ -1,6 +1,8 @@
 //! The `local` target: the whole XORB stack on one machine, with private PostgreSQL, Redis, NATS and Prometheus
 //! servers on 127.0.0.1 that we start ourselves under a state directory.
 
+pub mod database;
+pub mod infra;
 pub mod process;
 pub mod rollback;
 pub mod servers;

@@ -18,6 +18,7 @@ use crate::LocalError;
 use crate::process::ProcRecord;
 use crate::servers::{self, mkdir, write_file, write_private};
 use crate::stack::{self, Paths, Secrets, StackState};
+use crate::{database, infra};
 
 /// Keys the target adds to a service's environment (connections, secrets): not part of its configuration.
 const CONNECTION_KEYS: [&str; 6] = [
@@ -43,6 +44,7 @@ pub fn observe(state_dir: &Path) -> Result<LiveState, LocalError> {
                 config: s.config.clone(),
             })
             .collect(),
+        database: None,
     })
 }
 
@@ -137,10 +139,10 @@ pub struct LocalRunner {
     pub state_dir: PathBuf,
     pub paths: Paths,
     pub to: Release,
-    http: reqwest::Client,
+    pub http: reqwest::Client,
 }
 
-fn failed(e: impl std::fmt::Display) -> StepError {
+pub fn failed(e: impl std::fmt::Display) -> StepError {
     StepError::retryable(e.to_string())
 }
 
@@ -154,11 +156,11 @@ impl LocalRunner {
         }
     }
 
-    fn secrets(&self) -> Result<Secrets, StepError> {
+    pub fn secrets(&self) -> Result<Secrets, StepError> {
         Secrets::load(&self.state_dir).map_err(failed)
     }
 
-    fn stack(&self) -> Result<StackState, StepError> {
+    pub fn stack(&self) -> Result<StackState, StepError> {
         StackState::load(&self.state_dir).map_err(failed)
     }
 
@@ -642,6 +644,14 @@ impl StepRunner for LocalRunner {
                     Probe::NotDone
                 })
             }
+            Action::Migrate { to_revision, .. } => {
+                database::probe_migrate(self, to_revision, _ctx).await
+            }
+            Action::NatsApply { release } => infra::probe_nats_apply(self, release, _ctx).await,
+            Action::RedisApply { release } => infra::probe_redis_apply(self, release, _ctx).await,
+            Action::MonitoringApply { release } => {
+                infra::probe_monitoring_apply(self, release, _ctx).await
+            }
             _ => Ok(Probe::Unknown {
                 why: "no probe for this action: it is safe to repeat".into(),
             }),
@@ -715,6 +725,47 @@ impl StepRunner for LocalRunner {
                 }
             }
             Action::Check { name } => return self.check(name, ctx).await,
+            Action::DbBackup => database::backup(self, ctx).await?,
+            Action::DbCompatibility {
+                from_revision,
+                to_revision,
+                release,
+            } => database::compatibility(self, from_revision, to_revision, release, ctx).await?,
+            Action::Migrate {
+                revision,
+                to_revision,
+                direction,
+                data_migration,
+                preserve,
+            } => {
+                database::migrate(
+                    self,
+                    &database::MigrateStep {
+                        revision,
+                        to_revision,
+                        direction: *direction,
+                        data_migration: data_migration.as_deref(),
+                        preserve,
+                        timeout,
+                    },
+                    ctx,
+                )
+                .await?
+            }
+            Action::DbVerify { revision } => database::verify(self, revision, ctx).await?,
+            Action::ReimportPreserved { source_run } => {
+                database::reimport(self, source_run, ctx).await?
+            }
+            Action::NatsSave { release } => infra::nats_save(self, release, ctx).await?,
+            Action::NatsApply { release } => infra::nats_apply(self, release, ctx).await?,
+            Action::RedisBackup => infra::redis_backup(self, ctx).await?,
+            Action::RedisApply { release } => infra::redis_apply(self, release, ctx).await?,
+            Action::MonitoringValidate { release } => {
+                infra::monitoring_validate(self, release, ctx).await?
+            }
+            Action::MonitoringApply { release } => {
+                infra::monitoring_apply(self, release, ctx).await?
+            }
             other => {
                 return Err(StepError::Unsupported {
                     action: other.kind().to_string(),

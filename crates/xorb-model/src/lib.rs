@@ -5,3 +5,4 @@ pub mod plan;
 pub mod policy;
 pub mod redact;
 pub mod release;
+pub mod schema;

@@ -324,8 +324,79 @@ pub enum Action {
     ConfigureServices {
         services: BTreeMap<String, BTreeMap<String, String>>,
     },
-    // Further target actions (phase 3 schema/data migrations, phase 4 NATS/Redis/monitoring, …) are added here
-    // as new variants; the engine passes them through untouched.
+    /// Phase 3: `pg_dump` (custom format) into the run's directory with its SHA-256, proven readable by
+    /// `pg_restore --list`; `alembic current` and `history` recorded; the full integrity snapshot taken (the
+    /// loss assessment's "before"). Keeps an existing verified backup: a resumed run never overwrites it.
+    DbBackup,
+    /// Phase 3: the compatibility check, again against the live database: every revision from `from_revision` to
+    /// `to_revision` can be migrated (a downgrade exists in `migrations`), and `release` runs on `to_revision`.
+    DbCompatibility {
+        from_revision: String,
+        to_revision: String,
+        release: String,
+    },
+    /// Phase 3: one Alembic revision, down (`revision` → `to_revision`) or up, with the real `alembic` and the
+    /// migration scripts of the release rolled back *from*. What the downgrade destroys is preserved first.
+    Migrate {
+        revision: String,
+        to_revision: String,
+        direction: MigrationDirection,
+        /// The runbook's name for the data migration (G6, G7, G8), when the revision is one.
+        #[serde(default)]
+        data_migration: Option<String>,
+        #[serde(default)]
+        preserve: Vec<Preserve>,
+    },
+    /// Phase 3: the schema is the target's: `alembic_version` is `revision` and the tables are what it defines.
+    DbVerify { revision: String },
+    /// Roll-forward: re-import the data an earlier run preserved (evidence with its signatures, control-plane
+    /// data, tenant isolation modes), verified again before and after.
+    ReimportPreserved { source_run: String },
+    /// Phase 4: save every live stream's configuration and last sequence, and the messages of the streams the
+    /// target does not define. Keeps an existing save.
+    NatsSave { release: String },
+    /// Phase 4: remove the streams `release` does not define, create or update its own, verify.
+    NatsApply { release: String },
+    /// Phase 4: an RDB backup of Redis that `redis-check-rdb` accepts. Keeps an existing valid backup.
+    RedisBackup,
+    /// Phase 4: flush the databases `release` does not use, apply its configuration, verify (PING, CONFIG GET).
+    RedisApply { release: String },
+    /// Validate `release`'s Prometheus configuration and alert rules (`promtool`) and Alertmanager configuration
+    /// (`amtool`) without touching anything.
+    MonitoringValidate { release: String },
+    /// Phase 4: validate again, apply, reload Prometheus (and Alertmanager), verify; write Grafana dashboards
+    /// where a Grafana is configured.
+    MonitoringApply { release: String },
+}
+
+/// Which way a migration step goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationDirection {
+    Down,
+    Up,
+}
+
+/// Data a downgrade destroys that is exported (and verified) before it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preserve {
+    /// G7: every evidence record and storage file, with its signature.
+    Evidence,
+    /// G8: tenant quotas and usage records.
+    ControlPlane,
+    /// G6: each tenant's isolation mode (tenants return to basic isolation).
+    IsolationModes,
+}
+
+impl Preserve {
+    pub fn name(self) -> &'static str {
+        match self {
+            Preserve::Evidence => "evidence",
+            Preserve::ControlPlane => "control-plane",
+            Preserve::IsolationModes => "isolation-modes",
+        }
+    }
 }
 
 impl Action {
@@ -342,6 +413,17 @@ impl Action {
             Action::Check { .. } => "check",
             Action::EnsureStreams { .. } => "ensure_streams",
             Action::ConfigureServices { .. } => "configure_services",
+            Action::DbBackup => "db_backup",
+            Action::DbCompatibility { .. } => "db_compatibility",
+            Action::Migrate { .. } => "migrate",
+            Action::DbVerify { .. } => "db_verify",
+            Action::ReimportPreserved { .. } => "reimport_preserved",
+            Action::NatsSave { .. } => "nats_save",
+            Action::NatsApply { .. } => "nats_apply",
+            Action::RedisBackup => "redis_backup",
+            Action::RedisApply { .. } => "redis_apply",
+            Action::MonitoringValidate { .. } => "monitoring_validate",
+            Action::MonitoringApply { .. } => "monitoring_apply",
         }
     }
 }
@@ -369,6 +451,38 @@ impl fmt::Display for Action {
             Action::ConfigureServices { services } => {
                 let names: Vec<&str> = services.keys().map(String::as_str).collect();
                 write!(f, "configure {}", names.join(", "))
+            }
+            Action::DbBackup => f.write_str("back up the database"),
+            Action::DbCompatibility {
+                from_revision,
+                to_revision,
+                ..
+            } => write!(
+                f,
+                "check schema compatibility {from_revision} -> {to_revision}"
+            ),
+            Action::Migrate {
+                revision,
+                to_revision,
+                direction,
+                ..
+            } => match direction {
+                MigrationDirection::Down => write!(f, "downgrade {revision} -> {to_revision}"),
+                MigrationDirection::Up => write!(f, "upgrade {revision} -> {to_revision}"),
+            },
+            Action::DbVerify { revision } => write!(f, "verify the schema is {revision}"),
+            Action::ReimportPreserved { source_run } => {
+                write!(f, "re-import the data preserved by run {source_run}")
+            }
+            Action::NatsSave { .. } => f.write_str("save NATS streams"),
+            Action::NatsApply { release } => write!(f, "apply the streams of {release}"),
+            Action::RedisBackup => f.write_str("back up Redis"),
+            Action::RedisApply { release } => write!(f, "apply the Redis setup of {release}"),
+            Action::MonitoringValidate { release } => {
+                write!(f, "validate the monitoring configuration of {release}")
+            }
+            Action::MonitoringApply { release } => {
+                write!(f, "apply the monitoring configuration of {release}")
             }
         }
     }
