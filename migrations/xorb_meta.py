@@ -4,7 +4,12 @@
     .venv/bin/python migrations/xorb_meta.py
 
     [{"revision": "8d9a2c3", "down_revision": "7c8f1b2", "message": "...",
-      "release": "v2025.08-rc1", "destroys": [{"kind", "object", "description"}, ...]}, ...]
+      "release": "v2025.08-rc1", "destroys": [{"kind", "object", "description"}, ...],
+      "has_downgrade": true, "path": "/.../versions/8d9a2c3_....py"}, ...]
+
+`has_downgrade` is false when the module has no downgrade() or one that does nothing (only `pass`,
+`...` or a docstring): a rollback through such a revision would "succeed" and leave the schema as
+it was, so the tool refuses it before anything runs.
 
 Reads the revision modules through Alembic's ScriptDirectory; connects to no database and needs no
 DATABASE_URL. Exits 1 with one line on stderr when the project is inconsistent (several heads, a
@@ -13,6 +18,7 @@ revision without `xorb_release` or with a malformed `xorb_downgrade_destroys`).
 
 from __future__ import annotations
 
+import ast
 import json
 import sys
 from pathlib import Path
@@ -46,6 +52,31 @@ def destroys_of(revision: str, value: object) -> list[dict[str, str]]:
     return out
 
 
+def _does_nothing(stmt: ast.stmt) -> bool:
+    if isinstance(stmt, ast.Pass):
+        return True
+    # A docstring or a bare `...`.
+    return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and (
+        isinstance(stmt.value.value, str) or stmt.value.value is Ellipsis
+    )
+
+
+def has_downgrade(revision: str, path: str) -> bool:
+    """Whether the module at `path` defines a top-level downgrade() whose body does something.
+
+    Read from the source rather than from the imported function: the question is what the file says,
+    and a body of `pass` and a body that raises are told apart only there.
+    """
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"), filename=path)
+    except (OSError, SyntaxError) as e:
+        raise MetaError(f"revision {revision}: cannot read {path}: {e}") from e
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "downgrade":
+            return not all(_does_nothing(stmt) for stmt in node.body)
+    return False
+
+
 def revisions() -> list[dict[str, object]]:
     script = ScriptDirectory.from_config(Config(str(ALEMBIC_INI)))
     heads = script.get_heads()
@@ -70,6 +101,8 @@ def revisions() -> list[dict[str, object]]:
                 "message": rev.doc,
                 "release": release,
                 "destroys": destroys_of(rev.revision, module.xorb_downgrade_destroys),
+                "has_downgrade": has_downgrade(rev.revision, rev.path),
+                "path": rev.path,
             }
         )
     return out
