@@ -15,6 +15,7 @@ use crate::journal::{Journal, JournalError, RunRecord, StepState};
 use crate::lock::{LOCK_FILE, LockError, RollbackLock};
 use crate::logfile::LogFileSink;
 use crate::runner::{Probe, StepContext, StepRunner};
+use xorb_model::redact::Redactor;
 
 /// Why the engine itself could not go on (a failing *step* is not an error: it is a run status).
 #[derive(Debug, thiserror::Error)]
@@ -226,6 +227,8 @@ pub struct Engine<R, S> {
     journal: Journal,
     runner: R,
     sink: S,
+    /// Applied to the journal and the log file (the caller's sink redacts on its own).
+    redactor: Redactor,
 }
 
 impl<R: StepRunner, S: EventSink> Engine<R, S> {
@@ -238,7 +241,16 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
             journal,
             runner,
             sink,
+            redactor: Redactor::new(),
         })
+    }
+
+    /// Writes the journal and the run's log file through `redactor` (clones share its registry, so secrets
+    /// registered later are redacted too).
+    pub fn with_redactor(mut self, redactor: Redactor) -> Self {
+        self.journal.set_redactor(redactor.clone());
+        self.redactor = redactor;
+        self
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -289,10 +301,12 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
             source,
         })?;
         let created_at = crate::journal::now();
-        let log = LogFileSink::open(&dir, created_at).map_err(|source| EngineError::LogFile {
-            path: dir.clone(),
-            source,
-        })?;
+        let log = LogFileSink::open(&dir, created_at)
+            .map_err(|source| EngineError::LogFile {
+                path: dir.clone(),
+                source,
+            })?
+            .with_redactor(self.redactor.clone());
         let event = Event::RunStarted {
             from: plan.from.clone(),
             to: plan.to.clone(),
@@ -378,10 +392,12 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
             path: dir.clone(),
             source,
         })?;
-        let log = LogFileSink::open(&dir, created_at).map_err(|source| EngineError::LogFile {
-            path: dir.clone(),
-            source,
-        })?;
+        let log = LogFileSink::open(&dir, created_at)
+            .map_err(|source| EngineError::LogFile {
+                path: dir.clone(),
+                source,
+            })?
+            .with_redactor(self.redactor.clone());
         let progress: Vec<Progress> = steps
             .iter()
             .map(|s| Progress {

@@ -17,6 +17,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use serde::{Deserialize, Serialize};
 use xorb_model::plan::{Plan, RunStatus, StepOutcome, StepSpec};
 
+use xorb_model::redact::Redactor;
+
 use crate::crash;
 use crate::events::{Event, EventRecord};
 
@@ -213,6 +215,14 @@ impl RunRecord {
     }
 }
 
+/// `value` as JSON with every string redacted: done on the value, not the text, so the stored JSON stays valid
+/// whatever characters the secret has.
+fn redacted_json<T: Serialize>(red: &Redactor, value: &T) -> Result<String, serde_json::Error> {
+    let mut v = serde_json::to_value(value)?;
+    red.redact_json_in_place(&mut v);
+    serde_json::to_string(&v)
+}
+
 /// The current time at the journal's precision (microseconds), so that what is journaled reads back identical.
 pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
@@ -225,6 +235,8 @@ fn ts(t: DateTime<Utc>) -> String {
 /// The journal of a state directory. Writes take `&mut self`: one connection, one writer.
 pub struct Journal {
     conn: Connection,
+    /// Everything written goes through it: the journal never holds a secret (see `set_redactor`).
+    redactor: Redactor,
     path: PathBuf,
 }
 
@@ -269,6 +281,7 @@ impl Journal {
         let journal = Journal {
             conn,
             path: path.to_path_buf(),
+            redactor: Redactor::new(),
         };
         journal.migrate()?;
         Ok(journal)
@@ -276,6 +289,13 @@ impl Journal {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Redacts everything this journal writes from now on (plans, outcomes, statuses, events) with `redactor`.
+    /// A plan read back from a redacted journal holds `[REDACTED]` where a secret was: the runner must take
+    /// such values from their source again (the local runner does, from the target release).
+    pub fn set_redactor(&mut self, redactor: Redactor) {
+        self.redactor = redactor;
     }
 
     fn sql(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> JournalError + '_ {
@@ -372,11 +392,12 @@ impl Journal {
 
     fn insert_event(
         tx: &Transaction<'_>,
+        red: &Redactor,
         run_id: &str,
         at: DateTime<Utc>,
         event: &Event,
     ) -> rusqlite::Result<i64> {
-        let data = serde_json::to_string(event)
+        let data = redacted_json(red, event)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         tx.prepare_cached(
             "INSERT INTO events (run_id, ts, kind, data_json) VALUES (?1, ?2, ?3, ?4)",
@@ -405,9 +426,10 @@ impl Journal {
         event: Event,
     ) -> Result<EventRecord, JournalError> {
         let now = created_at;
-        let plan_json = serde_json::to_string(plan).map_err(|e| self.corrupt("plan", e))?;
-        let status_json =
-            serde_json::to_string(&RunStatus::Running).map_err(|e| self.corrupt("status", e))?;
+        let plan_json = redacted_json(&self.redactor, plan).map_err(|e| self.corrupt("plan", e))?;
+        let status_json = redacted_json(&self.redactor, &RunStatus::Running)
+            .map_err(|e| self.corrupt("status", e))?;
+        let red = self.redactor.clone();
         let seq = self.write("create the run", |tx| {
             tx.prepare_cached(
                 "INSERT INTO runs (id, from_release, to_release, scope, plan_json, status, status_json, run_dir,
@@ -432,7 +454,7 @@ impl Journal {
                     stmt.execute(params![run_id, i as i64, step.id])?;
                 }
             }
-            Self::insert_event(tx, run_id, now, &event)
+            Self::insert_event(tx, &red, run_id, now, &event)
         })?;
         Ok(Self::record(seq, run_id, now, event))
     }
@@ -446,6 +468,7 @@ impl Journal {
         event: Event,
     ) -> Result<EventRecord, JournalError> {
         let now = now();
+        let red = self.redactor.clone();
         let seq = self.write("journal the step's intent", |tx| {
             let n = tx.prepare_cached(
                 "UPDATE steps SET state = 'in_flight', attempts = ?3, started_at = ?4, finished_at = NULL
@@ -456,7 +479,7 @@ impl Journal {
                 return Err(rusqlite::Error::QueryReturnedNoRows);
             }
             tx.prepare_cached("UPDATE runs SET updated_at = ?2 WHERE id = ?1")?.execute( params![run_id, ts(now)])?;
-            Self::insert_event(tx, run_id, now, &event)
+            Self::insert_event(tx, &red, run_id, now, &event)
         })?;
         Ok(Self::record(seq, run_id, now, event))
     }
@@ -471,8 +494,9 @@ impl Journal {
     ) -> Result<EventRecord, JournalError> {
         let now = now();
         let outcome_json =
-            serde_json::to_string(outcome).map_err(|e| self.corrupt("outcome", e))?;
+            redacted_json(&self.redactor, outcome).map_err(|e| self.corrupt("outcome", e))?;
         let state = StepState::from_outcome(outcome).as_str();
+        let red = self.redactor.clone();
         let seq = self.write("journal the step's outcome", |tx| {
             let n = tx
                 .prepare_cached(
@@ -486,7 +510,7 @@ impl Journal {
             }
             tx.prepare_cached("UPDATE runs SET updated_at = ?2 WHERE id = ?1")?
                 .execute(params![run_id, ts(now)])?;
-            Self::insert_event(tx, run_id, now, &event)
+            Self::insert_event(tx, &red, run_id, now, &event)
         })?;
         Ok(Self::record(seq, run_id, now, event))
     }
@@ -498,10 +522,11 @@ impl Journal {
         event: Event,
     ) -> Result<EventRecord, JournalError> {
         let now = now();
+        let red = self.redactor.clone();
         let seq = self.write("journal an event", |tx| {
             tx.prepare_cached("UPDATE runs SET updated_at = ?2 WHERE id = ?1")?
                 .execute(params![run_id, ts(now)])?;
-            Self::insert_event(tx, run_id, now, &event)
+            Self::insert_event(tx, &red, run_id, now, &event)
         })?;
         Ok(Self::record(seq, run_id, now, event))
     }
@@ -515,12 +540,14 @@ impl Journal {
         event: Event,
     ) -> Result<Option<EventRecord>, JournalError> {
         let now = now();
-        let status_json = serde_json::to_string(status).map_err(|e| self.corrupt("status", e))?;
+        let status_json =
+            redacted_json(&self.redactor, status).map_err(|e| self.corrupt("status", e))?;
         let finished = if matches!(status, RunStatus::Running) {
             None
         } else {
             Some(ts(now))
         };
+        let red = self.redactor.clone();
         let seq = self.write("journal the run's status", |tx| {
             let n = tx.prepare_cached(
                 "UPDATE runs SET status = ?2, status_json = ?3, updated_at = ?4, finished_at = ?5
@@ -530,7 +557,7 @@ impl Journal {
             if n == 0 {
                 return Ok(None);
             }
-            Self::insert_event(tx, run_id, now, &event).map(Some)
+            Self::insert_event(tx, &red, run_id, now, &event).map(Some)
         })?;
         Ok(seq.map(|seq| Self::record(seq, run_id, now, event)))
     }
@@ -551,8 +578,10 @@ impl Journal {
             by: by.to_string(),
             step,
         };
-        let status_json = serde_json::to_string(&status).map_err(|e| self.corrupt("status", e))?;
+        let status_json =
+            redacted_json(&self.redactor, &status).map_err(|e| self.corrupt("status", e))?;
         let event = Event::AbortRequested { by: by.to_string() };
+        let red = self.redactor.clone();
         let done = self.write("journal the abort", |tx| {
             let n = tx.prepare_cached(
                 "UPDATE runs SET status = 'aborted', status_json = ?2, updated_at = ?3, finished_at = ?3
@@ -560,7 +589,7 @@ impl Journal {
                 params![run_id, status_json, ts(now)],
             )?;
             if n == 1 {
-                Self::insert_event(tx, run_id, now, &event)?;
+                Self::insert_event(tx, &red, run_id, now, &event)?;
             }
             Ok(n == 1)
         })?;

@@ -7,6 +7,7 @@
 //! - [`executor`]: the [`Engine`]: start, resume; intent → act → outcome per step; timeouts, retries, emergencies.
 //! - [`lock`]: one rollback at a time per state directory (`flock`).
 //! - [`logfile`]: the runbook's `rollback-YYYYMMDD-HHMMSS.log`.
+//! - [`outbox`]: stakeholder notifications waiting for delivery, in the journal's file.
 //! - [`crash`]: the `XORB_CRASH_AFTER_JOURNAL_WRITES` test hook.
 //!
 //! Plugging a target in:
@@ -38,6 +39,7 @@ pub mod executor;
 pub mod journal;
 pub mod lock;
 pub mod logfile;
+pub mod outbox;
 pub mod planner;
 pub mod runner;
 

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Local, Utc};
+use xorb_model::redact::Redactor;
 
 use crate::events::{EventRecord, EventSink, log_line};
 
@@ -22,6 +23,7 @@ pub fn log_file_name(created_at: DateTime<Utc>) -> String {
 pub struct LogFileSink {
     file: Option<File>,
     path: PathBuf,
+    redactor: Redactor,
 }
 
 impl LogFileSink {
@@ -33,7 +35,14 @@ impl LogFileSink {
         Ok(LogFileSink {
             file: Some(file),
             path,
+            redactor: Redactor::new(),
         })
+    }
+
+    /// Every line is redacted whole before it is written (a secret split across writes could not be found).
+    pub fn with_redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = redactor;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -44,7 +53,7 @@ impl LogFileSink {
 impl EventSink for LogFileSink {
     fn emit(&mut self, event: &EventRecord) {
         if let Some(f) = &mut self.file
-            && writeln!(f, "{}", log_line(event)).is_err()
+            && writeln!(f, "{}", self.redactor.redact(&log_line(event))).is_err()
         {
             tracing::warn!(path = %self.path.display(), "cannot write the rollback log file; the journal still records every step");
             self.file = None;
