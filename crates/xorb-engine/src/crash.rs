@@ -9,6 +9,24 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// **Test hook**: `XORB_CRASH_BEFORE_STEP=<step id>` kills the process (SIGKILL) right before that step's intent
+/// is journaled, once per process. Tests use it to stop a run at a named place (e.g. in the middle of phase 3).
+pub const CRASH_BEFORE_STEP_ENV: &str = "XORB_CRASH_BEFORE_STEP";
+
+/// Called by the executor before each step's intent.
+pub(crate) fn before_step(step_id: &str) {
+    static AT: OnceLock<Option<String>> = OnceLock::new();
+    let at = AT.get_or_init(|| {
+        std::env::var(CRASH_BEFORE_STEP_ENV)
+            .ok()
+            .filter(|v| !v.is_empty())
+    });
+    if at.as_deref() == Some(step_id) {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        std::process::abort();
+    }
+}
+
 /// The environment variable of the crash hook.
 pub const CRASH_ENV: &str = "XORB_CRASH_AFTER_JOURNAL_WRITES";
 

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use xorb_model::plan::{Action, Change, ChangeKind, FailurePolicy, Phase, Plan, Safety, StepSpec};
+use xorb_model::plan::{
+    Action, Change, ChangeKind, FailurePolicy, MigrationDirection, Phase, Plan, Preserve, Safety,
+    StepSpec,
+};
 use xorb_model::policy::Policy;
 use xorb_model::release::Release;
 
@@ -75,9 +78,26 @@ pub enum PlanError {
     #[error("--from and --to are both {0}: nothing to roll back")]
     SameRelease(String),
     #[error(
-        "--only {0} is not available yet: the stateful steps of phases 3 and 4 (database, NATS, Redis, monitoring) are not part of this version"
+        "the database could not be observed, so phase 3 cannot be planned: {0} (is PostgreSQL up? `xorbctl status`)"
     )]
-    NotYetSupported(String),
+    NoDatabase(String),
+    #[error("{0}")]
+    Schema(String),
+    #[error("{0}")]
+    BadOption(String),
+}
+
+/// Everything about a plan request beyond the releases (the command line's `--only`, `--to-revision`,
+/// `--migration`, and what the target adapter found to re-import).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlanOptions {
+    pub scope: Option<Scope>,
+    /// `--to-revision REV|-1`: the schema revision a database rollback stops at (default: the target's head).
+    pub to_revision: Option<String>,
+    /// `--migration G7`: roll back this one data migration (it must be the live head revision).
+    pub migration: Option<String>,
+    /// A roll-forward re-imports the data this earlier run preserved.
+    pub reimport_from: Option<String>,
 }
 
 /// Computes the plan. `from` must be what runs (all services, or for a partial earlier run, the stack's release).
@@ -88,19 +108,52 @@ pub fn plan(
     policy: &Policy,
     scope: Scope,
 ) -> Result<Plan, PlanError> {
+    plan_with(
+        live,
+        from,
+        to,
+        policy,
+        &PlanOptions {
+            scope: Some(scope),
+            ..PlanOptions::default()
+        },
+    )
+}
+
+/// Computes the plan for a request with options (see [`PlanOptions`]).
+pub fn plan_with(
+    live: &LiveState,
+    from: &Release,
+    to: &Release,
+    policy: &Policy,
+    opts: &PlanOptions,
+) -> Result<Plan, PlanError> {
+    let scope = opts.scope.unwrap_or(Scope::All);
     if from.name() == to.name() {
         return Err(PlanError::SameRelease(to.name().into()));
     }
-    if live.release != from.name() {
+    // A database-only rollback may follow a services rollback that already moved the stack to the target.
+    let from_ok = live.release == from.name()
+        || (matches!(scope, Scope::Database | Scope::Infrastructure) && live.release == to.name());
+    if !from_ok {
         return Err(PlanError::WrongFrom {
             live: live.release.clone(),
             from: from.name().into(),
         });
     }
-    if matches!(scope, Scope::Database | Scope::Infrastructure) {
-        return Err(PlanError::NotYetSupported(scope.name().unwrap_or_default()));
+    if (opts.to_revision.is_some() || opts.migration.is_some()) && scope != Scope::Database {
+        return Err(PlanError::BadOption(
+            "--to-revision and --migration go with --only database".into(),
+        ));
     }
     let t = &policy.timeouts;
+    let wants_db = matches!(scope, Scope::All | Scope::Database);
+    let wants_infra = matches!(scope, Scope::All | Scope::Infrastructure);
+    let db_steps = if wants_db {
+        database_steps(live, from, to, policy, opts)?
+    } else {
+        DbSteps::default()
+    };
     let mut steps: Vec<StepSpec> = Vec::new();
     let step = |id: String, phase: Phase, title: String, action: Action, safety: Safety| {
         let mut s = StepSpec::new(id, phase, title, action, safety);
@@ -133,7 +186,7 @@ pub fn plan(
         Safety::Idempotent,
     ));
     let expand: Vec<String> = to.streams.iter().map(|s| s.name.clone()).collect();
-    if scope != Scope::Config {
+    if !matches!(scope, Scope::Config | Scope::Database) {
         let mut s = step(
             "1.streams.expand".into(),
             Phase::Assessment,
@@ -156,6 +209,26 @@ pub fn plan(
             })
             .collect();
         steps.push(s);
+    }
+
+    if wants_infra {
+        steps.push(step(
+            "1.monitoring.validate".into(),
+            Phase::Assessment,
+            format!(
+                "Validate {}'s Prometheus configuration and rules (promtool) and Alertmanager configuration (amtool)",
+                to.name()
+            ),
+            Action::MonitoringValidate {
+                release: to.name().into(),
+            },
+            Safety::Idempotent,
+        ));
+    }
+
+    // A roll-forward migrates the schema up before the services that need it start.
+    if db_steps.up {
+        steps.extend(db_steps.steps.iter().cloned());
     }
 
     // Phase 2.1: services, in the policy's order.
@@ -276,16 +349,26 @@ pub fn plan(
         }
     }
 
-    // Phase 5: verification.
-    let checks: Vec<&String> = match scope {
-        Scope::All | Scope::Services => policy.checks.verification.iter().collect(),
-        _ => policy
-            .checks
-            .verification
-            .iter()
-            .filter(|c| matches!(c.as_str(), "health" | "info"))
-            .collect(),
-    };
+    if !db_steps.up {
+        steps.extend(db_steps.steps.iter().cloned());
+    }
+    if wants_infra {
+        steps.extend(infra_steps(live, from, to, policy));
+    }
+
+    // Phase 5: verification. The full scan and the loss assessment compare with phase 3's snapshot.
+    let has_db = !db_steps.steps.is_empty();
+    let checks: Vec<&String> = policy
+        .checks
+        .verification
+        .iter()
+        .filter(|c| match c.as_str() {
+            "integrity-full" | "loss" => has_db,
+            "health" | "info" => true,
+            "integrity-quick" => matches!(scope, Scope::All | Scope::Services | Scope::Database),
+            _ => matches!(scope, Scope::All | Scope::Services),
+        })
+        .collect();
     for c in checks {
         let mut s = step(
             format!("5.check.{c}"),
@@ -315,6 +398,431 @@ fn check_title(name: &str, to: &str) -> String {
         }
         "quota" => "Quota system (skipped where the release has none)".into(),
         "integrity-quick" => "Quick integrity scan: no rows lost since phase 1".into(),
+        "integrity-full" => {
+            "Full integrity scan: checksums of the tables the migrations did not change equal phase 3's".into()
+        }
+        "loss" => "Data-loss assessment against phase 3's snapshot, preserved data accounted for".into(),
         other => other.to_string(),
     }
+}
+
+#[derive(Debug, Default)]
+struct DbSteps {
+    steps: Vec<StepSpec>,
+    /// The schema goes up (a roll-forward): these steps run before the services.
+    up: bool,
+}
+
+/// What a downgrade destroys that we know how to preserve.
+fn preserve_for(destroys: &[xorb_model::schema::Destroys]) -> (Vec<Preserve>, Vec<String>) {
+    let mut keep = Vec::new();
+    let mut lost = Vec::new();
+    for d in destroys {
+        let p = match (d.kind.as_str(), d.object.as_str()) {
+            ("table", "evidence") => Some(Preserve::Evidence),
+            ("table", "tenant_quotas" | "usage_records") => Some(Preserve::ControlPlane),
+            ("column", "tenants.isolation_mode") => Some(Preserve::IsolationModes),
+            _ => None,
+        };
+        match p {
+            Some(p) if !keep.contains(&p) => keep.push(p),
+            Some(_) => {}
+            None => lost.push(format!("{} {}", d.kind, d.object)),
+        }
+    }
+    (keep, lost)
+}
+
+fn database_steps(
+    live: &LiveState,
+    from: &Release,
+    to: &Release,
+    policy: &Policy,
+    opts: &PlanOptions,
+) -> Result<DbSteps, PlanError> {
+    let scope = opts.scope.unwrap_or(Scope::All);
+    let Some(db) = &live.database else {
+        return Err(PlanError::NoDatabase("no database observation".into()));
+    };
+    let t = &policy.timeouts;
+    let current = db.revision.as_str();
+    // Where the schema goes, and which release must run on it afterwards.
+    let (target, runs_after): (String, &Release) = match (&opts.migration, &opts.to_revision) {
+        (Some(_), Some(_)) => {
+            return Err(PlanError::BadOption(
+                "give --migration or --to-revision, not both".into(),
+            ));
+        }
+        (Some(m), None) => {
+            let Some(r) = db
+                .revisions
+                .iter()
+                .find(|r| r.data_migration().as_deref() == Some(m.as_str()))
+            else {
+                let known: Vec<String> = db
+                    .revisions
+                    .iter()
+                    .filter_map(|r| r.data_migration())
+                    .collect();
+                return Err(PlanError::BadOption(format!(
+                    "--migration {m}: no such data migration in {}'s scripts (known: {})",
+                    from.name(),
+                    known.join(", ")
+                )));
+            };
+            if r.revision != current {
+                let head = db.find(current);
+                return Err(PlanError::Schema(format!(
+                    "--migration {m}: {m} is revision {}, but the live head is {current}{}: roll that back first (--migration or --to-revision -1), newest first",
+                    r.revision,
+                    head.and_then(|h| h.data_migration())
+                        .map(|g| format!(" ({g})"))
+                        .unwrap_or_default()
+                )));
+            }
+            let down = r.down_revision.clone().ok_or_else(|| {
+                PlanError::Schema(format!(
+                    "{m} ({}) is the base revision: nothing below it",
+                    r.revision
+                ))
+            })?;
+            (down, live_release(live, from, to))
+        }
+        (None, Some(rev)) => {
+            let target = if let Some(n) = rev.strip_prefix('-') {
+                let n: usize = n.parse().map_err(|_| {
+                    PlanError::BadOption(format!("--to-revision {rev}: use a revision id or -N"))
+                })?;
+                let mut cur = current.to_string();
+                for _ in 0..n {
+                    let r = db.find(&cur).ok_or_else(|| {
+                        PlanError::Schema(format!(
+                            "the live revision {cur} is not in {}'s migration scripts",
+                            from.name()
+                        ))
+                    })?;
+                    cur = r.down_revision.clone().ok_or_else(|| {
+                        PlanError::Schema(format!(
+                            "--to-revision {rev}: {cur} is the base revision"
+                        ))
+                    })?;
+                }
+                cur
+            } else {
+                rev.clone()
+            };
+            let runs_after = if scope == Scope::Database {
+                live_release(live, from, to)
+            } else {
+                to
+            };
+            (target, runs_after)
+        }
+        (None, None) => {
+            let runs_after = if scope == Scope::Database && live.release != to.name() {
+                live_release(live, from, to)
+            } else {
+                to
+            };
+            (to.manifest.schema.head.clone(), runs_after)
+        }
+    };
+    if !runs_after.manifest.schema.runs_on.contains(&target) {
+        return Err(PlanError::Schema(format!(
+            "{} cannot run on schema revision {target} (it runs on {}): roll its services back first (`--only services`, then `--only config`), or roll everything back",
+            runs_after.name(),
+            runs_after.manifest.schema.runs_on.join(", ")
+        )));
+    }
+    if target == current {
+        return Ok(DbSteps::default());
+    }
+    let (path, up) = if let Some(p) = db.downgrade_path(&target) {
+        (p, false)
+    } else if let Some(p) = db.upgrade_path(&target) {
+        (p, true)
+    } else {
+        return Err(PlanError::Schema(format!(
+            "schema revision {target} is neither below nor above the live revision {current} in {}'s migration scripts",
+            from.name()
+        )));
+    };
+    if !up && let Some(r) = path.iter().find(|r| !r.has_downgrade) {
+        return Err(PlanError::Schema(format!(
+            "revision {} ({}) has no downgrade in {}'s migration scripts: the schema cannot go back to {target}",
+            r.revision,
+            r.message,
+            from.name()
+        )));
+    }
+
+    let stateful = Policy::failure_policy(&policy.stateful);
+    let mut steps = Vec::new();
+    let mut s = StepSpec::new(
+        "3.db.backup",
+        Phase::Database,
+        "Back up the database (pg_dump, custom format), prove it restorable, record alembic current and history",
+        Action::DbBackup,
+        Safety::Idempotent,
+    );
+    s.timeout_secs = t.backup_secs;
+    steps.push(s);
+    let mut s = StepSpec::new(
+        "3.db.snapshot",
+        Phase::Database,
+        "Full integrity scan and row snapshot (outside the database) for the loss assessment",
+        Action::IntegritySnapshot,
+        Safety::Idempotent,
+    );
+    s.timeout_secs = t.backup_secs;
+    steps.push(s);
+    let mut s = StepSpec::new(
+        "3.db.compat",
+        Phase::Database,
+        format!(
+            "Compatibility: {current} → {target} can be migrated and {} runs on {target}",
+            runs_after.name()
+        ),
+        Action::DbCompatibility {
+            from_revision: current.to_string(),
+            to_revision: target.clone(),
+            release: runs_after.name().to_string(),
+        },
+        Safety::Idempotent,
+    );
+    s.timeout_secs = t.check_secs;
+    steps.push(s);
+
+    let mut cur = current.to_string();
+    for r in &path {
+        let (rev, next) = if up {
+            (cur.clone(), r.revision.clone())
+        } else {
+            (
+                r.revision.clone(),
+                r.down_revision.clone().unwrap_or_default(),
+            )
+        };
+        let label = r.data_migration();
+        let (preserve, lost) = if up {
+            (vec![], vec![])
+        } else {
+            preserve_for(&r.destroys)
+        };
+        let what = label.clone().map(|g| format!("{g} ")).unwrap_or_default();
+        let title = if up {
+            format!("Upgrade {what}{rev} → {next} ({})", r.message)
+        } else if preserve.is_empty() {
+            format!("Downgrade {what}{rev} → {next} ({})", r.message)
+        } else {
+            let names: Vec<&str> = preserve.iter().map(|p| p.name()).collect();
+            format!(
+                "Data migration rollback {what}{rev} → {next}: preserve {} first, then downgrade",
+                names.join(", ")
+            )
+        };
+        let mut s = StepSpec::new(
+            format!(
+                "3.{}.{}",
+                label
+                    .as_deref()
+                    .map(str::to_lowercase)
+                    .unwrap_or_else(|| "db".into()),
+                if up {
+                    format!("upgrade.{}", r.revision)
+                } else {
+                    format!("downgrade.{}", r.revision)
+                }
+            ),
+            Phase::Database,
+            title,
+            Action::Migrate {
+                revision: rev.clone(),
+                to_revision: next.clone(),
+                direction: if up {
+                    MigrationDirection::Up
+                } else {
+                    MigrationDirection::Down
+                },
+                data_migration: label,
+                preserve: preserve.clone(),
+            },
+            Safety::Probed,
+        );
+        s.timeout_secs = t.migration_secs;
+        s.policy = stateful.clone();
+        s.changes.push(Change {
+            kind: ChangeKind::Schema,
+            subject: "alembic_version".into(),
+            before: Some(rev.clone()),
+            after: Some(next.clone()),
+        });
+        if !up {
+            for d in &r.destroys {
+                let saved = preserve_for(std::slice::from_ref(d)).0;
+                s.changes.push(Change {
+                    kind: ChangeKind::Schema,
+                    subject: format!("{} {}", d.kind, d.object),
+                    before: Some(d.description.clone()),
+                    after: Some(if saved.is_empty() {
+                        "dropped: LOST (nothing preserves it)".into()
+                    } else {
+                        "dropped (preserved and verified first)".into()
+                    }),
+                });
+            }
+            let _ = lost;
+        }
+        steps.push(s);
+        cur = next;
+    }
+    let mut s = StepSpec::new(
+        "3.db.verify",
+        Phase::Database,
+        format!(
+            "Verify the schema: alembic_version is {target} and the tables are what it defines"
+        ),
+        Action::DbVerify {
+            revision: target.clone(),
+        },
+        Safety::Idempotent,
+    );
+    s.timeout_secs = t.check_secs;
+    steps.push(s);
+    if up && let Some(run) = &opts.reimport_from {
+        let mut s = StepSpec::new(
+            "3.data.reimport",
+            Phase::Database,
+            format!(
+                "Re-import the data run {run} preserved (evidence with signatures, control plane, isolation modes)"
+            ),
+            Action::ReimportPreserved {
+                source_run: run.clone(),
+            },
+            Safety::Idempotent,
+        );
+        s.timeout_secs = t.migration_secs;
+        steps.push(s);
+    }
+    Ok(DbSteps { steps, up })
+}
+
+/// The release the services run on now.
+fn live_release<'a>(live: &LiveState, from: &'a Release, to: &'a Release) -> &'a Release {
+    if live.release == to.name() { to } else { from }
+}
+
+fn infra_steps(live: &LiveState, from: &Release, to: &Release, policy: &Policy) -> Vec<StepSpec> {
+    let _ = live;
+    let t = &policy.timeouts;
+    let stateful = Policy::failure_policy(&policy.stateful);
+    let rel = || to.name().to_string();
+    let mut out = Vec::new();
+    let target_streams: Vec<&str> = to.streams.iter().map(|s| s.name.as_str()).collect();
+    let removed: Vec<&str> = from
+        .streams
+        .iter()
+        .map(|s| s.name.as_str())
+        .filter(|n| !target_streams.contains(n))
+        .collect();
+    let mut s = StepSpec::new(
+        "4.nats.save",
+        Phase::Infrastructure,
+        "Save every stream's configuration and last sequence, and the messages of the streams that go",
+        Action::NatsSave { release: rel() },
+        Safety::Idempotent,
+    );
+    s.timeout_secs = t.backup_secs;
+    out.push(s);
+    let mut s = StepSpec::new(
+        "4.nats.apply",
+        Phase::Infrastructure,
+        format!(
+            "Streams as {} defines them: remove the others (messages saved), create or update its own",
+            to.name()
+        ),
+        Action::NatsApply { release: rel() },
+        Safety::Probed,
+    );
+    s.timeout_secs = t.check_secs;
+    s.policy = stateful.clone();
+    for n in &removed {
+        s.changes.push(Change {
+            kind: ChangeKind::Stream,
+            subject: n.to_string(),
+            before: Some("present".into()),
+            after: Some("removed (messages saved first)".into()),
+        });
+    }
+    for n in &target_streams {
+        s.changes.push(Change {
+            kind: ChangeKind::Stream,
+            subject: n.to_string(),
+            before: None,
+            after: Some(format!("as {} defines it", to.name())),
+        });
+    }
+    out.push(s);
+    let mut s = StepSpec::new(
+        "4.redis.backup",
+        Phase::Infrastructure,
+        "Back up Redis (RDB, checked by redis-check-rdb)",
+        Action::RedisBackup,
+        Safety::Idempotent,
+    );
+    s.timeout_secs = t.backup_secs;
+    out.push(s);
+    let mut s = StepSpec::new(
+        "4.redis.apply",
+        Phase::Infrastructure,
+        format!(
+            "Redis as {} uses it: flush the databases it does not use, apply its configuration",
+            to.name()
+        ),
+        Action::RedisApply { release: rel() },
+        Safety::Probed,
+    );
+    s.timeout_secs = t.check_secs;
+    s.policy = stateful.clone();
+    for db in from
+        .manifest
+        .redis
+        .databases
+        .iter()
+        .filter(|d| !to.manifest.redis.databases.contains(d))
+    {
+        s.changes.push(Change {
+            kind: ChangeKind::Redis,
+            subject: format!("db {db}"),
+            before: Some("in use".into()),
+            after: Some("flushed (in the RDB backup)".into()),
+        });
+    }
+    s.changes.push(Change {
+        kind: ChangeKind::Redis,
+        subject: "configuration".into(),
+        before: Some(from.name().into()),
+        after: Some(to.name().into()),
+    });
+    out.push(s);
+    let mut s = StepSpec::new(
+        "4.monitoring.apply",
+        Phase::Infrastructure,
+        format!(
+            "Monitoring as {} defines it: Prometheus configuration and rules, Alertmanager, Grafana dashboards; reload and verify",
+            to.name()
+        ),
+        Action::MonitoringApply { release: rel() },
+        Safety::Probed,
+    );
+    s.timeout_secs = t.check_secs;
+    s.policy = stateful;
+    s.changes.push(Change {
+        kind: ChangeKind::Monitoring,
+        subject: "prometheus, alertmanager, grafana".into(),
+        before: Some(from.name().into()),
+        after: Some(to.name().into()),
+    });
+    out.push(s);
+    out
 }

@@ -328,6 +328,9 @@ pub enum Action {
     /// `pg_restore --list`; `alembic current` and `history` recorded; the full integrity snapshot taken (the
     /// loss assessment's "before"). Keeps an existing verified backup: a resumed run never overwrites it.
     DbBackup,
+    /// Phase 3: the full integrity scan (a checksum per table) with a row snapshot written into the run's
+    /// directory, outside the database: what the phase 5 loss assessment compares against. Keeps an existing one.
+    IntegritySnapshot,
     /// Phase 3: the compatibility check, again against the live database: every revision from `from_revision` to
     /// `to_revision` can be migrated (a downgrade exists in `migrations`), and `release` runs on `to_revision`.
     DbCompatibility {
@@ -414,6 +417,7 @@ impl Action {
             Action::EnsureStreams { .. } => "ensure_streams",
             Action::ConfigureServices { .. } => "configure_services",
             Action::DbBackup => "db_backup",
+            Action::IntegritySnapshot => "integrity_snapshot",
             Action::DbCompatibility { .. } => "db_compatibility",
             Action::Migrate { .. } => "migrate",
             Action::DbVerify { .. } => "db_verify",
@@ -453,6 +457,7 @@ impl fmt::Display for Action {
                 write!(f, "configure {}", names.join(", "))
             }
             Action::DbBackup => f.write_str("back up the database"),
+            Action::IntegritySnapshot => f.write_str("take the full integrity snapshot"),
             Action::DbCompatibility {
                 from_revision,
                 to_revision,
@@ -749,6 +754,8 @@ pub enum RunStatus {
     },
     /// Stopped before re-running `step`, which cannot be proven safe to repeat: a person must confirm.
     WaitingForConfirmation { step: String, reason: String },
+    /// Journaled but not acting: the approvals its `severity` requires are not given yet (`xorbctl approve`).
+    WaitingForApproval { severity: String, missing: String },
     /// Aborted by a person; `step` is where the run was when it stopped (if it had started a step).
     Aborted {
         by: String,
@@ -766,6 +773,7 @@ impl RunStatus {
             RunStatus::Failed { .. } => "failed",
             RunStatus::EmergencyStopped { .. } => "emergency_stopped",
             RunStatus::WaitingForConfirmation { .. } => "waiting_for_confirmation",
+            RunStatus::WaitingForApproval { .. } => "waiting_for_approval",
             RunStatus::Aborted { .. } => "aborted",
         }
     }
@@ -787,7 +795,7 @@ impl RunStatus {
             | RunStatus::EmergencyStopped { step, .. }
             | RunStatus::WaitingForConfirmation { step, .. } => Some(step),
             RunStatus::Aborted { step, .. } => step.as_deref(),
-            RunStatus::Running | RunStatus::Succeeded => None,
+            RunStatus::Running | RunStatus::Succeeded | RunStatus::WaitingForApproval { .. } => None,
         }
     }
 }
@@ -818,6 +826,9 @@ impl fmt::Display for RunStatus {
             }
             RunStatus::WaitingForConfirmation { step, reason } => {
                 write!(f, "waiting for confirmation of step {step}: {reason}")
+            }
+            RunStatus::WaitingForApproval { severity, missing } => {
+                write!(f, "waiting for approval ({severity}): needs {missing}")
             }
             RunStatus::Aborted {
                 by,

@@ -16,6 +16,10 @@ pub struct Policy {
     pub timeouts: Timeouts,
     pub services: StepPolicy,
     pub config: StepPolicy,
+    /// Phase 3 migrations and phase 4 applies. A failed migration is retried only after its probe says it did
+    /// not happen; no emergency procedure runs by default (the services keep running on the expand-only schema).
+    #[serde(default = "StepPolicy::stateful")]
+    pub stateful: StepPolicy,
     pub checks: Checks,
     /// Release name (dots replaced by dashes, since TOML keys with dots nest) → forced settings.
     #[serde(default)]
@@ -28,6 +32,20 @@ pub struct Timeouts {
     pub rollout_secs: u64,
     pub capture_secs: u64,
     pub check_secs: u64,
+    /// A backup (pg_dump, Redis RDB, NATS save) or the integrity snapshot.
+    #[serde(default = "default_backup_secs")]
+    pub backup_secs: u64,
+    /// One Alembic revision; also the statement timeout its SQL runs with.
+    #[serde(default = "default_migration_secs")]
+    pub migration_secs: u64,
+}
+
+fn default_backup_secs() -> u64 {
+    600
+}
+
+fn default_migration_secs() -> u64 {
+    600
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -38,6 +56,16 @@ pub struct StepPolicy {
     pub emergency: String,
 }
 
+impl StepPolicy {
+    fn stateful() -> Self {
+        StepPolicy {
+            attempts: 2,
+            backoff_ms: 2000,
+            emergency: "none".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Checks {
@@ -45,7 +73,9 @@ pub struct Checks {
     pub verification: Vec<String>,
 }
 
-pub const KNOWN_CHECKS: [&str; 9] = [
+pub const KNOWN_CHECKS: [&str; 11] = [
+    "integrity-full",
+    "loss",
     "health",
     "release",
     "info",

@@ -55,8 +55,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if let Some(pe) = cause.downcast_ref::<P>() {
             return match pe {
-                P::WrongFrom { .. } => 3,
-                P::BadScope(_) | P::SameRelease(_) | P::NotYetSupported(_) => 2,
+                P::WrongFrom { .. } | P::Schema(_) => 3,
+                P::NoDatabase(_) => 4,
+                P::BadScope(_) | P::SameRelease(_) | P::BadOption(_) => 2,
             };
         }
         if cause.downcast_ref::<xorb_audit::VerifyError>().is_some() {
