@@ -345,6 +345,17 @@ pub fn local_prometheus_config(
     dir: &Path,
     service_ports: &std::collections::BTreeMap<String, u16>,
 ) -> Result<PathBuf, LocalError> {
+    local_prometheus_config_alerting(release, dir, service_ports, None)
+}
+
+/// As [`local_prometheus_config`], but with `alerting` pointed at the stack's own Alertmanager when it runs one
+/// (the release's k8s host name is never resolved from here).
+pub fn local_prometheus_config_alerting(
+    release: &Release,
+    dir: &Path,
+    service_ports: &std::collections::BTreeMap<String, u16>,
+    alertmanager_port: Option<u16>,
+) -> Result<PathBuf, LocalError> {
     let src = release.path(&release.manifest.monitoring.prometheus);
     let text = std::fs::read_to_string(&src)
         .map_err(|e| LocalError::io(format!("cannot read {}", src.display()), e))?;
@@ -354,6 +365,12 @@ pub fn local_prometheus_config(
         .as_object_mut()
         .ok_or_else(|| LocalError::Config(format!("{} is not a mapping", src.display())))?;
     obj.remove("alerting");
+    if let Some(port) = alertmanager_port {
+        obj.insert(
+            "alerting".into(),
+            serde_json::json!({"alertmanagers": [{"static_configs": [{"targets": [format!("127.0.0.1:{port}")]}]}]}),
+        );
+    }
     let mut rule_files = Vec::new();
     for rule in &release.manifest.monitoring.rules {
         let name = rule
@@ -408,6 +425,35 @@ pub async fn start_prometheus(dir: &Path, config: &Path) -> Result<Server, Local
     wait_http_ready(&proc, &url, "Prometheus", &log).await?;
     Ok(Server { port, proc, log })
 }
+
+/// Starts Alertmanager on 127.0.0.1 with `config` copied into `dir`. `--cluster.listen-address=` (empty) turns
+/// clustering off: a private Alertmanager must not gossip with anything on the network.
+pub async fn start_alertmanager(dir: &Path, config: &Path) -> Result<Server, LocalError> {
+    mkdir(dir, 0o700)?;
+    let port = free_port()?;
+    let dest = dir.join("alertmanager.yml");
+    if config != dest {
+        std::fs::copy(config, &dest).map_err(|e| {
+            LocalError::io(
+                format!("cannot copy {} to {}", config.display(), dest.display()),
+                e,
+            )
+        })?;
+    }
+    let log = dir.join("alertmanager.log");
+    let mut cmd = Command::new(ALERTMANAGER_BIN);
+    cmd.arg(format!("--config.file={}", dest.display()))
+        .arg(format!("--storage.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--cluster.listen-address=");
+    let proc = spawn_detached(cmd, &log)?;
+    let url = format!("http://127.0.0.1:{port}/-/ready");
+    wait_http_ready(&proc, &url, "Alertmanager", &log).await?;
+    Ok(Server { port, proc, log })
+}
+
+/// Debian names the Alertmanager binary `prometheus-alertmanager` (package prometheus-alertmanager).
+pub const ALERTMANAGER_BIN: &str = "prometheus-alertmanager";
 
 /// Waits until `url` answers 2xx; a server that dies or never gets ready is killed and reported with its log.
 async fn wait_http_ready(

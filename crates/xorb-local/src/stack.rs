@@ -49,6 +49,12 @@ pub struct StackState {
     pub redis: Server,
     pub nats: NatsServer,
     pub prometheus: Server,
+    /// Absent in a stack.json written before the stack ran one.
+    #[serde(default)]
+    pub alertmanager: Option<Server>,
+    /// Where a Grafana reads the stack's dashboards (`stack up --grafana-dashboards DIR`); None: no Grafana.
+    #[serde(default)]
+    pub grafana_dashboards: Option<PathBuf>,
     /// In the runbook's order.
     pub services: Vec<ServiceState>,
 }
@@ -177,6 +183,12 @@ impl StackState {
         format!("http://127.0.0.1:{}", self.prometheus.port)
     }
 
+    pub fn alertmanager_url(&self) -> Option<String> {
+        self.alertmanager
+            .as_ref()
+            .map(|a| format!("http://127.0.0.1:{}", a.port))
+    }
+
     pub fn service(&self, name: &str) -> Option<&ServiceState> {
         self.services.iter().find(|s| s.name == name)
     }
@@ -193,6 +205,9 @@ impl StackState {
             .filter_map(|s| s.proc.as_ref().map(|p| (s.name.as_str(), p)))
             .collect();
         v.push(("prometheus", &self.prometheus.proc));
+        if let Some(am) = &self.alertmanager {
+            v.push(("alertmanager", &am.proc));
+        }
         v.push(("nats", &self.nats.server.proc));
         v.push(("redis", &self.redis.proc));
         v.push(("postgres", &self.postgres.proc));
@@ -410,11 +425,28 @@ pub struct UpReport {
     pub demo: Option<DemoReport>,
 }
 
+/// Options of `stack up` beyond the release and the demo data.
+#[derive(Debug, Clone, Default)]
+pub struct UpOptions {
+    /// A directory a Grafana provisions dashboards from: the release's dashboards are written there.
+    pub grafana_dashboards: Option<PathBuf>,
+}
+
 pub async fn up(
     paths: &Paths,
     state_dir: &Path,
     release_name: &str,
     demo: bool,
+) -> Result<UpReport, LocalError> {
+    up_with(paths, state_dir, release_name, demo, &UpOptions::default()).await
+}
+
+pub async fn up_with(
+    paths: &Paths,
+    state_dir: &Path,
+    release_name: &str,
+    demo: bool,
+    opts: &UpOptions,
 ) -> Result<UpReport, LocalError> {
     let release = Release::load_named(&paths.releases_root, release_name)?;
     mkdir(state_dir, 0o711)?;
@@ -447,11 +479,17 @@ pub async fn up(
         }
         // Half gone: stop what is left so that we start from a known state, keeping the data.
         down(state_dir).await?;
-        let mut report = Box::pin(fresh_up(paths, state_dir, &release, demo)).await?;
+        let opts = UpOptions {
+            grafana_dashboards: opts
+                .grafana_dashboards
+                .clone()
+                .or(existing.grafana_dashboards.clone()),
+        };
+        let mut report = Box::pin(fresh_up(paths, state_dir, &release, demo, &opts)).await?;
         report.restarted = dead;
         return Ok(report);
     }
-    fresh_up(paths, state_dir, &release, demo).await
+    fresh_up(paths, state_dir, &release, demo, opts).await
 }
 
 async fn fresh_up(
@@ -459,6 +497,7 @@ async fn fresh_up(
     state_dir: &Path,
     release: &Release,
     demo: bool,
+    opts: &UpOptions,
 ) -> Result<UpReport, LocalError> {
     let secrets = Secrets::load_or_create(state_dir)?;
     mkdir(&state_dir.join("evidence"), 0o700)?;
@@ -506,9 +545,27 @@ async fn fresh_up(
             services.iter().map(|s| (s.name.clone(), s.port)).collect();
         let prom_dir = state_dir.join("prometheus");
         mkdir(&prom_dir, 0o700)?;
-        let prom_cfg = servers::local_prometheus_config(release, &prom_dir, &ports)?;
+        let alertmanager = servers::start_alertmanager(
+            &state_dir.join("alertmanager"),
+            &release.path(&release.manifest.monitoring.alertmanager),
+        )
+        .await?;
+        started.push(alertmanager.proc.clone());
+        let prom_cfg = servers::local_prometheus_config_alerting(
+            release,
+            &prom_dir,
+            &ports,
+            Some(alertmanager.port),
+        )?;
         let prometheus = servers::start_prometheus(&prom_dir, &prom_cfg).await?;
         started.push(prometheus.proc.clone());
+        let grafana_dashboards = match &opts.grafana_dashboards {
+            Some(dir) => {
+                crate::infra::write_dashboards(release, None, dir)?;
+                Some(dir.clone())
+            }
+            None => None,
+        };
 
         let mut stack = StackState {
             release: release.name().to_string(),
@@ -518,6 +575,8 @@ async fn fresh_up(
             redis,
             nats,
             prometheus,
+            alertmanager: Some(alertmanager),
+            grafana_dashboards,
             services,
         };
         for i in 0..stack.services.len() {
@@ -673,11 +732,13 @@ pub async fn status(state_dir: &Path) -> Result<StackStatus, LocalError> {
         .unwrap_or_default();
     let mut servers_st = BTreeMap::new();
     for (name, srv) in [
-        ("postgres", &stack.postgres),
-        ("redis", &stack.redis),
-        ("nats", &stack.nats.server),
-        ("prometheus", &stack.prometheus),
+        ("postgres", Some(&stack.postgres)),
+        ("redis", Some(&stack.redis)),
+        ("nats", Some(&stack.nats.server)),
+        ("prometheus", Some(&stack.prometheus)),
+        ("alertmanager", stack.alertmanager.as_ref()),
     ] {
+        let Some(srv) = srv else { continue };
         servers_st.insert(
             name.to_string(),
             ServerStatus {
