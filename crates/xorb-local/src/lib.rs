@@ -2,6 +2,7 @@
 //! servers on 127.0.0.1 that we start ourselves under a state directory.
 
 pub mod database;
+pub mod evidence;
 pub mod infra;
 pub mod process;
 pub mod rollback;

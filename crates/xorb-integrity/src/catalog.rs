@@ -1,0 +1,189 @@
+//! Tables of schema `public`: columns, types, primary key and size, read in the scan's snapshot.
+
+use serde::{Deserialize, Serialize};
+
+use crate::IntegrityError;
+
+const INT2: u32 = 21;
+const INT4: u32 = 23;
+const INT8: u32 = 20;
+const UUID: u32 = 2950;
+const TEXTUAL: [u32; 4] = [25, 1043, 1042, 19]; // text, varchar, bpchar, name
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Column {
+    pub name: String,
+    /// `format_type` of the column, e.g. `bigint`, `character varying(40)`.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub type_oid: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct TableMeta {
+    pub name: String,
+    pub columns: Vec<Column>,
+    /// Indexes into `columns`, in the key's order; empty without a primary key.
+    pub primary_key: Vec<usize>,
+    pub pages: u64,
+}
+
+impl TableMeta {
+    pub fn pk_names(&self) -> Vec<String> {
+        self.primary_key
+            .iter()
+            .map(|&i| self.columns[i].name.clone())
+            .collect()
+    }
+}
+
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+pub async fn tables(client: &tokio_postgres::Client) -> Result<Vec<TableMeta>, IntegrityError> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid::int8, \
+                    coalesce(array_position(con.conkey, a.attnum), 0)::int4, \
+                    (pg_relation_size(c.oid) / current_setting('block_size')::int8)::int8 \
+             FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+             LEFT JOIN pg_constraint con ON con.conrelid = c.oid AND con.contype = 'p' \
+             WHERE n.nspname = 'public' AND c.relkind = 'r' \
+             ORDER BY c.relname, a.attnum",
+            &[],
+        )
+        .await
+        .map_err(|e| IntegrityError::db("read the tables and columns of schema public", e))?;
+    let mut out: Vec<TableMeta> = Vec::new();
+    let mut pk_pos: Vec<Vec<(i32, usize)>> = Vec::new();
+    for r in rows {
+        let table: String = r.get(0);
+        if out.last().is_none_or(|t| t.name != table) {
+            out.push(TableMeta {
+                name: table,
+                columns: Vec::new(),
+                primary_key: Vec::new(),
+                pages: r.get::<_, i64>(5).max(0) as u64,
+            });
+            pk_pos.push(Vec::new());
+        }
+        let t = out.last_mut().unwrap();
+        let pos: i32 = r.get(4);
+        if pos > 0 {
+            pk_pos.last_mut().unwrap().push((pos, t.columns.len()));
+        }
+        t.columns.push(Column {
+            name: r.get(1),
+            type_name: r.get(2),
+            type_oid: r.get::<_, i64>(3) as u32,
+        });
+    }
+    for (t, mut pk) in out.iter_mut().zip(pk_pos) {
+        pk.sort();
+        t.primary_key = pk.into_iter().map(|(_, i)| i).collect();
+    }
+    Ok(out)
+}
+
+/// Key columns are encoded so that comparing the bytes orders integers numerically (big-endian, sign bit
+/// flipped); other types are length-prefixed raw binary values (a total order, the same in snapshot and scan).
+pub fn encode_key_part(type_oid: u32, value: &[u8], out: &mut Vec<u8>) {
+    if matches!(type_oid, INT2 | INT4 | INT8) && !value.is_empty() {
+        out.push(value[0] ^ 0x80);
+        out.extend_from_slice(&value[1..]);
+    } else {
+        out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        out.extend_from_slice(value);
+    }
+}
+
+/// The key as a person reads it: `42`, `5f0c…-…`, `acme`, or `(a, b)` for a composite key.
+pub fn display_key(types: &[u32], mut key: &[u8]) -> String {
+    let mut parts = Vec::with_capacity(types.len());
+    for &oid in types {
+        let width = match oid {
+            INT2 => Some(2),
+            INT4 => Some(4),
+            INT8 => Some(8),
+            _ => None,
+        };
+        let value: Vec<u8> = match width {
+            Some(w) if key.len() >= w => {
+                let mut v = key[..w].to_vec();
+                v[0] ^= 0x80;
+                key = &key[w..];
+                v
+            }
+            _ if key.len() >= 4 => {
+                let n = u32::from_be_bytes([key[0], key[1], key[2], key[3]]) as usize;
+                let n = n.min(key.len() - 4);
+                let v = key[4..4 + n].to_vec();
+                key = &key[4 + n..];
+                v
+            }
+            _ => {
+                parts.push("?".to_string());
+                continue;
+            }
+        };
+        parts.push(display_value(oid, &value));
+    }
+    if parts.len() == 1 {
+        parts.pop().unwrap()
+    } else {
+        format!("({})", parts.join(", "))
+    }
+}
+
+fn display_value(oid: u32, v: &[u8]) -> String {
+    match (oid, v.len()) {
+        (INT2, 2) => i16::from_be_bytes([v[0], v[1]]).to_string(),
+        (INT4, 4) => i32::from_be_bytes([v[0], v[1], v[2], v[3]]).to_string(),
+        (INT8, 8) => i64::from_be_bytes(v.try_into().unwrap_or([0; 8])).to_string(),
+        (UUID, 16) => {
+            let h = hex::encode(v);
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..]
+            )
+        }
+        (o, _) if TEXTUAL.contains(&o) => String::from_utf8_lossy(v).into_owned(),
+        _ => format!("\\x{}", hex::encode(v)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_keys_sort_numerically_and_display_back() {
+        let enc = |n: i64| {
+            let mut v = Vec::new();
+            encode_key_part(INT8, &n.to_be_bytes(), &mut v);
+            v
+        };
+        let mut keys: Vec<i64> = vec![5, -3, 0, i64::MIN, i64::MAX, -1, 300];
+        let mut encoded: Vec<Vec<u8>> = keys.iter().map(|&n| enc(n)).collect();
+        encoded.sort();
+        keys.sort();
+        let shown: Vec<String> = encoded.iter().map(|k| display_key(&[INT8], k)).collect();
+        let want: Vec<String> = keys.iter().map(|n| n.to_string()).collect();
+        assert_eq!(shown, want);
+    }
+
+    #[test]
+    fn composite_keys_display_each_part() {
+        let mut k = Vec::new();
+        encode_key_part(INT4, &7i32.to_be_bytes(), &mut k);
+        encode_key_part(25, b"acme", &mut k);
+        assert_eq!(display_key(&[INT4, 25], &k), "(7, acme)");
+    }
+}

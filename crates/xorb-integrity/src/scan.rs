@@ -1,0 +1,433 @@
+//! The parallel streaming scan behind `full` and `loss`.
+//!
+//! One coordinating connection opens a REPEATABLE READ transaction and exports its snapshot; every worker
+//! connection adopts it (`SET TRANSACTION SNAPSHOT`), so all tables and all page ranges are read as of one instant
+//! even while the services write. Large tables are split into ranges of pages (`ctid` ranges: a TID range scan,
+//! which needs no index and splits any table evenly, with or without a primary key); workers take ranges
+//! from one queue, largest tables first.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Config;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
+
+use crate::catalog::{self, TableMeta, quote_ident};
+use crate::copy::{CopyParser, Tuple};
+use crate::{IntegrityError, ScanOptions, connect};
+
+/// Below this many pages (8 MiB) a table is one range: the split would cost more than it saves.
+const MIN_SPLIT_PAGES: u64 = 1024;
+/// Ranges per worker for a large table, so that workers finishing early take over the rest.
+const RANGES_PER_WORKER: u64 = 4;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FullReport {
+    pub taken_at: String,
+    pub parallelism: usize,
+    pub tables: Vec<TableChecksum>,
+    /// Where the row snapshot was written, if one was asked for.
+    pub snapshot_dir: Option<PathBuf>,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableChecksum {
+    pub table: String,
+    pub rows: u64,
+    /// The wrapping sum of every row's xxh3-128 over its exact binary COPY tuple, as 32 hex digits: independent
+    /// of row order, of the page ranges and of the parallelism; a NULL and an empty value differ.
+    pub checksum: String,
+    pub columns: usize,
+    pub primary_key: Vec<String>,
+}
+
+/// What a worker keeps of each row beyond the checksum.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Checksum,
+    Records,
+}
+
+/// Key and per-column hashes of rows, stored flat (no allocation per row).
+#[derive(Default)]
+pub(crate) struct Records {
+    pub ncols: usize,
+    pub keys: Vec<u8>,
+    /// End offset of each row's key in `keys`.
+    pub key_ends: Vec<usize>,
+    /// `ncols` hashes per row: 0 for NULL, never 0 otherwise.
+    pub hashes: Vec<u64>,
+    /// Row order by key (filled by `sort`).
+    pub order: Vec<u32>,
+}
+
+impl Records {
+    pub fn len(&self) -> usize {
+        self.key_ends.len()
+    }
+    pub fn key(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.key_ends[i - 1] };
+        &self.keys[start..self.key_ends[i]]
+    }
+    pub fn row_hashes(&self, i: usize) -> &[u64] {
+        &self.hashes[i * self.ncols..(i + 1) * self.ncols]
+    }
+    fn append(&mut self, mut other: Records) {
+        let base = self.keys.len();
+        self.keys.append(&mut other.keys);
+        self.key_ends
+            .extend(other.key_ends.iter().map(|e| e + base));
+        self.hashes.append(&mut other.hashes);
+    }
+    /// A stable sort: ranges arrive in page order, which for tables filled in key order is nearly sorted
+    /// already, and a run-adaptive sort then costs about one pass.
+    pub fn sort(&mut self) {
+        let mut order: Vec<u32> = (0..self.len() as u32).collect();
+        order.sort_by(|&a, &b| self.key(a as usize).cmp(self.key(b as usize)));
+        self.order = order;
+    }
+}
+
+pub(crate) fn column_hash(v: Option<&[u8]>) -> u64 {
+    match v {
+        None => 0,
+        Some(b) => match xxh3_64(b) {
+            0 => 1,
+            h => h,
+        },
+    }
+}
+
+pub(crate) struct TableScan {
+    pub meta: TableMeta,
+    pub rows: u64,
+    pub sum: u128,
+    /// Sorted by key, in `Records` mode.
+    pub records: Option<Records>,
+}
+
+impl TableScan {
+    pub fn checksum(&self) -> TableChecksum {
+        TableChecksum {
+            table: self.meta.name.clone(),
+            rows: self.rows,
+            checksum: format!("{:032x}", self.sum),
+            columns: self.meta.columns.len(),
+            primary_key: self.meta.pk_names(),
+        }
+    }
+}
+
+struct Job {
+    table: usize,
+    range: usize,
+    /// A `ctid` condition, or None for the whole table.
+    cond: Option<String>,
+}
+
+struct RangeOut {
+    table: usize,
+    range: usize,
+    rows: u64,
+    sum: u128,
+    records: Option<Records>,
+}
+
+/// The live tables, the scan's snapshot and everything needed to scan them.
+pub(crate) struct Scan {
+    pub tables: Vec<TableMeta>,
+    pub taken_at: String,
+    /// Holds the exported snapshot open until the workers have adopted it (and for the whole scan).
+    coordinator: tokio_postgres::Client,
+    snapshot_id: String,
+}
+
+impl Scan {
+    pub async fn begin(cfg: &Config) -> Result<Self, IntegrityError> {
+        let coordinator = connect(cfg).await?;
+        coordinator
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(|e| IntegrityError::db("begin the scan's transaction", e))?;
+        let row = coordinator
+            .query_one(
+                "SELECT pg_export_snapshot(), to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+                &[],
+            )
+            .await
+            .map_err(|e| IntegrityError::db("export the scan's snapshot", e))?;
+        let snapshot_id: String = row.get(0);
+        let taken_at: String = row.get(1);
+        let tables = catalog::tables(&coordinator).await?;
+        Ok(Self {
+            tables,
+            taken_at,
+            coordinator,
+            snapshot_id,
+        })
+    }
+
+    /// Keeps only the named tables, in the order of the catalog; an unknown name is an error.
+    pub fn select(&mut self, names: &Option<Vec<String>>) -> Result<(), IntegrityError> {
+        if let Some(names) = names {
+            for n in names {
+                if !self.tables.iter().any(|t| &t.name == n) {
+                    return Err(IntegrityError::NoSuchTable(n.clone()));
+                }
+            }
+            self.tables.retain(|t| names.contains(&t.name));
+        }
+        Ok(())
+    }
+
+    /// Scans `which` (indexes into `self.tables`) with `parallelism` connections.
+    pub async fn run(
+        &self,
+        cfg: &Config,
+        which: &[usize],
+        parallelism: usize,
+        mode: Mode,
+    ) -> Result<Vec<TableScan>, IntegrityError> {
+        let parallelism = parallelism.max(1);
+        let mut jobs: Vec<(u64, Job)> = Vec::new();
+        let mut ranges = vec![0usize; self.tables.len()];
+        for &ti in which {
+            let t = &self.tables[ti];
+            let n = if parallelism > 1 && t.pages >= MIN_SPLIT_PAGES {
+                (t.pages / (MIN_SPLIT_PAGES / 2)).clamp(1, parallelism as u64 * RANGES_PER_WORKER)
+            } else {
+                1
+            };
+            let per = t.pages.div_ceil(n);
+            for r in 0..n {
+                // The first and last ranges are open so that pages added after the size was read are covered.
+                let lo = r * per;
+                let hi = (r + 1) * per;
+                let cond = match (n, r) {
+                    (1, _) => None,
+                    (_, 0) => Some(format!("ctid < '({hi},0)'::tid")),
+                    (_, r) if r == n - 1 => Some(format!("ctid >= '({lo},0)'::tid")),
+                    _ => Some(format!(
+                        "ctid >= '({lo},0)'::tid AND ctid < '({hi},0)'::tid"
+                    )),
+                };
+                jobs.push((
+                    per,
+                    Job {
+                        table: ti,
+                        range: r as usize,
+                        cond,
+                    },
+                ));
+            }
+            ranges[ti] = n as usize;
+        }
+        jobs.sort_by_key(|(pages, _)| std::cmp::Reverse(*pages));
+        let workers = parallelism.min(jobs.len()).max(1);
+        let queue = Arc::new(Mutex::new(
+            jobs.into_iter().map(|(_, j)| j).collect::<VecDeque<_>>(),
+        ));
+        let metas = Arc::new(self.tables.clone());
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..workers {
+            let cfg = cfg.clone();
+            let queue = queue.clone();
+            let metas = metas.clone();
+            let snap = self.snapshot_id.clone();
+            set.spawn(async move { worker(cfg, snap, queue, metas, mode).await });
+        }
+        let mut outs: Vec<RangeOut> = Vec::new();
+        let mut first_err = None;
+        while let Some(res) = set.join_next().await {
+            match res {
+                Ok(Ok(mut o)) => outs.append(&mut o),
+                Ok(Err(e)) => {
+                    // One failure ends the scan: the others would only spend the server's time.
+                    queue.lock().unwrap().clear();
+                    first_err.get_or_insert(e);
+                }
+                Err(e) => {
+                    queue.lock().unwrap().clear();
+                    first_err.get_or_insert(IntegrityError::Task(e.to_string()));
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        // Keep the coordinator's transaction alive until here.
+        let _ = &self.coordinator;
+        outs.sort_by_key(|o| (o.table, o.range));
+        let mut result = Vec::with_capacity(which.len());
+        let mut outs = outs.into_iter().peekable();
+        for &ti in which {
+            let meta = self.tables[ti].clone();
+            let mut scan = TableScan {
+                rows: 0,
+                sum: 0,
+                records: (mode == Mode::Records).then(|| Records {
+                    ncols: meta.columns.len(),
+                    ..Records::default()
+                }),
+                meta,
+            };
+            let mut seen = 0;
+            while let Some(o) = outs.next_if(|o| o.table == ti) {
+                seen += 1;
+                scan.rows += o.rows;
+                scan.sum = scan.sum.wrapping_add(o.sum);
+                if let (Some(all), Some(part)) = (scan.records.as_mut(), o.records) {
+                    all.append(part);
+                }
+            }
+            if seen != ranges[ti] {
+                return Err(IntegrityError::Task(format!(
+                    "table {}: {seen} of {} ranges were scanned",
+                    scan.meta.name, ranges[ti]
+                )));
+            }
+            if let Some(r) = scan.records.as_mut() {
+                r.sort();
+            }
+            result.push(scan);
+        }
+        Ok(result)
+    }
+}
+
+async fn worker(
+    cfg: Config,
+    snapshot_id: String,
+    queue: Arc<Mutex<VecDeque<Job>>>,
+    metas: Arc<Vec<TableMeta>>,
+    mode: Mode,
+) -> Result<Vec<RangeOut>, IntegrityError> {
+    let client = connect(&cfg).await?;
+    // The id is the server's own output (hex digits and dashes); checked anyway since it is spliced into SQL.
+    if !snapshot_id
+        .chars()
+        .all(|c| c.is_ascii_hexdigit() || c == '-')
+    {
+        return Err(IntegrityError::Task(format!(
+            "unexpected snapshot id {snapshot_id:?}"
+        )));
+    }
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot_id}'"
+        ))
+        .await
+        .map_err(|e| IntegrityError::db("adopt the scan's snapshot", e))?;
+    let mut outs = Vec::new();
+    loop {
+        let job = queue.lock().unwrap().pop_front();
+        let Some(job) = job else { break };
+        outs.push(scan_range(&client, &metas[job.table], &job, mode).await?);
+    }
+    let _ = client.batch_execute("COMMIT").await;
+    Ok(outs)
+}
+
+async fn scan_range(
+    client: &tokio_postgres::Client,
+    meta: &TableMeta,
+    job: &Job,
+    mode: Mode,
+) -> Result<RangeOut, IntegrityError> {
+    let cols: Vec<String> = meta.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let table = format!("public.{}", quote_ident(&meta.name));
+    let sql = match &job.cond {
+        None => format!(
+            "COPY {table} ({}) TO STDOUT (FORMAT binary)",
+            cols.join(", ")
+        ),
+        Some(cond) => format!(
+            "COPY (SELECT {} FROM {table} WHERE {cond}) TO STDOUT (FORMAT binary)",
+            cols.join(", ")
+        ),
+    };
+    let what = || match &job.cond {
+        None => format!("scan table {}", meta.name),
+        Some(c) => format!("scan table {} where {c}", meta.name),
+    };
+    let stream = client
+        .copy_out(&sql)
+        .await
+        .map_err(|e| IntegrityError::db(what(), e))?;
+    futures::pin_mut!(stream);
+    let ncols = meta.columns.len();
+    let pk: Vec<(usize, u32)> = meta
+        .primary_key
+        .iter()
+        .map(|&i| (i, meta.columns[i].type_oid))
+        .collect();
+    let mut rows = 0u64;
+    let mut sum = 0u128;
+    let mut records = (mode == Mode::Records).then(|| Records {
+        ncols,
+        ..Records::default()
+    });
+    let mut parser = CopyParser::new(ncols);
+    let mut on_tuple = |t: Tuple<'_>| {
+        rows += 1;
+        sum = sum.wrapping_add(xxh3_128(t.raw));
+        if let Some(r) = records.as_mut() {
+            for &(i, oid) in &pk {
+                // A primary key column is never NULL.
+                catalog::encode_key_part(oid, t.field(i).unwrap_or_default(), &mut r.keys);
+            }
+            r.key_ends.push(r.keys.len());
+            for i in 0..ncols {
+                r.hashes.push(column_hash(t.field(i)));
+            }
+        }
+    };
+    let format_err = |e: crate::copy::CopyFormatError| IntegrityError::CopyFormat {
+        table: meta.name.clone(),
+        offset: e.offset,
+        why: e.why,
+    };
+    while let Some(chunk) = stream
+        .try_next()
+        .await
+        .map_err(|e| IntegrityError::db(what(), e))?
+    {
+        parser.feed(&chunk, &mut on_tuple).map_err(format_err)?;
+    }
+    parser.finish().map_err(format_err)?;
+    Ok(RangeOut {
+        table: job.table,
+        range: job.range,
+        rows,
+        sum,
+        records,
+    })
+}
+
+/// A content checksum of every table (or of `opts.tables`), and the row snapshot if `opts.snapshot_dir` is set.
+pub async fn full(cfg: &Config, opts: &ScanOptions) -> Result<FullReport, IntegrityError> {
+    let started = std::time::Instant::now();
+    let mut scan = Scan::begin(cfg).await?;
+    scan.select(&opts.tables)?;
+    let which: Vec<usize> = (0..scan.tables.len()).collect();
+    let mode = if opts.snapshot_dir.is_some() {
+        Mode::Records
+    } else {
+        Mode::Checksum
+    };
+    let scans = scan.run(cfg, &which, opts.parallelism, mode).await?;
+    if let Some(dir) = &opts.snapshot_dir {
+        crate::snapshot::write(dir, &scan.taken_at, &scans)?;
+    }
+    Ok(FullReport {
+        taken_at: scan.taken_at.clone(),
+        parallelism: opts.parallelism.max(1),
+        tables: scans.iter().map(TableScan::checksum).collect(),
+        snapshot_dir: opts.snapshot_dir.clone(),
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    })
+}
