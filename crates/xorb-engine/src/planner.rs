@@ -826,3 +826,275 @@ fn infra_steps(live: &LiveState, from: &Release, to: &Release, policy: &Policy) 
     out.push(s);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xorb_model::schema::{Destroys, LiveDatabase, RevisionInfo};
+
+    fn releases() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../releases")
+    }
+
+    fn rel(name: &str) -> Release {
+        Release::load_named(&releases(), name).unwrap()
+    }
+
+    fn destroys(kind: &str, object: &str) -> Destroys {
+        Destroys {
+            kind: kind.into(),
+            object: object.into(),
+            description: format!("the {object}"),
+        }
+    }
+
+    fn revisions() -> Vec<RevisionInfo> {
+        let r = |rev: &str, down: Option<&str>, msg: &str, d: Vec<Destroys>| RevisionInfo {
+            revision: rev.into(),
+            down_revision: down.map(Into::into),
+            message: msg.into(),
+            release: String::new(),
+            destroys: d,
+            has_downgrade: true,
+        };
+        vec![
+            r(
+                "8d9a2c3",
+                Some("7c8f1b2"),
+                "G8 control plane",
+                vec![
+                    destroys("table", "tenant_quotas"),
+                    destroys("table", "usage_records"),
+                ],
+            ),
+            r(
+                "7c8f1b2",
+                Some("6b7e0a1"),
+                "G7 evidence system",
+                vec![destroys("table", "evidence")],
+            ),
+            r(
+                "6b7e0a1",
+                Some("1a5be11"),
+                "G6 enhanced tenant isolation",
+                vec![destroys("column", "tenants.isolation_mode")],
+            ),
+            r("1a5be11", Some("3f2c7d1"), "audit_log and indexes", vec![]),
+            r("3f2c7d1", None, "core", vec![]),
+        ]
+    }
+
+    fn live(release: &str, revision: &str) -> LiveState {
+        let r = rel(release);
+        LiveState {
+            release: release.into(),
+            services: r
+                .services
+                .iter()
+                .map(|s| LiveService {
+                    name: s.name.clone(),
+                    image: s.image.clone(),
+                    release: release.into(),
+                    config: s.env.clone(),
+                })
+                .collect(),
+            database: Some(LiveDatabase {
+                revision: revision.into(),
+                revisions: revisions(),
+            }),
+        }
+    }
+
+    const RC1: &str = "v2025.08-rc1";
+    const STABLE: &str = "v2025.07-stable";
+
+    fn ids(p: &Plan) -> Vec<&str> {
+        p.steps.iter().map(|s| s.id.as_str()).collect()
+    }
+
+    fn opts(scope: Scope) -> PlanOptions {
+        PlanOptions {
+            scope: Some(scope),
+            ..PlanOptions::default()
+        }
+    }
+
+    #[test]
+    fn a_full_rollback_preserves_before_each_destructive_downgrade_and_runs_the_phases_in_order() {
+        let p = plan(
+            &live(RC1, "8d9a2c3"),
+            &rel(RC1),
+            &rel(STABLE),
+            &Policy::embedded(),
+            Scope::All,
+        )
+        .unwrap();
+        let ids = ids(&p);
+        let pos = |id: &str| {
+            ids.iter()
+                .position(|i| *i == id)
+                .unwrap_or_else(|| panic!("{id} in {ids:?}"))
+        };
+        assert!(pos("1.monitoring.validate") < pos("2.api.image"));
+        assert!(pos("2.config.apply") < pos("3.db.backup"));
+        assert!(pos("3.db.backup") < pos("3.db.snapshot"));
+        assert!(pos("3.db.snapshot") < pos("3.g8.downgrade.8d9a2c3"));
+        assert!(pos("3.g8.downgrade.8d9a2c3") < pos("3.g7.downgrade.7c8f1b2"));
+        assert!(pos("3.g7.downgrade.7c8f1b2") < pos("3.g6.downgrade.6b7e0a1"));
+        assert!(pos("3.g6.downgrade.6b7e0a1") < pos("3.db.verify"));
+        assert!(pos("3.db.verify") < pos("4.nats.save"));
+        assert!(pos("4.monitoring.apply") < pos("5.check.health"));
+        assert!(pos("5.check.loss") > pos("5.check.health"));
+        let preserve = |id: &str| match &p.steps[pos(id)].action {
+            Action::Migrate {
+                preserve,
+                direction,
+                ..
+            } => {
+                assert_eq!(*direction, MigrationDirection::Down);
+                preserve.clone()
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(preserve("3.g8.downgrade.8d9a2c3"), [Preserve::ControlPlane]);
+        assert_eq!(preserve("3.g7.downgrade.7c8f1b2"), [Preserve::Evidence]);
+        assert_eq!(
+            preserve("3.g6.downgrade.6b7e0a1"),
+            [Preserve::IsolationModes]
+        );
+        assert_eq!(
+            p.steps[pos("3.db.verify")].action,
+            Action::DbVerify {
+                revision: "1a5be11".into()
+            }
+        );
+        let nats = &p.steps[pos("4.nats.apply")];
+        assert!(
+            nats.changes
+                .iter()
+                .any(|c| c.subject == "xorb-tenant-streams"
+                    && c.after.as_deref() == Some("removed (messages saved first)"))
+        );
+        let redis = &p.steps[pos("4.redis.apply")];
+        let flushed: Vec<&str> = redis
+            .changes
+            .iter()
+            .filter(|c| c.subject.starts_with("db "))
+            .map(|c| c.subject.as_str())
+            .collect();
+        assert_eq!(flushed, ["db 1", "db 2"]);
+    }
+
+    #[test]
+    fn what_nothing_preserves_is_called_lost_in_the_plan() {
+        let mut l = live(RC1, "8d9a2c3");
+        let db = l.database.as_mut().unwrap();
+        db.revisions[0].destroys.push(destroys("table", "scratch"));
+        let p = plan(&l, &rel(RC1), &rel(STABLE), &Policy::embedded(), Scope::All).unwrap();
+        let g8 = p
+            .steps
+            .iter()
+            .find(|s| s.id == "3.g8.downgrade.8d9a2c3")
+            .unwrap();
+        let c = g8
+            .changes
+            .iter()
+            .find(|c| c.subject == "table scratch")
+            .unwrap();
+        assert_eq!(
+            c.after.as_deref(),
+            Some("dropped: LOST (nothing preserves it)")
+        );
+    }
+
+    #[test]
+    fn a_roll_forward_migrates_up_and_reimports_before_the_services_start() {
+        let mut o = opts(Scope::All);
+        o.reimport_from = Some("run-1".into());
+        let p = plan_with(
+            &live(STABLE, "1a5be11"),
+            &rel(STABLE),
+            &rel(RC1),
+            &Policy::embedded(),
+            &o,
+        )
+        .unwrap();
+        let ids = ids(&p);
+        let up = ids
+            .iter()
+            .position(|i| *i == "3.g6.upgrade.6b7e0a1")
+            .unwrap();
+        let reimport = ids.iter().position(|i| *i == "3.data.reimport").unwrap();
+        let first_service = ids.iter().position(|i| i.starts_with("2.")).unwrap();
+        assert!(up < reimport && reimport < first_service, "{ids:?}");
+        assert!(ids.contains(&"3.g8.upgrade.8d9a2c3"));
+    }
+
+    #[test]
+    fn database_only_rollbacks_respect_the_services_that_run_and_go_newest_first() {
+        let (rc1, stable, pol) = (rel(RC1), rel(STABLE), Policy::embedded());
+        let mut o = opts(Scope::Database);
+        o.to_revision = Some("-1".into());
+        // rc1's services cannot run below 8d9a2c3.
+        let e = plan_with(&live(RC1, "8d9a2c3"), &rc1, &stable, &pol, &o).unwrap_err();
+        assert!(
+            matches!(&e, PlanError::Schema(m) if m.contains("--only services")),
+            "{e}"
+        );
+        // With the services on stable: one revision down, G8 only.
+        let p = plan_with(&live(STABLE, "8d9a2c3"), &rc1, &stable, &pol, &o).unwrap();
+        let got = ids(&p);
+        assert!(got.contains(&"3.g8.downgrade.8d9a2c3"), "{got:?}");
+        assert!(!got.iter().any(|i| i.starts_with("3.g7")), "{got:?}");
+        assert!(
+            !got.iter().any(|i| i.starts_with("2.") || i.starts_with("4.")),
+            "{got:?}"
+        );
+        // A named data migration must be the live head.
+        let mut g7 = opts(Scope::Database);
+        g7.migration = Some("G7".into());
+        let e = plan_with(&live(STABLE, "8d9a2c3"), &rc1, &stable, &pol, &g7).unwrap_err();
+        assert!(
+            e.to_string().contains("8d9a2c3") && e.to_string().contains("G8"),
+            "{e}"
+        );
+        let p = plan_with(&live(STABLE, "7c8f1b2"), &rc1, &stable, &pol, &g7).unwrap();
+        assert_eq!(
+            ids(&p)
+                .iter()
+                .filter(|i| i.starts_with("3.g"))
+                .collect::<Vec<_>>(),
+            [&"3.g7.downgrade.7c8f1b2"]
+        );
+        let mut bad = opts(Scope::Database);
+        bad.migration = Some("G9".into());
+        let e = plan_with(&live(STABLE, "8d9a2c3"), &rc1, &stable, &pol, &bad).unwrap_err();
+        assert!(matches!(e, PlanError::BadOption(_)), "{e}");
+        let mut services = opts(Scope::Services);
+        services.to_revision = Some("-1".into());
+        assert!(matches!(
+            plan_with(&live(RC1, "8d9a2c3"), &rc1, &stable, &pol, &services),
+            Err(PlanError::BadOption(_))
+        ));
+    }
+
+    #[test]
+    fn a_revision_without_downgrade_or_a_missing_database_refuses_the_plan() {
+        let (rc1, stable, pol) = (rel(RC1), rel(STABLE), Policy::embedded());
+        let mut l = live(RC1, "8d9a2c3");
+        l.database.as_mut().unwrap().revisions[1].has_downgrade = false;
+        let e = plan(&l, &rc1, &stable, &pol, Scope::All).unwrap_err();
+        assert!(
+            e.to_string().contains("7c8f1b2") && e.to_string().contains("no downgrade"),
+            "{e}"
+        );
+        let mut l = live(RC1, "8d9a2c3");
+        l.database = None;
+        assert!(matches!(
+            plan(&l, &rc1, &stable, &pol, Scope::All),
+            Err(PlanError::NoDatabase(_))
+        ));
+        // A services-only plan does not need the database.
+        assert!(plan(&l, &rc1, &stable, &pol, Scope::Services).is_ok());
+    }
+}
