@@ -42,6 +42,10 @@ pub enum Command {
     },
     /// Each service's release and health, the schema revision, streams, Redis databases, Prometheus targets.
     Status,
+    /// Check the stack's database: --quick (row counts, schema fingerprint), --full (content checksums), --critical.
+    Integrity(crate::integrity::IntegrityArgs),
+    /// Rows lost, changed and added per table between a row snapshot and the live database.
+    Loss(crate::integrity::LossArgs),
     /// Show the rollback plan, with the live diff of every step. Changes nothing.
     Plan(PlanArgs),
     /// Roll the live stack back, step by step, with a durable journal.
@@ -389,6 +393,8 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Integrity(a) => crate::integrity::integrity(&cli, out, a).await,
+        Command::Loss(a) => crate::integrity::loss(&cli, out, a).await,
         Command::Status => {
             let st = stack::status(&state_dir).await?;
             out.result(&st, render_status);

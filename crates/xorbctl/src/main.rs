@@ -2,6 +2,7 @@
 //! maps their errors to exit codes (in one place: `exit_code`).
 
 mod cli;
+mod integrity;
 mod output;
 mod rollback;
 mod sinks;
@@ -59,6 +60,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 P::NoDatabase(_) => 4,
                 P::BadScope(_) | P::SameRelease(_) | P::BadOption(_) => 2,
             };
+        }
+        if let Some(ie) = cause.downcast_ref::<xorb_integrity::IntegrityError>() {
+            return if ie.is_bad_input() { 2 } else { 4 };
         }
         if cause.downcast_ref::<xorb_audit::VerifyError>().is_some() {
             return 8;
