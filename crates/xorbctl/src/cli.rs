@@ -131,6 +131,10 @@ pub enum StackCmd {
         /// Create tenants, sessions with findings and (rc1) evidence.
         #[arg(long)]
         demo_data: bool,
+        /// A directory a Grafana provisions dashboards from: the release's dashboards go there (and phase 4
+        /// of a rollback replaces them).
+        #[arg(long)]
+        grafana_dashboards: Option<PathBuf>,
     },
     /// Stop exactly the processes `stack up` started. Data stays in the state directory.
     Down,
@@ -187,14 +191,22 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
     let state_dir = cli.state_dir.clone();
     match &cli.command {
         Command::Stack {
-            action: StackCmd::Up { release, demo_data },
+            action:
+                StackCmd::Up {
+                    release,
+                    demo_data,
+                    grafana_dashboards,
+                },
         } => {
             let paths = paths(&cli)?;
             out.line(format!(
                 "Starting the local stack at {} on release {release}…",
                 state_dir.display()
             ));
-            let report = stack::up(&paths, &state_dir, release, *demo_data)
+            let opts = stack::UpOptions {
+                grafana_dashboards: grafana_dashboards.clone(),
+            };
+            let report = stack::up_with(&paths, &state_dir, release, *demo_data, &opts)
                 .await
                 .with_context(|| format!("stack up --release {release} failed"))?;
             out.result(&report, |r| {
