@@ -149,6 +149,11 @@ pub fn next_action(run_id: &str, plan: &Plan, status: &RunStatus) -> String {
              `xorbctl resume {run_id} --mark-done {step}` if it is already done",
             locate(step)
         ),
+        RunStatus::WaitingForApproval { severity, missing } => format!(
+            "a {severity} rollback: nothing has been done yet; it needs {missing}. Give it with \
+             `xorbctl approve {run_id} --as NAME --role ROLE --reason TEXT --resume`, or give the run up with \
+             `xorbctl abort {run_id}`"
+        ),
         RunStatus::Aborted { by, step } => {
             let at = step
                 .as_deref()
@@ -291,6 +296,18 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
         lock: &mut RollbackLock,
         plan: Plan,
     ) -> Result<RunEnd, EngineError> {
+        self.start_locked_gated(lock, plan, |_| Ok(None)).await
+    }
+
+    /// As [`Engine::start_locked`], with a gate between journaling the run and its first step: `gate` gets the
+    /// new run id (to record approvals against it) and returns `Some(status)` to end this execution there
+    /// without acting (the run waits for approval), `None` to go on.
+    pub async fn start_locked_gated(
+        &mut self,
+        lock: &mut RollbackLock,
+        plan: Plan,
+        gate: impl FnOnce(&str) -> Result<Option<RunStatus>, EngineError>,
+    ) -> Result<RunEnd, EngineError> {
         self.check_lock(lock)?;
         plan.validate()?;
         let run_id = new_run_id();
@@ -334,6 +351,9 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
             log,
         };
         self.publish(&mut active, &rec);
+        if let Some(status) = gate(&active.run_id)? {
+            return self.finish(&mut active, status, session);
+        }
         let status = self.drive(&mut active, progress, &BTreeMap::new()).await?;
         self.finish(&mut active, status, session)
     }
@@ -664,6 +684,7 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
         loop {
             tries += 1;
             attempt += 1;
+            crate::crash::before_step(&step.id);
             // INTENT
             let event = Event::StepStarted {
                 index,

@@ -7,6 +7,7 @@
 //! - [`executor`]: the [`Engine`]: start, resume; intent → act → outcome per step; timeouts, retries, emergencies.
 //! - [`lock`]: one rollback at a time per state directory (`flock`).
 //! - [`logfile`]: the runbook's `rollback-YYYYMMDD-HHMMSS.log`.
+//! - [`approvals`]: governance records of a run (gate, approvals, checklist ticks, release tag) in the journal.
 //! - [`outbox`]: stakeholder notifications waiting for delivery, in the journal's file.
 //! - [`crash`]: the `XORB_CRASH_AFTER_JOURNAL_WRITES` test hook.
 //!
@@ -33,6 +34,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod approvals;
 pub mod crash;
 pub mod events;
 pub mod executor;

@@ -392,6 +392,12 @@ fn completion(
             "Not resolved: the rollback is paused".to_string(),
             next.to_string(),
         ),
+        RunStatus::WaitingForApproval { severity, missing } => (
+            "⏸ ROLLBACK WAITING FOR APPROVAL",
+            format!("A {severity} rollback waiting at its approval gate for {missing}; nothing done yet"),
+            "Not resolved: the rollback has not started acting".to_string(),
+            next.to_string(),
+        ),
         RunStatus::Failed { step, error } => (
             "❌ ROLLBACK STOPPED",
             format!("Failed at {}: {error}", where_(step)),
