@@ -430,6 +430,7 @@ async fn downgrade_step_by_step_preserves_then_reimport_brings_it_back() {
         let d = database::migrate(&r, &step(from, to, preserve), &ctx)
             .await
             .unwrap();
+        eprintln!("migrate: {d}");
         assert!(d.contains(to), "{d}");
         assert_eq!(revision(&stack).await, to);
         assert!(matches!(
@@ -541,6 +542,7 @@ async fn downgrade_step_by_step_preserves_then_reimport_brings_it_back() {
     let rf = runner(&stack, &releases, RC1);
     let fctx = fwd.ctx(STABLE, RC1);
     let d = database::reimport(&rf, "db-down", &fctx).await.unwrap();
+    eprintln!("reimport: {d}");
     assert_eq!(
         count(&stack, "SELECT count(*) FROM evidence").await,
         n_evidence,
