@@ -224,6 +224,25 @@ impl LocalRunner {
         Ok(format!("{name} stopped and removed"))
     }
 
+    /// The journal stores plans redacted, so a plan read back on resume holds `[REDACTED]` where a configuration
+    /// value was a secret: take such values from the target release again (the only source of a step's config).
+    fn unredacted(
+        &self,
+        service: &str,
+        want: &BTreeMap<String, String>,
+    ) -> BTreeMap<String, String> {
+        let source = self.to.service(service).map(|s| &s.env);
+        want.iter()
+            .map(|(k, v)| {
+                let v = match source.and_then(|env| env.get(k)) {
+                    Some(real) if v.contains(xorb_model::redact::REDACTED) => real.clone(),
+                    _ => v.clone(),
+                };
+                (k.clone(), v)
+            })
+            .collect()
+    }
+
     fn fully_on_target(&self, st: &StackState) -> bool {
         st.services.iter().all(|s| s.release == self.to.name())
             && st.services.len() == self.to.services.len()
@@ -629,6 +648,7 @@ impl StepRunner for LocalRunner {
             Action::ConfigureServices { services } => {
                 let st = self.stack()?;
                 let all = services.iter().all(|(name, want)| {
+                    let want = &self.unredacted(name, want);
                     let on: Vec<&LiveProc> = procs.iter().filter(|p| &p.role == name).collect();
                     on.len() == 1
                         && &on[0].config() == want
@@ -699,6 +719,7 @@ impl StepRunner for LocalRunner {
             Action::ConfigureServices { services } => {
                 let mut done = Vec::new();
                 for (name, want) in services {
+                    let want = &self.unredacted(name, want);
                     let st = self.stack()?;
                     let Some(svc) = st.service(name).cloned() else {
                         continue;

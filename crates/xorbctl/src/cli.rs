@@ -29,6 +29,9 @@ pub struct Cli {
     pub releases: Option<PathBuf>,
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     pub output: Format,
+    /// Notification sinks and templates (rollback, resume).
+    #[command(flatten)]
+    pub notify: crate::notify::NotifyArgs,
     #[command(subcommand)]
     pub command: Command,
 }

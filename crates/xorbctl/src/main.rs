@@ -2,6 +2,7 @@
 //! maps their errors to exit codes (in one place: `exit_code`).
 
 mod cli;
+mod notify;
 mod integrity;
 mod output;
 mod rollback;
@@ -27,10 +28,22 @@ fn main() -> ExitCode {
     match rt.block_on(cli::run(args, &out)) {
         Ok(code) => code,
         Err(e) => {
-            out.error(&e);
-            ExitCode::from(exit_code(&e))
+            let code = exit_code(&e);
+            out.error(&redacted(&e));
+            ExitCode::from(code)
         }
     }
+}
+
+/// `e` with every secret the command read replaced (errors quote commands, URLs and outputs).
+fn redacted(e: &anyhow::Error) -> anyhow::Error {
+    let r = sinks::process_redactor();
+    let mut chain: Vec<String> = e.chain().map(|c| r.redact_string(&c.to_string())).collect();
+    let mut out = anyhow::anyhow!(chain.pop().unwrap_or_default());
+    while let Some(c) = chain.pop() {
+        out = out.context(c);
+    }
+    out
 }
 
 /// The one place errors become exit codes: 2 bad input (unknown release, malformed file, bad flag), 3 refused

@@ -139,12 +139,34 @@ async fn execute(
     lock: &mut RollbackLock,
     op: Op<'_>,
 ) -> anyhow::Result<RunEnd> {
-    let runner = LocalRunner::new(&cli.state_dir, paths(cli)?, to);
-    let secrets = xorb_local::stack::Secrets::load(&cli.state_dir)
-        .map(|s| s.values())
-        .unwrap_or_default();
-    let sink = crate::sinks::RunSink::new(out.format, &cli.state_dir, secrets)?;
-    Ok(run_op(Engine::new(&cli.state_dir, runner, sink)?, lock, op).await?)
+    let paths = paths(cli)?;
+    // One redactor for the whole invocation: the terminal, the journal, the log file, the audit trail and the
+    // notifications all go through it.
+    let urls = crate::notify::webhook_urls(&cli.state_dir, &cli.notify)?;
+    let redactor = crate::sinks::redactor(&cli.state_dir, Some(&paths.releases_root), &urls);
+    let config = crate::notify::NotifyConfig::load(&cli.state_dir, &cli.notify, urls)?;
+    let notifier = crate::notify::Notifier::new(&cli.state_dir, config, redactor.clone());
+    let runner = LocalRunner::new(&cli.state_dir, paths, to);
+    let sink = crate::sinks::RunSink::new(
+        out.format,
+        &cli.state_dir,
+        redactor.clone(),
+        Some(notifier.clone()),
+    )?;
+    let engine = Engine::new(&cli.state_dir, runner, sink)?.with_redactor(redactor.clone());
+    let end = run_op(engine, lock, op).await;
+    // A slow or failing webhook never holds the rollback: a short grace, then what is left stays queued.
+    if let Some((delivered, pending)) = notifier.finish().await
+        && pending > 0
+    {
+        out.line(format!(
+            "Notifications: {delivered} delivered, {pending} still pending (`xorbctl show` lists them; \
+             `xorbctl resume` of an unfinished run delivers them)"
+        ));
+    }
+    let end = end?;
+    let redacted = redactor.redact_json(&serde_json::to_value(&end)?);
+    Ok(serde_json::from_value(redacted).unwrap_or(end))
 }
 
 async fn run_op<S: xorb_engine::EventSink>(

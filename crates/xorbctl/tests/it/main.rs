@@ -5,6 +5,7 @@
 mod common;
 mod infra;
 mod integrity;
+mod notify;
 mod database;
 mod platform;
 mod releases;
