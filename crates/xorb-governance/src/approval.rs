@@ -159,7 +159,7 @@ impl fmt::Display for Missing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "an approval by a {} (or a role ranked above it)",
+            "an approval in the role {} (or one ranked above it)",
             self.role
         )?;
         if let Some(n) = &self.not_by {

@@ -707,7 +707,11 @@ pub async fn approve(cli: &Cli, out: &Reporter, a: ApproveArgs<'_>) -> anyhow::R
     out.result(
         &json!({"run_id": run_id, "severity": sev.to_string(), "recorded": true, "gate": decision}),
         |_| {
-            if open {
+            if let GateDecision::Refused { why } = &decision {
+                format!(
+                    "Approval recorded, but run {run_id} ({sev}) cannot open its gate: {why}.\n"
+                )
+            } else if open {
                 format!(
                     "Approval recorded. Run {run_id} ({sev}): its approval gate is open{}.\n",
                     if a.resume {
@@ -1138,7 +1142,17 @@ pub async fn assess(cli: &Cli, out: &Reporter, args: &AssessArgs) -> anyhow::Res
             .monitoring_issues
             .push(format!("Prometheus does not answer: {e}")),
         Ok(targets) => {
-            for t in targets.iter().filter(|t| t.health == "down") {
+            // A target down because its service is down is that service's unavailability, already evidenced;
+            // a monitoring issue is a scrape failing for a service that answers.
+            let down: Vec<String> = ev
+                .services_unavailable
+                .iter()
+                .map(|s| format!("xorb-{}", s.service))
+                .collect();
+            for t in targets
+                .iter()
+                .filter(|t| t.health == "down" && !down.contains(&t.job))
+            {
                 ev.monitoring_issues
                     .push(format!("scrape target {} is down", t.job));
             }

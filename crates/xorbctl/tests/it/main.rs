@@ -3,6 +3,7 @@
 //! this process ends, whatever way it ends.
 
 mod common;
+mod governance;
 mod infra;
 mod integrity;
 mod notify;
