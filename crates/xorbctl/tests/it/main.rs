@@ -11,3 +11,4 @@ mod database;
 mod platform;
 mod releases;
 mod rollback;
+mod secrets;
