@@ -1173,7 +1173,10 @@ pub async fn migrate(
     let migrations = rel.migrations_dir();
     // A statement may use 90% of the step's time: it then fails inside PostgreSQL (and alembic's transaction
     // rolls back) rather than being cut off with the step.
-    let statement_timeout = (m.timeout * 9 / 10).max(Duration::from_secs(1));
+    // The runner turns a step timeout of 0 ("no limit") into 1 s: no migration step is really that short, so
+    // that means no statement timeout either.
+    let statement_timeout = (m.timeout > Duration::from_secs(1))
+        .then(|| (m.timeout * 9 / 10).max(Duration::from_secs(1)));
     let verb = match m.direction {
         MigrationDirection::Down => "downgrade",
         MigrationDirection::Up => "upgrade",
@@ -1183,7 +1186,7 @@ pub async fn migrate(
         &migrations,
         &conn,
         &[verb, m.to_revision],
-        Some(statement_timeout),
+        statement_timeout,
     )
     .await;
     let dir = ctx.run_dir.join("db");
@@ -1209,11 +1212,14 @@ pub async fn migrate(
         .map(|d| format!("{d}: "))
         .unwrap_or_default();
     parts.push(format!(
-        "{verb}d {} -> {} with the migrations of {} (statement timeout {} s); alembic_version is {}",
+        "{verb}d {} -> {} with the migrations of {} ({}); alembic_version is {}",
         m.revision,
         m.to_revision,
         rel.name(),
-        statement_timeout.as_secs(),
+        statement_timeout.map_or("no statement timeout".to_string(), |t| format!(
+            "statement timeout {} s",
+            t.as_secs()
+        )),
         m.to_revision
     ));
     Ok(format!("{name}{}", parts.join("; ")))
