@@ -481,6 +481,24 @@ impl LocalRunner {
         }
     }
 
+    /// Runs one of phase 5's checks by name outside a run (`xorbctl assess`), with `scratch` as the run directory
+    /// for what a check writes. `Ok` with the check's detail when it passed (or was skipped), `Err` with why not.
+    pub async fn run_check(&self, name: &str, scratch: &Path) -> Result<String, String> {
+        let ctx = StepContext {
+            run_id: "assess",
+            run_dir: scratch,
+            from: self.to.name(),
+            to: self.to.name(),
+            index: 0,
+            attempt: 1,
+        };
+        match self.check(name, &ctx).await {
+            Ok(StepOutcome::Failed { error, .. }) => Err(error),
+            Ok(o) => Ok(o.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     async fn api_info(&self, st: &StackState) -> Result<serde_json::Value, StepError> {
         let api = st
             .base_url("api")

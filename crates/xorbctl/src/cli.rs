@@ -29,6 +29,15 @@ pub struct Cli {
     pub releases: Option<PathBuf>,
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     pub output: Format,
+    /// A decision matrix instead of the built-in policies/decision-matrix.toml.
+    #[arg(long, global = true, env = "XORB_DECISION_MATRIX", value_name = "FILE")]
+    pub decision_matrix: Option<PathBuf>,
+    /// Operators and their roles instead of the built-in policies/operators.toml.
+    #[arg(long, global = true, env = "XORB_OPERATORS", value_name = "FILE")]
+    pub operators: Option<PathBuf>,
+    /// Checklists instead of the built-in policies/checklists.toml.
+    #[arg(long, global = true, env = "XORB_CHECKLISTS", value_name = "FILE")]
+    pub checklists: Option<PathBuf>,
     /// Notification sinks and templates (rollback, resume).
     #[command(flatten)]
     pub notify: crate::notify::NotifyArgs,
@@ -58,6 +67,30 @@ pub enum Command {
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+        #[command(flatten)]
+        gov: crate::governance::RollbackGovArgs,
+    },
+    /// Evaluate the decision matrix against the live stack: severity, decision time, approver, evidence.
+    Assess(crate::governance::AssessArgs),
+    /// Approve a run waiting at its approval gate.
+    Approve {
+        run: String,
+        #[arg(long = "as", value_name = "NAME")]
+        name: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        reason: String,
+        /// Continue the run at once if this approval opens its gate.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Confirm a checklist item of a run that a person must confirm.
+    Check {
+        run: String,
+        item: String,
+        #[arg(long)]
+        by: String,
     },
     /// Continue a run that crashed, was killed, failed or waits for a confirmation.
     Resume {
@@ -291,7 +324,7 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
             out.result(&plan, crate::rollback::render_plan);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Rollback { plan: a, yes } => {
+        Command::Rollback { plan: a, yes, gov } => {
             crate::rollback::rollback(
                 &cli,
                 out,
@@ -300,9 +333,28 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
                 a.only.as_deref(),
                 a.runbook.as_ref(),
                 *yes,
+                gov,
             )
             .await
         }
+        Command::Assess(a) => crate::governance::assess(&cli, out, a).await,
+        Command::Approve {
+            run,
+            name,
+            role,
+            reason,
+            resume,
+        } => {
+            let a = crate::governance::ApproveArgs {
+                run,
+                name,
+                role,
+                reason,
+                resume: *resume,
+            };
+            crate::governance::approve(&cli, out, a).await
+        }
+        Command::Check { run, item, by } => crate::governance::check(&cli, out, run, item, by),
         Command::Resume {
             run,
             confirm,
@@ -360,7 +412,11 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
         }
         Command::Show { run } => {
             let rec = xorb_engine::load_run(&state_dir, run)?;
-            out.result(&rec, |r| {
+            let gov_md = crate::governance::render_markdown(&cli, &rec.id)?;
+            let mut doc = serde_json::to_value(&rec)?;
+            doc["governance"] = crate::governance::to_json(&cli, &rec.id)?;
+            out.result(&doc, |_| {
+                let r = &rec;
                 let mut s = format!(
                     "Run {}: {} → {}  {}\n",
                     r.id, r.plan.from, r.plan.to, r.status
@@ -383,6 +439,7 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
                     "Next: {}",
                     xorb_engine::next_action(&r.id, &r.plan, &r.status)
                 );
+                let _ = write!(s, "\n{gov_md}");
                 s
             });
             Ok(ExitCode::SUCCESS)
@@ -399,12 +456,18 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
         }
         Command::Report { run, format } => {
             let rec = xorb_engine::load_run(&state_dir, run)?;
+            crate::governance::report_written(&cli, &rec.id)?;
             match format {
-                ReportFormat::Md => print!("{}", xorb_report::render_markdown(&rec)),
-                ReportFormat::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&xorb_report::render_json(&rec))?
+                ReportFormat::Md => print!(
+                    "{}\n{}",
+                    xorb_report::render_markdown(&rec),
+                    crate::governance::render_markdown(&cli, &rec.id)?
                 ),
+                ReportFormat::Json => {
+                    let mut doc = xorb_report::render_json(&rec);
+                    doc["governance"] = crate::governance::to_json(&cli, &rec.id)?;
+                    println!("{}", serde_json::to_string_pretty(&doc)?)
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

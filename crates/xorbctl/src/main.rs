@@ -2,6 +2,7 @@
 //! maps their errors to exit codes (in one place: `exit_code`).
 
 mod cli;
+mod governance;
 mod notify;
 mod integrity;
 mod output;
@@ -49,7 +50,8 @@ fn redacted(e: &anyhow::Error) -> anyhow::Error {
 /// The one place errors become exit codes: 2 bad input (unknown release, malformed file, bad flag), 3 refused
 /// (the stack is not as the command expects: no stack, wrong --from, another rollback running), 4 a server or
 /// dependency failed, 1 anything else. A rollback that ran and failed exits 6, one waiting for a person 7; an
-/// audit trail that does not verify, 8.
+/// audit trail that does not verify, 8; a run waiting at its approval gate, 9
+/// (`governance::EXIT_WAITING_FOR_APPROVAL`).
 fn exit_code(e: &anyhow::Error) -> u8 {
     use xorb_engine::planner::PlanError as P;
     use xorb_engine::{EngineError as E, JournalError as J};
@@ -76,6 +78,18 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if let Some(ie) = cause.downcast_ref::<xorb_integrity::IntegrityError>() {
             return if ie.is_bad_input() { 2 } else { 4 };
+        }
+        if let Some(ge) = cause.downcast_ref::<governance::GovernanceError>() {
+            return match ge {
+                governance::GovernanceError::BadInput(_) => 2,
+                governance::GovernanceError::Refused(_) => 3,
+            };
+        }
+        if cause
+            .downcast_ref::<xorb_governance::PolicyError>()
+            .is_some()
+        {
+            return 2;
         }
         if cause.downcast_ref::<xorb_audit::VerifyError>().is_some() {
             return 8;

@@ -110,6 +110,9 @@ fn end_code(end: &RunEnd) -> ExitCode {
     match end.status {
         RunStatus::Succeeded => ExitCode::SUCCESS,
         RunStatus::WaitingForConfirmation { .. } => ExitCode::from(7),
+        RunStatus::WaitingForApproval { .. } => {
+            ExitCode::from(crate::governance::EXIT_WAITING_FOR_APPROVAL)
+        }
         _ => ExitCode::from(6),
     }
 }
@@ -128,7 +131,7 @@ fn print_end(out: &Reporter, end: &RunEnd) {
 }
 
 enum Op<'a> {
-    Start(Plan),
+    Start(Plan, &'a crate::governance::RollbackGov),
     Resume(&'a str, ResumeOptions),
 }
 
@@ -175,7 +178,12 @@ async fn run_op<S: xorb_engine::EventSink>(
     op: Op<'_>,
 ) -> Result<RunEnd, xorb_engine::EngineError> {
     match op {
-        Op::Start(plan) => engine.start_locked(lock, plan).await,
+        Op::Start(plan, gov) => {
+            let state_dir = engine.state_dir().to_path_buf();
+            engine
+                .start_locked_gated(lock, plan, |run_id| gov.at_start(&state_dir, run_id))
+                .await
+        }
         Op::Resume(run, opts) => engine.resume_locked(lock, run, opts).await,
     }
 }
@@ -188,10 +196,13 @@ pub async fn rollback(
     only: Option<&str>,
     runbook: Option<&PathBuf>,
     yes: bool,
+    gov: &crate::governance::RollbackGovArgs,
 ) -> anyhow::Result<ExitCode> {
     // The lock first: a second rollback is refused before anything else is looked at.
     let mut lock = RollbackLock::acquire(&cli.state_dir, None)?;
     let (plan, to_rel) = compute_plan(cli, from, to, only, runbook.map(PathBuf::as_path))?;
+    // Approvals, policies and the release repository are checked before anything is journaled.
+    let gov = crate::governance::RollbackGov::prepare(cli, gov, &plan)?;
     if !confirm(out, &plan, yes)? {
         out.line("Not confirmed: nothing was done.");
         return Ok(ExitCode::from(2));
@@ -202,8 +213,9 @@ pub async fn rollback(
         plan.to,
         plan.steps.len()
     ));
-    let end = execute(cli, out, to_rel, &mut lock, Op::Start(plan)).await?;
+    let end = execute(cli, out, to_rel, &mut lock, Op::Start(plan, &gov)).await?;
     print_end(out, &end);
+    crate::governance::after_run(cli, out, &end.run_id)?;
     Ok(end_code(&end))
 }
 
@@ -225,9 +237,13 @@ pub async fn resume(
     for s in mark_done {
         opts = opts.confirm(s.clone(), Confirmation::MarkDone);
     }
+    if let Some(code) = crate::governance::gate_for_resume(cli, out, &record.id)? {
+        return Ok(code);
+    }
     out.line(format!("Resuming run {}…", record.id));
     let id = record.id.clone();
     let end = execute(cli, out, to_rel, &mut lock, Op::Resume(&id, opts)).await?;
     print_end(out, &end);
+    crate::governance::after_run(cli, out, &end.run_id)?;
     Ok(end_code(&end))
 }
