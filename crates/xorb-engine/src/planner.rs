@@ -234,6 +234,39 @@ pub fn plan_with(
     // Phase 2.1: services, in the policy's order.
     let service_policy: FailurePolicy = Policy::failure_policy(&policy.services);
     let wants_services = matches!(scope, Scope::All | Scope::Services | Scope::Api);
+    if wants_services && scope != Scope::Api {
+        // A roll-forward first starts what the target has and the stack does not (the services it restarts
+        // next may need it: rc1's api needs its control plane).
+        for name in &policy.service_order {
+            let Some(target) = to.service(name) else {
+                continue;
+            };
+            if live.services.iter().any(|s| &s.name == name) {
+                continue;
+            }
+            let mut s = step(
+                format!("2.{name}.add"),
+                Phase::Services,
+                format!("Start {name} on {}: {} has it", target.image, to.name()),
+                Action::AddService {
+                    service: name.clone(),
+                    image: target.image.clone(),
+                    release: to.name().into(),
+                },
+                Safety::Probed,
+            );
+            s.timeout_secs = t.rollout_secs;
+            s.policy = service_policy.clone();
+            s.checks = policy.checks.after_service.clone();
+            s.changes.push(Change {
+                kind: ChangeKind::ServiceAdded,
+                subject: name.clone(),
+                before: None,
+                after: Some(target.image.clone()),
+            });
+            steps.push(s);
+        }
+    }
     if wants_services {
         for name in &policy.service_order {
             if scope == Scope::Api && name != "api" {
@@ -393,14 +426,9 @@ fn check_title(name: &str, to: &str) -> String {
         "info" => format!("/api/v1/info reports {to}"),
         "smoke" => "Smoke test: a PTaaS session against a loopback target completes".into(),
         "tenant-isolation" => "Tenant isolation: one tenant cannot see another's sessions".into(),
-        "evidence-legacy" => {
-            "Evidence in legacy mode: existing evidence preserved, no new evidence created".into()
-        }
+        "evidence-legacy" => "Evidence: legacy mode where the target has no evidence system (existing evidence kept, none created); otherwise enabled and every record verifies".into(),
         "quota" => "Quota system (skipped where the release has none)".into(),
         "integrity-quick" => "Quick integrity scan: no rows lost since phase 1".into(),
-        "integrity-full" => {
-            "Full integrity scan: checksums of the tables the migrations did not change equal phase 3's".into()
-        }
         "loss" => "Data-loss assessment against phase 3's snapshot, preserved data accounted for".into(),
         other => other.to_string(),
     }
@@ -557,10 +585,17 @@ fn database_steps(
     }
 
     let stateful = Policy::failure_policy(&policy.stateful);
+    // A roll-forward's upgrades are expand-only: like the streams, they are prepared in phase 1, before the
+    // services that need them switch (a phase 2 service of the newer release refuses to start on the old schema).
+    let (n, phase) = if up {
+        (1, Phase::Assessment)
+    } else {
+        (3, Phase::Database)
+    };
     let mut steps = Vec::new();
     let mut s = StepSpec::new(
-        "3.db.backup",
-        Phase::Database,
+        format!("{n}.db.backup"),
+        phase,
         "Back up the database (pg_dump, custom format), prove it restorable, record alembic current and history",
         Action::DbBackup,
         Safety::Idempotent,
@@ -568,8 +603,8 @@ fn database_steps(
     s.timeout_secs = t.backup_secs;
     steps.push(s);
     let mut s = StepSpec::new(
-        "3.db.snapshot",
-        Phase::Database,
+        format!("{n}.db.snapshot"),
+        phase,
         "Full integrity scan and row snapshot (outside the database) for the loss assessment",
         Action::IntegritySnapshot,
         Safety::Idempotent,
@@ -577,8 +612,8 @@ fn database_steps(
     s.timeout_secs = t.backup_secs;
     steps.push(s);
     let mut s = StepSpec::new(
-        "3.db.compat",
-        Phase::Database,
+        format!("{n}.db.compat"),
+        phase,
         format!(
             "Compatibility: {current} → {target} can be migrated and {} runs on {target}",
             runs_after.name()
@@ -623,7 +658,7 @@ fn database_steps(
         };
         let mut s = StepSpec::new(
             format!(
-                "3.{}.{}",
+                "{n}.{}.{}",
                 label
                     .as_deref()
                     .map(str::to_lowercase)
@@ -634,7 +669,7 @@ fn database_steps(
                     format!("downgrade.{}", r.revision)
                 }
             ),
-            Phase::Database,
+            phase,
             title,
             Action::Migrate {
                 revision: rev.clone(),
@@ -677,8 +712,8 @@ fn database_steps(
         cur = next;
     }
     let mut s = StepSpec::new(
-        "3.db.verify",
-        Phase::Database,
+        format!("{n}.db.verify"),
+        phase,
         format!(
             "Verify the schema: alembic_version is {target} and the tables are what it defines"
         ),
@@ -691,8 +726,8 @@ fn database_steps(
     steps.push(s);
     if up && let Some(run) = &opts.reimport_from {
         let mut s = StepSpec::new(
-            "3.data.reimport",
-            Phase::Database,
+            format!("{n}.data.reimport"),
+            phase,
             format!(
                 "Re-import the data run {run} preserved (evidence with signatures, control plane, isolation modes)"
             ),
@@ -1022,12 +1057,14 @@ mod tests {
         let ids = ids(&p);
         let up = ids
             .iter()
-            .position(|i| *i == "3.g6.upgrade.6b7e0a1")
+            .position(|i| *i == "1.g6.upgrade.6b7e0a1")
             .unwrap();
-        let reimport = ids.iter().position(|i| *i == "3.data.reimport").unwrap();
+        let reimport = ids.iter().position(|i| *i == "1.data.reimport").unwrap();
         let first_service = ids.iter().position(|i| i.starts_with("2.")).unwrap();
         assert!(up < reimport && reimport < first_service, "{ids:?}");
-        assert!(ids.contains(&"3.g8.upgrade.8d9a2c3"));
+        assert_eq!(ids[first_service], "2.control-plane.add", "{ids:?}");
+        assert!(ids.contains(&"1.g8.upgrade.8d9a2c3"));
+        assert!(p.validate().is_ok(), "phases in order");
     }
 
     #[test]
@@ -1047,7 +1084,8 @@ mod tests {
         assert!(got.contains(&"3.g8.downgrade.8d9a2c3"), "{got:?}");
         assert!(!got.iter().any(|i| i.starts_with("3.g7")), "{got:?}");
         assert!(
-            !got.iter().any(|i| i.starts_with("2.") || i.starts_with("4.")),
+            !got.iter()
+                .any(|i| i.starts_with("2.") || i.starts_with("4.")),
             "{got:?}"
         );
         // A named data migration must be the live head.

@@ -18,7 +18,7 @@ use crate::LocalError;
 use crate::process::ProcRecord;
 use crate::servers::{self, mkdir, write_file, write_private};
 use crate::stack::{self, Paths, Secrets, StackState};
-use crate::{database, infra};
+use crate::{database, infra, verify};
 
 /// Keys the target adds to a service's environment (connections, secrets): not part of its configuration.
 const CONNECTION_KEYS: [&str; 6] = [
@@ -211,6 +211,51 @@ impl LocalRunner {
         Ok(format!("{name} runs {image}, healthy ({how})"))
     }
 
+    /// Records `name` in the stack (a free port, the target's configuration) unless a crashed earlier attempt
+    /// already did, then converges it like any other service.
+    async fn add_service(
+        &self,
+        name: &str,
+        image: &str,
+        release: &str,
+        timeout: Duration,
+    ) -> Result<String, StepError> {
+        let target = self
+            .to
+            .service(name)
+            .ok_or_else(|| StepError::fatal(format!("{} has no service {name}", self.to.name())))?;
+        let mut st = self.stack()?;
+        if st.service(name).is_none() {
+            let port = crate::process::free_port().map_err(failed)?;
+            // In the runbook's order, so that `status` and stop order stay as `stack up` makes them.
+            let order = |n: &str| {
+                xorb_model::release::SERVICE_ORDER
+                    .iter()
+                    .position(|o| *o == n)
+                    .unwrap_or(usize::MAX)
+            };
+            let at = st
+                .services
+                .iter()
+                .position(|s| order(&s.name) > order(name))
+                .unwrap_or(st.services.len());
+            st.services.insert(
+                at,
+                stack::ServiceState {
+                    name: name.to_string(),
+                    release: release.to_string(),
+                    image: image.to_string(),
+                    port,
+                    proc: None,
+                    config: target.env.clone(),
+                },
+            );
+            st.save(&self.state_dir).map_err(failed)?;
+        }
+        let config = target.env.clone();
+        self.converge_service(name, image, &config, timeout).await
+    }
+
     async fn remove_service(&self, name: &str) -> Result<String, StepError> {
         for p in live_service_procs(&self.state_dir)
             .into_iter()
@@ -401,6 +446,22 @@ impl LocalRunner {
             }
             "evidence-legacy" => {
                 let v = self.api_info(&st).await?;
+                if self.to.manifest.features.evidence_system {
+                    // Rolling forward to a release with the evidence system: it must be on, and every record
+                    // (re-imported ones included) must verify.
+                    if v["features"]["evidence_system"] != true {
+                        return Err(failed("the evidence system is not enabled on the api"));
+                    }
+                    let c = database::critical_check(&self.state_dir)
+                        .await
+                        .map_err(failed)?;
+                    if !c.ok {
+                        return Err(StepError::fatal(c.summary()));
+                    }
+                    return Ok(StepOutcome::Succeeded {
+                        detail: format!("evidence system enabled; {}", c.summary()),
+                    });
+                }
                 if v["features"]["evidence_system"] == true {
                     return Err(failed("the evidence system is still enabled on the api"));
                 }
@@ -474,6 +535,9 @@ impl LocalRunner {
                     )))
                 }
             }
+            "loss" => Ok(StepOutcome::Succeeded {
+                detail: verify::check_loss(self, ctx).await?,
+            }),
             other => Err(StepError::Unsupported {
                 action: format!("check {other}"),
                 why: "unknown check".into(),
@@ -653,6 +717,25 @@ impl StepRunner for LocalRunner {
                 }
                 Ok(Probe::NotDone)
             }
+            Action::AddService {
+                service, release, ..
+            } => {
+                let on: Vec<&LiveProc> = procs.iter().filter(|p| &p.role == service).collect();
+                let st = self.stack()?;
+                let recorded = st.service(service).and_then(|s| s.proc.clone());
+                Ok(
+                    if on.len() == 1
+                        && &on[0].release == release
+                        && recorded.as_ref() == Some(&on[0].proc)
+                    {
+                        Probe::Done {
+                            detail: format!("{service} already runs {release}"),
+                        }
+                    } else {
+                        Probe::NotDone
+                    },
+                )
+            }
             Action::RemoveService { service } => {
                 let st = self.stack()?;
                 if procs.iter().all(|p| &p.role != service) && st.service(service).is_none() {
@@ -734,6 +817,11 @@ impl StepRunner for LocalRunner {
                     .await?
             }
             Action::RemoveService { service } => self.remove_service(service).await?,
+            Action::AddService {
+                service,
+                image,
+                release,
+            } => self.add_service(service, image, release, timeout).await?,
             Action::ConfigureServices { services } => {
                 let mut done = Vec::new();
                 for (name, want) in services {
@@ -765,6 +853,7 @@ impl StepRunner for LocalRunner {
             }
             Action::Check { name } => return self.check(name, ctx).await,
             Action::DbBackup => database::backup(self, ctx).await?,
+            Action::IntegritySnapshot => verify::snapshot(self, ctx).await?,
             Action::DbCompatibility {
                 from_revision,
                 to_revision,
@@ -815,7 +904,7 @@ impl StepRunner for LocalRunner {
         // A services-only rollback ends with no config step: mark the stack as on the target when it is.
         if matches!(
             step.action,
-            Action::SetImage { .. } | Action::RemoveService { .. }
+            Action::SetImage { .. } | Action::RemoveService { .. } | Action::AddService { .. }
         ) {
             let mut st = self.stack()?;
             if self.fully_on_target(&st) && st.release != self.to.name() {

@@ -310,6 +310,13 @@ pub enum Action {
     },
     /// Phase 2: remove a service the target release does not have.
     RemoveService { service: String },
+    /// Phase 2 of a roll-forward: start a service the live stack does not have (rc1's control plane), with the
+    /// target's configuration, and wait until it reports that release.
+    AddService {
+        service: String,
+        image: String,
+        release: String,
+    },
     /// Phase 2.2: set configuration keys, for one service or (None) the shared configuration.
     ApplyConfig {
         #[serde(default)]
@@ -412,6 +419,7 @@ impl Action {
             Action::IntegrityQuick => "integrity_quick",
             Action::SetImage { .. } => "set_image",
             Action::RemoveService { .. } => "remove_service",
+            Action::AddService { .. } => "add_service",
             Action::ApplyConfig { .. } => "apply_config",
             Action::Check { .. } => "check",
             Action::EnsureStreams { .. } => "ensure_streams",
@@ -443,6 +451,9 @@ impl fmt::Display for Action {
                 write!(f, "set image of {service} to {image}")
             }
             Action::RemoveService { service } => write!(f, "remove service {service}"),
+            Action::AddService { service, image, .. } => {
+                write!(f, "add service {service} on {image}")
+            }
             Action::ApplyConfig { service, changes } => {
                 let keys: Vec<&str> = changes.keys().map(String::as_str).collect();
                 match service {
@@ -795,7 +806,9 @@ impl RunStatus {
             | RunStatus::EmergencyStopped { step, .. }
             | RunStatus::WaitingForConfirmation { step, .. } => Some(step),
             RunStatus::Aborted { step, .. } => step.as_deref(),
-            RunStatus::Running | RunStatus::Succeeded | RunStatus::WaitingForApproval { .. } => None,
+            RunStatus::Running | RunStatus::Succeeded | RunStatus::WaitingForApproval { .. } => {
+                None
+            }
         }
     }
 }

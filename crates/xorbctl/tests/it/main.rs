@@ -3,12 +3,13 @@
 //! this process ends, whatever way it ends.
 
 mod common;
+mod database;
 mod governance;
 mod infra;
 mod integrity;
 mod notify;
-mod database;
 mod platform;
 mod releases;
 mod rollback;
 mod secrets;
+mod stateful;

@@ -1,0 +1,248 @@
+//! Phase 3's integrity snapshot and phase 5's loss assessment on the local target: what changed between the
+//! moment before the first downgrade and now, with the data the downgrades destroyed accounted for by what was
+//! preserved and verified. Design: docs/design/integrity-and-loss.md.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use xorb_engine::runner::{StepContext, StepError};
+use xorb_integrity::{LossReport, ScanOptions, TableState};
+use xorb_model::plan::Preserve;
+
+use crate::database::Manifest;
+use crate::rollback::{LocalRunner, failed};
+use crate::servers::{mkdir, write_file};
+
+/// `<run>/db/snapshot`: the row snapshot (outside the database) the loss assessment compares with.
+pub fn snapshot_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("db").join("snapshot")
+}
+
+/// `<run>/db/integrity-full.json`: the per-table checksums taken with the snapshot.
+pub fn full_report_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("db").join("integrity-full.json")
+}
+
+/// Takes the full scan and the row snapshot, unless a complete one is there (a resumed run must keep the one
+/// taken before the first downgrade: a new one would hide what the downgrades destroyed).
+pub async fn snapshot(r: &LocalRunner, ctx: &StepContext<'_>) -> Result<String, StepError> {
+    let dir = snapshot_dir(ctx.run_dir);
+    let report_path = full_report_path(ctx.run_dir);
+    if report_path.exists() && dir.join("manifest.json").exists() {
+        return Ok(format!(
+            "kept the snapshot taken earlier in {}",
+            dir.display()
+        ));
+    }
+    mkdir(&ctx.run_dir.join("db"), 0o700).map_err(failed)?;
+    // Written beside, renamed into place when complete: a crash never leaves a half snapshot that looks whole.
+    let tmp = ctx.run_dir.join("db").join("snapshot.partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let st = r.stack()?;
+    let cfg = st.pg(&r.secrets()?).config();
+    let opts = ScanOptions {
+        snapshot_dir: Some(tmp.clone()),
+        ..ScanOptions::default()
+    };
+    let report = xorb_integrity::full(&cfg, &opts).await.map_err(failed)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).map_err(failed)?;
+    let mut report = report;
+    report.snapshot_dir = Some(dir.clone());
+    write_file(
+        &report_path,
+        &serde_json::to_string_pretty(&report).unwrap_or_default(),
+    )
+    .map_err(failed)?;
+    let rows: u64 = report.tables.iter().map(|t| t.rows).sum();
+    Ok(format!(
+        "{} tables, {rows} rows checksummed and snapshotted in {} ms",
+        report.tables.len(),
+        report.elapsed_ms
+    ))
+}
+
+/// One table's loss, and what accounts for it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Accounted {
+    pub lost: u64,
+    pub preserved: u64,
+    pub verified: bool,
+    pub by: String,
+}
+
+/// `<run>/loss.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LossAssessment {
+    pub report: LossReport,
+    /// Table (or table.column) → the preserved export that accounts for its loss.
+    pub accounted: BTreeMap<String, Accounted>,
+    /// Losses nothing accounts for: the check fails on any.
+    pub unaccounted: Vec<String>,
+    /// For people and the report, one line per table that differs.
+    pub lines: Vec<String>,
+}
+
+fn manifests(run_dir: &Path) -> BTreeMap<&'static str, Manifest> {
+    let mut out = BTreeMap::new();
+    for p in [
+        Preserve::Evidence,
+        Preserve::ControlPlane,
+        Preserve::IsolationModes,
+    ] {
+        let f = run_dir
+            .join("preserved")
+            .join(p.name())
+            .join("manifest.json");
+        if let Some(m) = std::fs::read(&f)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
+        {
+            out.insert(p.name(), m);
+        }
+    }
+    out
+}
+
+/// Compares the phase-3 snapshot with the live database and accounts for every row lost.
+pub fn assess(report: LossReport, run_dir: &Path) -> LossAssessment {
+    let preserved = manifests(run_dir);
+    let find = |table: &str| -> Option<(&'static str, u64, bool)> {
+        preserved
+            .iter()
+            .find_map(|(kind, m)| m.rows.get(table).map(|n| (*kind, *n as u64, m.verified)))
+    };
+    let mut accounted = BTreeMap::new();
+    let mut unaccounted = Vec::new();
+    let mut lines = Vec::new();
+    for t in &report.tables {
+        // Alembic's bookkeeping: the migrations change it by design, and 3.db.verify checks its value.
+        if t.table == "alembic_version" {
+            if t.differs() {
+                lines.push(format!(
+                    "alembic_version: {} → {} (the migrations; checked by 3.db.verify)",
+                    t.lost_keys.join(", "),
+                    t.added_keys.join(", ")
+                ));
+            }
+            continue;
+        }
+        if t.lost > 0 {
+            match find(&t.table) {
+                Some((kind, n, verified)) if verified && n >= t.lost => {
+                    let how = if t.state == TableState::Dropped {
+                        "dropped by the downgrade"
+                    } else {
+                        "lost"
+                    };
+                    lines.push(format!(
+                        "{}: {} {} rows {how}, {n} preserved and verified",
+                        t.table, t.lost, t.table
+                    ));
+                    accounted.insert(
+                        t.table.clone(),
+                        Accounted {
+                            lost: t.lost,
+                            preserved: n,
+                            verified,
+                            by: format!("preserved/{kind}"),
+                        },
+                    );
+                }
+                other => {
+                    let why = match other {
+                        Some((kind, n, verified)) => format!(
+                            "preserved/{kind} holds {n} rows{}",
+                            if verified { "" } else { " (not verified)" }
+                        ),
+                        None => "nothing preserved it".into(),
+                    };
+                    let keys = if t.lost_keys.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (keys {})", t.lost_keys.join(", "))
+                    };
+                    unaccounted.push(format!("{}: {} rows lost{keys}; {why}", t.table, t.lost));
+                }
+            }
+        }
+        for c in &t.columns_dropped {
+            let name = format!("{}.{}", t.table, c.name);
+            match preserved.get(Preserve::IsolationModes.name()) {
+                Some(m) if name == "tenants.isolation_mode" && m.verified => {
+                    let n = m.rows.values().map(|n| *n as u64).max().unwrap_or(0);
+                    lines.push(format!(
+                        "{name}: column dropped by the downgrade, {} values; {n} preserved and verified",
+                        c.non_null_values
+                    ));
+                    accounted.insert(
+                        name,
+                        Accounted {
+                            lost: c.non_null_values,
+                            preserved: n,
+                            verified: true,
+                            by: "preserved/isolation-modes".into(),
+                        },
+                    );
+                }
+                _ if c.non_null_values == 0 => {
+                    lines.push(format!("{name}: column dropped, it held no values"));
+                }
+                _ => unaccounted.push(format!(
+                    "{name}: column dropped with {} values; nothing preserved it",
+                    c.non_null_values
+                )),
+            }
+        }
+        if t.changed > 0 || t.added > 0 {
+            lines.push(format!(
+                "{}: {} rows changed, {} added since the snapshot (the running services, or the migrations)",
+                t.table, t.changed, t.added
+            ));
+        }
+    }
+    LossAssessment {
+        report,
+        accounted,
+        unaccounted,
+        lines,
+    }
+}
+
+/// Phase 5's `loss` check: writes `<run>/loss.json`; fails on any loss nothing accounts for.
+pub async fn check_loss(r: &LocalRunner, ctx: &StepContext<'_>) -> Result<String, StepError> {
+    let dir = snapshot_dir(ctx.run_dir);
+    if !dir.join("manifest.json").exists() {
+        return Err(StepError::fatal(format!(
+            "no phase 3 snapshot in {}: the loss assessment has nothing to compare with",
+            dir.display()
+        )));
+    }
+    let st = r.stack()?;
+    let cfg = st.pg(&r.secrets()?).config();
+    let report = xorb_integrity::loss(&cfg, &dir, &ScanOptions::default())
+        .await
+        .map_err(failed)?;
+    let a = assess(report, ctx.run_dir);
+    write_file(
+        &ctx.run_dir.join("loss.json"),
+        &serde_json::to_string_pretty(&a).unwrap_or_default(),
+    )
+    .map_err(failed)?;
+    if !a.unaccounted.is_empty() {
+        return Err(StepError::fatal(format!(
+            "data lost that nothing preserved: {}",
+            a.unaccounted.join("; ")
+        )));
+    }
+    let mut detail = if a.lines.is_empty() {
+        "nothing lost, changed or added since phase 3's snapshot".to_string()
+    } else {
+        a.lines.join("; ")
+    };
+    if a.accounted.is_empty() {
+        detail.push_str("; no rows lost");
+    }
+    Ok(detail)
+}
