@@ -92,7 +92,7 @@ async fn a_full_rollback_ends_on_stable_with_every_phase_5_check_green() {
         .iter()
         .filter(|s| s["spec"]["phase"] == 5 || s["spec"]["id"].as_str().unwrap().starts_with("5."))
         .collect();
-    assert_eq!(checks.len(), 7);
+    assert_eq!(checks.len(), 8, "the seven checks and the loss assessment");
     for c in checks {
         assert!(
             matches!(c["state"].as_str(), Some("succeeded" | "skipped")),

@@ -351,13 +351,13 @@ async fn postgres_gone_in_the_middle_of_phase_3_leaves_a_run_that_resumes_once_i
         .as_array()
         .unwrap()
         .iter()
-        .find(|x| x["id"] == "3.g7.downgrade.7c8f1b2")
+        .find(|x| x["spec"]["id"] == "3.g7.downgrade.7c8f1b2")
         .unwrap()
         .clone();
     assert_eq!(g7["state"], "failed", "{g7:#}");
 
     // PostgreSQL back (stack up restarts what is missing, with its data), and the run ends where it should.
-    let up = st.xorbctl(&["stack", "up", "--release", RC1]);
+    let up = st.xorbctl(&["stack", "up", "--release", STABLE]); // the services are on stable by now
     assert!(up.status.success(), "{}", text(&up));
     let resumed = st.xorbctl(&["resume", "latest"]);
     assert!(resumed.status.success(), "{}", text(&resumed));
