@@ -153,6 +153,12 @@ pub struct PlanArgs {
     /// Roll back only part of the stack: api, services, config, database, infrastructure.
     #[arg(long)]
     pub only: Option<String>,
+    /// With `--only database`: the schema revision to stop at (an id, or -1 for one revision down).
+    #[arg(long, allow_hyphen_values = true)]
+    pub to_revision: Option<String>,
+    /// With `--only database`: roll back this one data migration (G6, G7, G8); it must be the live head.
+    #[arg(long)]
+    pub migration: Option<String>,
     /// A runbook policy file instead of the embedded runbooks/rollback.toml.
     #[arg(long)]
     pub runbook: Option<PathBuf>,
@@ -314,28 +320,16 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Plan(a) => {
-            let (plan, _) = crate::rollback::compute_plan(
-                &cli,
-                &a.from,
-                &a.to,
-                a.only.as_deref(),
-                a.runbook.as_deref(),
-            )?;
+            let (plan, _) = crate::rollback::compute_plan(&cli, a).await?;
+            // Configuration changes show values, some of them secrets.
+            let red = crate::sinks::redactor_for(&cli);
+            let plan = serde_json::from_value(red.redact_json(&serde_json::to_value(&plan)?))
+                .unwrap_or(plan);
             out.result(&plan, crate::rollback::render_plan);
             Ok(ExitCode::SUCCESS)
         }
         Command::Rollback { plan: a, yes, gov } => {
-            crate::rollback::rollback(
-                &cli,
-                out,
-                &a.from,
-                &a.to,
-                a.only.as_deref(),
-                a.runbook.as_ref(),
-                *yes,
-                gov,
-            )
-            .await
+            crate::rollback::rollback(&cli, out, a, *yes, gov).await
         }
         Command::Assess(a) => crate::governance::assess(&cli, out, a).await,
         Command::Approve {
@@ -415,6 +409,10 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
             let gov_md = crate::governance::render_markdown(&cli, &rec.id)?;
             let mut doc = serde_json::to_value(&rec)?;
             doc["governance"] = crate::governance::to_json(&cli, &rec.id)?;
+            let notes = crate::notify::listing(&state_dir, &rec.id);
+            doc["notifications"] = serde_json::to_value(&notes)?;
+            let red = crate::sinks::redactor_for(&cli);
+            let doc = red.redact_json(&doc);
             out.result(&doc, |_| {
                 let r = &rec;
                 let mut s = format!(
@@ -440,7 +438,8 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
                     xorb_engine::next_action(&r.id, &r.plan, &r.status)
                 );
                 let _ = write!(s, "\n{gov_md}");
-                s
+                s.push_str(&crate::notify::render_listing(&notes));
+                red.redact_string(&s)
             });
             Ok(ExitCode::SUCCESS)
         }
@@ -458,14 +457,21 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
             let rec = xorb_engine::load_run(&state_dir, run)?;
             crate::governance::report_written(&cli, &rec.id)?;
             match format {
-                ReportFormat::Md => print!(
-                    "{}\n{}",
-                    xorb_report::render_markdown(&rec),
-                    crate::governance::render_markdown(&cli, &rec.id)?
-                ),
+                ReportFormat::Md => {
+                    let text = format!(
+                        "{}\n{}{}",
+                        xorb_report::render_markdown(&rec),
+                        crate::governance::render_markdown(&cli, &rec.id)?,
+                        crate::notify::render_markdown(&crate::notify::listing(&state_dir, &rec.id))
+                    );
+                    print!("{}", crate::sinks::redactor_for(&cli).redact(&text))
+                }
                 ReportFormat::Json => {
                     let mut doc = xorb_report::render_json(&rec);
                     doc["governance"] = crate::governance::to_json(&cli, &rec.id)?;
+                    doc["notifications"] =
+                        serde_json::to_value(crate::notify::listing(&state_dir, &rec.id))?;
+                    let doc = crate::sinks::redactor_for(&cli).redact_json(&doc);
                     println!("{}", serde_json::to_string_pretty(&doc)?)
                 }
             }

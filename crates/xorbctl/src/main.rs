@@ -3,8 +3,8 @@
 
 mod cli;
 mod governance;
-mod notify;
 mod integrity;
+mod notify;
 mod output;
 mod rollback;
 mod sinks;
@@ -76,9 +76,6 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 P::BadScope(_) | P::SameRelease(_) | P::BadOption(_) => 2,
             };
         }
-        if let Some(ie) = cause.downcast_ref::<xorb_integrity::IntegrityError>() {
-            return if ie.is_bad_input() { 2 } else { 4 };
-        }
         if let Some(ge) = cause.downcast_ref::<governance::GovernanceError>() {
             return match ge {
                 governance::GovernanceError::BadInput(_) => 2,
@@ -90,6 +87,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             .is_some()
         {
             return 2;
+        }
+        if let Some(ie) = cause.downcast_ref::<xorb_integrity::IntegrityError>() {
+            return if ie.is_bad_input() { 2 } else { 4 };
         }
         if cause.downcast_ref::<xorb_audit::VerifyError>().is_some() {
             return 8;

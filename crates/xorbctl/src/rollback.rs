@@ -2,18 +2,18 @@
 
 use std::fmt::Write as _;
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use xorb_engine::planner::{self, Scope};
+use xorb_engine::planner::{self, PlanOptions, Scope};
 use xorb_engine::{Confirmation, Engine, ResumeOptions, RollbackLock, RunEnd};
 use xorb_local::rollback::{LocalRunner, observe};
 use xorb_model::plan::{Plan, RunStatus};
 use xorb_model::policy::Policy;
 use xorb_model::release::Release;
 
-use crate::cli::{Cli, UsageError, paths};
+use crate::cli::{Cli, PlanArgs, UsageError, paths};
 use crate::output::Reporter;
 
 pub fn load_policy(file: Option<&Path>) -> anyhow::Result<Policy> {
@@ -27,24 +27,47 @@ pub fn load_policy(file: Option<&Path>) -> anyhow::Result<Policy> {
     }
 }
 
-/// Phase 1 of loading (no side effects): releases, policy, live observation, plan.
-pub fn compute_plan(
-    cli: &Cli,
-    from: &str,
-    to: &str,
-    only: Option<&str>,
-    runbook: Option<&Path>,
-) -> anyhow::Result<(Plan, Release)> {
+/// Loading (no side effects): releases, policy, live observation (services, and the database when the plan
+/// touches it), plan.
+pub async fn compute_plan(cli: &Cli, a: &PlanArgs) -> anyhow::Result<(Plan, Release)> {
+    let (from, to) = (a.from.as_str(), a.to.as_str());
     let paths = paths(cli)?;
-    let policy = load_policy(runbook)?;
+    let policy = load_policy(a.runbook.as_deref())?;
     let from_rel = Release::load_named(&paths.releases_root, from)
         .with_context(|| format!("--from {from}"))?;
     let to_rel =
         Release::load_named(&paths.releases_root, to).with_context(|| format!("--to {to}"))?;
-    let scope = only.map(Scope::parse).transpose()?.unwrap_or(Scope::All);
-    let live = observe(&cli.state_dir)?;
-    let plan = planner::plan(&live, &from_rel, &to_rel, &policy, scope)?;
+    let scope = a.only.as_deref().map(Scope::parse).transpose()?.unwrap_or(Scope::All);
+    let mut live = observe(&cli.state_dir)?;
+    if matches!(scope, Scope::All | Scope::Database) {
+        let db = xorb_local::database::observe_database(&cli.state_dir, &paths, &from_rel)
+            .await
+            .map_err(|e| planner::PlanError::NoDatabase(e.to_string()))?;
+        live.database = Some(db);
+    }
+    let opts = PlanOptions {
+        scope: Some(scope),
+        to_revision: a.to_revision.clone(),
+        migration: a.migration.clone(),
+        reimport_from: latest_preservation(&cli.state_dir),
+    };
+    let plan = planner::plan_with(&live, &from_rel, &to_rel, &policy, &opts)?;
     Ok((plan, to_rel))
+}
+
+/// The newest run that preserved data before a downgrade (a roll-forward re-imports it).
+fn latest_preservation(state_dir: &Path) -> Option<String> {
+    let mut runs: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(state_dir.join("runs"))
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join("preserved").is_dir())
+        .filter_map(|e| {
+            let t = e.metadata().ok()?.modified().ok()?;
+            Some((t, e.file_name().to_string_lossy().into_owned()))
+        })
+        .collect();
+    runs.sort();
+    runs.pop().map(|(_, id)| id)
 }
 
 pub fn render_plan(plan: &Plan) -> String {
@@ -191,16 +214,13 @@ async fn run_op<S: xorb_engine::EventSink>(
 pub async fn rollback(
     cli: &Cli,
     out: &Reporter,
-    from: &str,
-    to: &str,
-    only: Option<&str>,
-    runbook: Option<&PathBuf>,
+    a: &PlanArgs,
     yes: bool,
     gov: &crate::governance::RollbackGovArgs,
 ) -> anyhow::Result<ExitCode> {
     // The lock first: a second rollback is refused before anything else is looked at.
     let mut lock = RollbackLock::acquire(&cli.state_dir, None)?;
-    let (plan, to_rel) = compute_plan(cli, from, to, only, runbook.map(PathBuf::as_path))?;
+    let (plan, to_rel) = compute_plan(cli, a).await?;
     // Approvals, policies and the release repository are checked before anything is journaled.
     let gov = crate::governance::RollbackGov::prepare(cli, gov, &plan)?;
     if !confirm(out, &plan, yes)? {
