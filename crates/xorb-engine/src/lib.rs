@@ -35,6 +35,7 @@
 //! ```
 
 pub mod approvals;
+pub mod audit_checkpoint;
 pub mod crash;
 pub mod events;
 pub mod executor;

@@ -15,7 +15,7 @@ use xorb_model::release::Release;
 
 use crate::LocalError;
 use crate::process::{ProcRecord, StopResult, free_port, poll_until, spawn_detached};
-use crate::servers::{self, NatsServer, PgConn, Server, mkdir, write_file, write_private};
+use crate::servers::{self, NatsServer, PgConn, Server, mkdir, write_private};
 
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -151,9 +151,10 @@ impl StackState {
     pub fn save(&self, state_dir: &Path) -> Result<(), LocalError> {
         let p = Self::path(state_dir);
         let tmp = state_dir.join("stack.json.tmp");
-        write_file(
+        // 0600: the services' configuration is recorded here, and an operator's configuration may hold secrets.
+        write_private(
             &tmp,
-            &serde_json::to_string_pretty(self).unwrap_or_default(),
+            serde_json::to_string_pretty(self).unwrap_or_default().as_bytes(),
         )?;
         std::fs::rename(&tmp, &p)
             .map_err(|e| LocalError::io(format!("cannot write {}", p.display()), e))

@@ -449,7 +449,14 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
             let since = since.as_deref().map(parse_since).transpose()?;
             let dir = state_dir.join("audit");
             let key = xorb_audit::load_public_key(&dir.join("audit-signing-key.pub.pem"))?;
-            let report = xorb_audit::verify(&dir.join("audit.jsonl"), &key, since)?;
+            // The last entry recorded in the journal must still be there: that catches a cut-off tail.
+            let checkpoint = xorb_engine::audit_checkpoint::latest(&state_dir)?
+                .map(|(seq, hash)| xorb_audit::Checkpoint { seq, hash });
+            let report = xorb_audit::verify_with(
+                &dir.join("audit.jsonl"),
+                &key,
+                &xorb_audit::VerifyOptions { since, checkpoint },
+            )?;
             out.result(&report.to_string(), |s| format!("{s}\n"));
             Ok(ExitCode::SUCCESS)
         }
@@ -462,7 +469,9 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
                         "{}\n{}{}",
                         xorb_report::render_markdown(&rec),
                         crate::governance::render_markdown(&cli, &rec.id)?,
-                        crate::notify::render_markdown(&crate::notify::listing(&state_dir, &rec.id))
+                        crate::notify::render_markdown(&crate::notify::listing(
+                            &state_dir, &rec.id
+                        ))
                     );
                     print!("{}", crate::sinks::redactor_for(&cli).redact(&text))
                 }

@@ -131,8 +131,13 @@ fn audit(state_dir: &Path, actor: &str, action: &str, run_id: Option<&str>, deta
         }
         log.append(e)
     });
-    if let Err(e) = res {
-        eprintln!("warning: audit trail: {e}");
+    match res {
+        Ok(at) => {
+            if let Err(e) = xorb_engine::audit_checkpoint::record(state_dir, at.seq, &at.hash) {
+                eprintln!("warning: audit checkpoint: {e}");
+            }
+        }
+        Err(e) => eprintln!("warning: audit trail: {e}"),
     }
 }
 

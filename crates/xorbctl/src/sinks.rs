@@ -156,6 +156,8 @@ pub struct RunSink {
     pub redactor: Redactor,
     pub audit: Option<AuditLog>,
     pub actor: String,
+    /// Where the journal is: the audit trail's last entry is recorded there after each append.
+    state_dir: std::path::PathBuf,
     /// On a terminal: a bar over the run's steps, the event lines printed above it.
     bar: Option<indicatif::ProgressBar>,
     terminal: bool,
@@ -180,6 +182,7 @@ impl RunSink {
             redactor,
             audit: Some(audit),
             actor,
+            state_dir: state_dir.to_path_buf(),
             bar: None,
             terminal,
             notifier,
@@ -289,9 +292,18 @@ impl EventSink for RunSink {
             )
             .run(event.run_id.clone())
             .detail(detail);
-            if let Err(e) = audit.append(entry) {
+            match audit.append(entry) {
+                Ok(at) => {
+                    if let Err(e) =
+                        xorb_engine::audit_checkpoint::record(&self.state_dir, at.seq, &at.hash)
+                    {
+                        let _ = writeln!(std::io::stderr(), "warning: audit checkpoint: {e}");
+                    }
+                }
                 // The audit trail must not fail the rollback, but nobody may miss that it has a gap.
-                let _ = writeln!(std::io::stderr(), "warning: audit trail: {e}");
+                Err(e) => {
+                    let _ = writeln!(std::io::stderr(), "warning: audit trail: {e}");
+                }
             }
         }
         self.notify(event);

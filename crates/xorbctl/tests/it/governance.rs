@@ -509,8 +509,8 @@ fn tampering_with_any_single_entry_is_named(audit_dir: &Path) {
                 "swapped line {line}: {msg}"
             );
         }
-        // Deleted. The last entry's removal leaves a shorter, whole chain: only a checkpoint kept outside the log
-        // can show it (xorb-audit's `verify_with`), so it is not part of this loop.
+        // Deleted. The last entry's removal leaves a shorter, whole chain: only the checkpoint kept in the
+        // journal shows it, which the copy does not have yet (tested after this loop).
         if i + 1 < lines.len() {
             let mut deleted = lines.clone();
             deleted.remove(i);
@@ -522,6 +522,31 @@ fn tampering_with_any_single_entry_is_named(audit_dir: &Path) {
             );
         }
     }
+    // The run recorded the trail's last entry in its journal; with that checkpoint, cutting the last entry off
+    // is caught too.
+    let state_dir = audit_dir.parent().unwrap();
+    let (seq, hash) = xorb_engine::audit_checkpoint::latest(state_dir)
+        .unwrap()
+        .expect("every append records the trail's last entry in the journal");
+    assert_eq!(
+        seq as usize,
+        lines.len(),
+        "the checkpoint is the last entry"
+    );
+    xorb_engine::audit_checkpoint::record(copy.path(), seq, &hash).unwrap();
+    assert_eq!(
+        verify(&lines).0,
+        0,
+        "the untouched copy verifies against its checkpoint"
+    );
+    let mut cut = lines.clone();
+    cut.pop();
+    let (c, msg) = verify(&cut);
+    assert_eq!(c, 8, "last entry deleted: {msg}");
+    assert!(
+        msg.contains(&seq.to_string()),
+        "names the missing entry: {msg}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -69,7 +69,12 @@ fn step_ids(run: &Value) -> Vec<String> {
 }
 
 fn copy_dir(from: &Path, to: &Path) {
-    let out = Command::new("cp").arg("-a").arg(from).arg(to).output().unwrap();
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
 }
 
@@ -82,7 +87,10 @@ fn checksums(report: &Value) -> std::collections::BTreeMap<String, (u64, String)
         .map(|t| {
             (
                 t["table"].as_str().unwrap().to_string(),
-                (t["rows"].as_u64().unwrap(), t["checksum"].as_str().unwrap().to_string()),
+                (
+                    t["rows"].as_u64().unwrap(),
+                    t["checksum"].as_str().unwrap().to_string(),
+                ),
             )
         })
         .collect()
@@ -92,7 +100,10 @@ fn checksums(report: &Value) -> std::collections::BTreeMap<String, (u64, String)
 async fn evidence_rows(st: &Stack) -> Vec<(String, Vec<u8>, Vec<u8>)> {
     st.pg()
         .await
-        .query("SELECT id::text, payload, signature FROM evidence ORDER BY 1", &[])
+        .query(
+            "SELECT id::text, payload, signature FROM evidence ORDER BY 1",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -113,7 +124,8 @@ fn rule_groups(file: &Path) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_full_rollback_from_rc1_accounts_for_every_row_and_a_roll_forward_brings_the_evidence_back() {
+async fn a_full_rollback_from_rc1_accounts_for_every_row_and_a_roll_forward_brings_the_evidence_back()
+ {
     let st = Stack::up(RC1, true);
     let evidence_before = count(&st, "evidence").await;
     let evidence_ids = evidence_rows(&st).await;
@@ -167,7 +179,8 @@ async fn a_full_rollback_from_rc1_accounts_for_every_row_and_a_roll_forward_brin
         .unwrap();
     assert!(out.status.success(), "pg_restore: {}", text(&out));
     let before: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("db/integrity-full.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(dir.join("db/integrity-full.json")).unwrap())
+            .unwrap();
     let cfg = {
         let s = xorb_local::stack::StackState::load(&st.dir).unwrap();
         let secrets = xorb_local::stack::Secrets::load(&st.dir).unwrap();
@@ -179,7 +192,11 @@ async fn a_full_rollback_from_rc1_accounts_for_every_row_and_a_roll_forward_brin
     let restored = serde_json::to_value(&restored).unwrap();
     let want = checksums(&before);
     assert!(want.contains_key("evidence") && want["evidence"].0 == evidence_before as u64);
-    assert_eq!(checksums(&restored), want, "restored dump vs phase 3's checksums");
+    assert_eq!(
+        checksums(&restored),
+        want,
+        "restored dump vs phase 3's checksums"
+    );
 
     // The Redis backup is a valid RDB.
     let out = Command::new("redis-check-rdb")
@@ -190,7 +207,9 @@ async fn a_full_rollback_from_rc1_accounts_for_every_row_and_a_roll_forward_brin
 
     // NATS streams are the stable release's.
     let s = xorb_local::stack::StackState::load(&st.dir).unwrap();
-    let mut live = xorb_local::servers::list_streams(&s.nats_url()).await.unwrap();
+    let mut live = xorb_local::servers::list_streams(&s.nats_url())
+        .await
+        .unwrap();
     live.sort();
     let stable_rel =
         xorb_model::release::Release::load_named(&repo().join("releases"), STABLE).unwrap();
@@ -214,7 +233,12 @@ async fn a_full_rollback_from_rc1_accounts_for_every_row_and_a_roll_forward_brin
     groups.sort();
     assert_eq!(
         groups,
-        rule_groups(&repo().join("releases").join(STABLE).join("monitoring/alert-rules.yml"))
+        rule_groups(
+            &repo()
+                .join("releases")
+                .join(STABLE)
+                .join("monitoring/alert-rules.yml")
+        )
     );
 
     // The loss assessment: every evidence row lost to the downgrade, every one preserved and verified.
@@ -228,7 +252,11 @@ async fn a_full_rollback_from_rc1_accounts_for_every_row_and_a_roll_forward_brin
     assert_eq!(lost("usage_records"), usage_before, "{loss:#}");
     assert!(usage_before > 0, "the demo data meters usage");
     assert!(lost("tenants.isolation_mode") > 0, "{loss:#}");
-    assert_eq!(loss["unaccounted"].as_array().map(Vec::len), Some(0), "{loss:#}");
+    assert_eq!(
+        loss["unaccounted"].as_array().map(Vec::len),
+        Some(0),
+        "{loss:#}"
+    );
     let report = st.xorbctl(&["report", "latest"]);
     let r = text(&report);
     assert!(
@@ -249,9 +277,15 @@ async fn a_full_rollback_from_rc1_accounts_for_every_row_and_a_roll_forward_brin
     }
     assert_eq!(count(&st, "tenant_quotas").await, quotas_before);
     let ids = step_ids(&last_run(&st));
-    let up = ids.iter().position(|i| i.starts_with("1.") && i.contains("upgrade")).unwrap();
+    let up = ids
+        .iter()
+        .position(|i| i.starts_with("1.") && i.contains("upgrade"))
+        .unwrap();
     let first_service = ids.iter().position(|i| i.starts_with("2.")).unwrap();
-    assert!(up < first_service, "the schema goes up before the services: {ids:?}");
+    assert!(
+        up < first_service,
+        "the schema goes up before the services: {ids:?}"
+    );
     assert!(ids.contains(&"1.data.reimport".to_string()), "{ids:?}");
     let critical = st.xorbctl(&["integrity", "--critical"]);
     assert!(critical.status.success(), "{}", text(&critical));
@@ -277,7 +311,9 @@ async fn an_invalid_target_rule_file_stops_the_run_before_anything_is_touched() 
     let rules = root.join(STABLE).join("monitoring/alert-rules.yml");
     std::fs::write(
         &rules,
-        std::fs::read_to_string(&rules).unwrap().replacen("expr:", "expr: ((", 1),
+        std::fs::read_to_string(&rules)
+            .unwrap()
+            .replacen("expr:", "expr: ((", 1),
     )
     .unwrap();
     let s = xorb_local::stack::StackState::load(&st.dir).unwrap();
@@ -297,7 +333,10 @@ async fn an_invalid_target_rule_file_stops_the_run_before_anything_is_touched() 
     assert_eq!(out.status.code(), Some(6), "{}", text(&out));
     let t = text(&out);
     assert!(t.contains("1.monitoring.validate"), "{t}");
-    assert!(t.contains("alert-rules.yml"), "promtool's message names the file: {t}");
+    assert!(
+        t.contains("alert-rules.yml"),
+        "promtool's message names the file: {t}"
+    );
     let config_after: Value = reqwest::get(format!("{}/api/v1/status/config", s.prometheus_url()))
         .await
         .unwrap()
@@ -305,7 +344,11 @@ async fn an_invalid_target_rule_file_stops_the_run_before_anything_is_touched() 
         .await
         .unwrap();
     assert_eq!(config_before, config_after, "Prometheus untouched");
-    assert_eq!(alembic_version(&st).await, version_before, "schema untouched");
+    assert_eq!(
+        alembic_version(&st).await,
+        version_before,
+        "schema untouched"
+    );
     for svc in st.status()["services"].as_array().unwrap() {
         assert_eq!(svc["reported_release"], RC1, "services untouched: {svc}");
     }
@@ -334,8 +377,11 @@ async fn postgres_gone_in_the_middle_of_phase_3_leaves_a_run_that_resumes_once_i
     assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
     assert_eq!(alembic_version(&st).await, "7c8f1b2");
     let pid = postgres_pid(&st);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGINT)
-        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     eventually("postgres stopped", Duration::from_secs(60), || async {
         (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
     })
@@ -345,7 +391,10 @@ async fn postgres_gone_in_the_middle_of_phase_3_leaves_a_run_that_resumes_once_i
     assert_eq!(resumed.status.code(), Some(6), "{}", text(&resumed));
     let show = st.xorbctl(&["show", "latest"]);
     let s = text(&show);
-    assert!(s.contains("3.g7.downgrade.7c8f1b2"), "the run says where it stopped: {s}");
+    assert!(
+        s.contains("3.g7.downgrade.7c8f1b2"),
+        "the run says where it stopped: {s}"
+    );
     let run = last_run(&st);
     let g7 = run["steps"]
         .as_array()
@@ -365,7 +414,10 @@ async fn postgres_gone_in_the_middle_of_phase_3_leaves_a_run_that_resumes_once_i
     let dir = run_dir(&st);
     let loss: Value =
         serde_json::from_slice(&std::fs::read(dir.join("loss.json")).unwrap()).unwrap();
-    assert_eq!(loss["accounted"]["evidence"]["preserved"], evidence_before, "{loss:#}");
+    assert_eq!(
+        loss["accounted"]["evidence"]["preserved"], evidence_before,
+        "{loss:#}"
+    );
     st.xorbctl(&["stack", "down"]);
     let _ = std::fs::remove_dir_all(&st.dir);
 }
@@ -375,34 +427,76 @@ async fn a_database_only_rollback_goes_one_revision_or_one_named_data_migration_
     let st = Stack::up(RC1, true);
     // rc1's services cannot run below their head: refused with the way out.
     let out = st.xorbctl(&[
-        "plan", "--from", RC1, "--to", STABLE, "--only", "database", "--to-revision", "-1",
+        "plan",
+        "--from",
+        RC1,
+        "--to",
+        STABLE,
+        "--only",
+        "database",
+        "--to-revision",
+        "-1",
     ]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(text(&out).contains("--only services"), "{}", text(&out));
     // Services (and their configuration) first, then the database one step at a time.
     for only in ["services", "config"] {
-        let out = st.xorbctl(&["rollback", "--from", RC1, "--to", STABLE, "--only", only, "--yes"]);
+        let out = st.xorbctl(&[
+            "rollback", "--from", RC1, "--to", STABLE, "--only", only, "--yes",
+        ]);
         assert!(out.status.success(), "{only}: {}", text(&out));
     }
     let g7_first = st.xorbctl(&[
-        "plan", "--from", RC1, "--to", STABLE, "--only", "database", "--migration", "G7",
+        "plan",
+        "--from",
+        RC1,
+        "--to",
+        STABLE,
+        "--only",
+        "database",
+        "--migration",
+        "G7",
     ]);
     assert_eq!(g7_first.status.code(), Some(3), "{}", text(&g7_first));
     assert!(text(&g7_first).contains("8d9a2c3"), "{}", text(&g7_first));
     let out = st.xorbctl(&[
-        "rollback", "--from", RC1, "--to", STABLE, "--only", "database", "--to-revision", "-1",
+        "rollback",
+        "--from",
+        RC1,
+        "--to",
+        STABLE,
+        "--only",
+        "database",
+        "--to-revision",
+        "-1",
         "--yes",
     ]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(alembic_version(&st).await, "7c8f1b2");
     let out = st.xorbctl(&[
-        "rollback", "--from", RC1, "--to", STABLE, "--only", "database", "--migration", "G7", "--yes",
+        "rollback",
+        "--from",
+        RC1,
+        "--to",
+        STABLE,
+        "--only",
+        "database",
+        "--migration",
+        "G7",
+        "--yes",
     ]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(alembic_version(&st).await, "6b7e0a1");
     let ids = step_ids(&last_run(&st));
-    assert!(ids.contains(&"3.g7.downgrade.7c8f1b2".to_string()), "{ids:?}");
-    assert!(!ids.iter().any(|i| i.starts_with("2.") || i.starts_with("4.")), "{ids:?}");
+    assert!(
+        ids.contains(&"3.g7.downgrade.7c8f1b2".to_string()),
+        "{ids:?}"
+    );
+    assert!(
+        !ids.iter()
+            .any(|i| i.starts_with("2.") || i.starts_with("4.")),
+        "{ids:?}"
+    );
     st.xorbctl(&["stack", "down"]);
     let _ = std::fs::remove_dir_all(&st.dir);
 }
