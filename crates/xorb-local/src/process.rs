@@ -154,8 +154,25 @@ where
     }
 }
 
-/// A free TCP port on 127.0.0.1 (the kernel picks it; we release it for the server to bind).
+/// A free TCP port on 127.0.0.1 for a server we start next (we bind it to check, then release it).
+///
+/// Chosen at random *below* the kernel's ephemeral range: a port from `bind(0)` comes from that range, where every
+/// outgoing connection on the machine also takes its source port, so in the seconds before our server binds it a
+/// client connection could take it ("Address already in use" under parallel tests). Falls back to `bind(0)`.
 pub fn free_port() -> Result<u16, LocalError> {
+    use rand::Rng;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = (10_000u16, ephemeral_low.max(10_001));
+    let mut rng = rand::thread_rng();
+    for _ in 0..200 {
+        let port = rng.gen_range(lo..hi);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|e| LocalError::io("cannot find a free port", e))?;
     Ok(l.local_addr()

@@ -100,6 +100,11 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(J::RunNotFound(_) | J::Ambiguous { .. }) = cause.downcast_ref::<J>() {
             return 2;
         }
+        // `#[error(transparent)]` hands the chain the journal error's own source, not the journal error.
+        if let Some(E::Journal(J::RunNotFound(_) | J::Ambiguous { .. })) = cause.downcast_ref::<E>()
+        {
+            return 2;
+        }
         if let Some(E::Lock(_) | E::AlreadySucceeded { .. } | E::RunAborted { .. }) =
             cause.downcast_ref::<E>()
         {

@@ -37,7 +37,12 @@ pub async fn compute_plan(cli: &Cli, a: &PlanArgs) -> anyhow::Result<(Plan, Rele
         .with_context(|| format!("--from {from}"))?;
     let to_rel =
         Release::load_named(&paths.releases_root, to).with_context(|| format!("--to {to}"))?;
-    let scope = a.only.as_deref().map(Scope::parse).transpose()?.unwrap_or(Scope::All);
+    let scope = a
+        .only
+        .as_deref()
+        .map(Scope::parse)
+        .transpose()?
+        .unwrap_or(Scope::All);
     let mut live = observe(&cli.state_dir)?;
     if matches!(scope, Scope::All | Scope::Database) {
         let db = xorb_local::database::observe_database(&cli.state_dir, &paths, &from_rel)
