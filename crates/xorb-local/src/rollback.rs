@@ -452,9 +452,18 @@ impl LocalRunner {
                     if v["features"]["evidence_system"] != true {
                         return Err(failed("the evidence system is not enabled on the api"));
                     }
-                    let c = database::critical_check(&self.state_dir)
-                        .await
-                        .map_err(failed)?;
+                    // The services keep recording evidence while we look: a record caught between its row and
+                    // its files is complete a moment later, so only a state that persists for 10 s fails.
+                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                    let c = loop {
+                        let c = database::critical_check(&self.state_dir)
+                            .await
+                            .map_err(failed)?;
+                        if c.ok || std::time::Instant::now() >= deadline {
+                            break c;
+                        }
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    };
                     if !c.ok {
                         return Err(StepError::fatal(c.summary()));
                     }

@@ -161,8 +161,10 @@ impl EvidenceSigner {
         signature: &[u8; 64],
     ) -> Result<(), EvidenceError> {
         let records = self.dir.join(RECORDS_DIR);
-        write_atomic(&records.join(format!("{id}.json")), payload, 0o644)?;
+        // The signature first: readers find records by their .json, so a visible record always has its .sig
+        // (a check running while a finding is being recorded must not see half a record).
         write_atomic(&records.join(format!("{id}.sig")), signature, 0o644)?;
+        write_atomic(&records.join(format!("{id}.json")), payload, 0o644)?;
         Ok(())
     }
 }
