@@ -134,8 +134,10 @@ pub fn plan_with(
     }
     // A database-only rollback may follow a services rollback that already moved the stack to the target.
     let from_ok = live.release == from.name()
-        || (matches!(scope, Scope::Database | Scope::Infrastructure | Scope::Config)
-            && live.release == to.name());
+        || (matches!(
+            scope,
+            Scope::Database | Scope::Infrastructure | Scope::Config
+        ) && live.release == to.name());
     if !from_ok {
         return Err(PlanError::WrongFrom {
             live: live.release.clone(),

@@ -154,7 +154,9 @@ impl StackState {
         // 0600: the services' configuration is recorded here, and an operator's configuration may hold secrets.
         write_private(
             &tmp,
-            serde_json::to_string_pretty(self).unwrap_or_default().as_bytes(),
+            serde_json::to_string_pretty(self)
+                .unwrap_or_default()
+                .as_bytes(),
         )?;
         std::fs::rename(&tmp, &p)
             .map_err(|e| LocalError::io(format!("cannot write {}", p.display()), e))

@@ -394,7 +394,9 @@ fn completion(
         ),
         RunStatus::WaitingForApproval { severity, missing } => (
             "⏸ ROLLBACK WAITING FOR APPROVAL",
-            format!("A {severity} rollback waiting at its approval gate for {missing}; nothing done yet"),
+            format!(
+                "A {severity} rollback waiting at its approval gate for {missing}; nothing done yet"
+            ),
             "Not resolved: the rollback has not started acting".to_string(),
             next.to_string(),
         ),
