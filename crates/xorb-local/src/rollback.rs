@@ -353,7 +353,8 @@ impl LocalRunner {
     async fn integrity(&self, run_dir: &Path, name: &str) -> Result<serde_json::Value, StepError> {
         let st = self.stack()?;
         let client = st.pg(&self.secrets()?).connect().await.map_err(failed)?;
-        let scan = quick_scan(&client).await.map_err(failed)?;
+        let scan = xorb_integrity::quick(&client).await.map_err(failed)?;
+        let scan = serde_json::to_value(&scan).map_err(failed)?;
         write_file(
             &run_dir.join(name),
             &serde_json::to_string_pretty(&scan).unwrap_or_default(),
@@ -670,41 +671,6 @@ fn capture_identity(state_dir: &Path) -> Result<age::x25519::Identity, LocalErro
     let id = age::x25519::Identity::generate();
     write_private(&p, id.to_string().expose_secret().as_bytes())?;
     Ok(id)
-}
-
-/// Row counts per table and a fingerprint of the schema (tables, columns, types).
-pub async fn quick_scan(
-    client: &tokio_postgres::Client,
-) -> Result<serde_json::Value, tokio_postgres::Error> {
-    let tables: Vec<String> = client
-        .query(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let mut counts = serde_json::Map::new();
-    for t in &tables {
-        let n: i64 = client
-            .query_one(
-                &format!("SELECT count(*) FROM \"{}\"", t.replace('"', "\"\"")),
-                &[],
-            )
-            .await?
-            .get(0);
-        counts.insert(t.clone(), n.into());
-    }
-    let fp: String = client
-        .query_one(
-            "SELECT md5(coalesce(string_agg(table_name || '.' || column_name || ':' || data_type, ',' ORDER BY table_name, column_name), '')) \
-             FROM information_schema.columns WHERE table_schema = 'public'",
-            &[],
-        )
-        .await?
-        .get(0);
-    Ok(serde_json::json!({"tables": counts, "schema_fingerprint": fp}))
 }
 
 impl StepRunner for LocalRunner {

@@ -54,25 +54,10 @@ pub async fn compute_plan(cli: &Cli, a: &PlanArgs) -> anyhow::Result<(Plan, Rele
         scope: Some(scope),
         to_revision: a.to_revision.clone(),
         migration: a.migration.clone(),
-        reimport_from: latest_preservation(&cli.state_dir),
+        reimport_from: xorb_local::database::latest_preservation(&cli.state_dir),
     };
     let plan = planner::plan_with(&live, &from_rel, &to_rel, &policy, &opts)?;
     Ok((plan, to_rel))
-}
-
-/// The newest run that preserved data before a downgrade (a roll-forward re-imports it).
-fn latest_preservation(state_dir: &Path) -> Option<String> {
-    let mut runs: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(state_dir.join("runs"))
-        .ok()?
-        .filter_map(Result::ok)
-        .filter(|e| e.path().join("preserved").is_dir())
-        .filter_map(|e| {
-            let t = e.metadata().ok()?.modified().ok()?;
-            Some((t, e.file_name().to_string_lossy().into_owned()))
-        })
-        .collect();
-    runs.sort();
-    runs.pop().map(|(_, id)| id)
 }
 
 pub fn render_plan(plan: &Plan) -> String {
