@@ -389,7 +389,7 @@ pub fn plan_with(
         steps.extend(db_steps.steps.iter().cloned());
     }
     if wants_infra {
-        steps.extend(infra_steps(live, from, to, policy));
+        steps.extend(infra_steps(from, to, policy));
     }
 
     // Phase 5: verification. The full scan and the loss assessment compare with phase 3's snapshot.
@@ -444,24 +444,25 @@ struct DbSteps {
     up: bool,
 }
 
-/// What a downgrade destroys that we know how to preserve.
-fn preserve_for(destroys: &[xorb_model::schema::Destroys]) -> (Vec<Preserve>, Vec<String>) {
+/// The preservation that saves what `d` destroys, if there is one.
+fn preserve_of(d: &xorb_model::schema::Destroys) -> Option<Preserve> {
+    match (d.kind.as_str(), d.object.as_str()) {
+        ("table", "evidence") => Some(Preserve::Evidence),
+        ("table", "tenant_quotas" | "usage_records") => Some(Preserve::ControlPlane),
+        ("column", "tenants.isolation_mode") => Some(Preserve::IsolationModes),
+        _ => None,
+    }
+}
+
+/// What a downgrade destroys that we know how to preserve, each preservation once, in order.
+fn preserve_for(destroys: &[xorb_model::schema::Destroys]) -> Vec<Preserve> {
     let mut keep = Vec::new();
-    let mut lost = Vec::new();
-    for d in destroys {
-        let p = match (d.kind.as_str(), d.object.as_str()) {
-            ("table", "evidence") => Some(Preserve::Evidence),
-            ("table", "tenant_quotas" | "usage_records") => Some(Preserve::ControlPlane),
-            ("column", "tenants.isolation_mode") => Some(Preserve::IsolationModes),
-            _ => None,
-        };
-        match p {
-            Some(p) if !keep.contains(&p) => keep.push(p),
-            Some(_) => {}
-            None => lost.push(format!("{} {}", d.kind, d.object)),
+    for p in destroys.iter().filter_map(preserve_of) {
+        if !keep.contains(&p) {
+            keep.push(p);
         }
     }
-    (keep, lost)
+    keep
 }
 
 fn database_steps(
@@ -642,8 +643,8 @@ fn database_steps(
             )
         };
         let label = r.data_migration();
-        let (preserve, lost) = if up {
-            (vec![], vec![])
+        let preserve = if up {
+            vec![]
         } else {
             preserve_for(&r.destroys)
         };
@@ -697,19 +698,16 @@ fn database_steps(
         });
         if !up {
             for d in &r.destroys {
-                let saved = preserve_for(std::slice::from_ref(d)).0;
                 s.changes.push(Change {
                     kind: ChangeKind::Schema,
                     subject: format!("{} {}", d.kind, d.object),
                     before: Some(d.description.clone()),
-                    after: Some(if saved.is_empty() {
-                        "dropped: LOST (nothing preserves it)".into()
-                    } else {
-                        "dropped (preserved and verified first)".into()
+                    after: Some(match preserve_of(d) {
+                        None => "dropped: LOST (nothing preserves it)".into(),
+                        Some(_) => "dropped (preserved and verified first)".into(),
                     }),
                 });
             }
-            let _ = lost;
         }
         steps.push(s);
         cur = next;
@@ -750,12 +748,24 @@ fn live_release<'a>(live: &LiveState, from: &'a Release, to: &'a Release) -> &'a
     if live.release == to.name() { to } else { from }
 }
 
-fn infra_steps(live: &LiveState, from: &Release, to: &Release, policy: &Policy) -> Vec<StepSpec> {
-    let _ = live;
+fn infra_steps(from: &Release, to: &Release, policy: &Policy) -> Vec<StepSpec> {
     let t = &policy.timeouts;
     let stateful = Policy::failure_policy(&policy.stateful);
     let rel = || to.name().to_string();
     let mut out = Vec::new();
+    // Two shapes: a save (idempotent: it keeps a complete earlier save) and an apply (probed, retried only after
+    // its probe says it did not happen).
+    let save = |id: &str, title: String, action: Action| {
+        let mut s = StepSpec::new(id, Phase::Infrastructure, title, action, Safety::Idempotent);
+        s.timeout_secs = t.backup_secs;
+        s
+    };
+    let apply = |id: &str, title: String, action: Action| {
+        let mut s = StepSpec::new(id, Phase::Infrastructure, title, action, Safety::Probed);
+        s.timeout_secs = t.check_secs;
+        s.policy = stateful.clone();
+        s
+    };
     let target_streams: Vec<&str> = to.streams.iter().map(|s| s.name.as_str()).collect();
     let removed: Vec<&str> = from
         .streams
@@ -763,27 +773,20 @@ fn infra_steps(live: &LiveState, from: &Release, to: &Release, policy: &Policy) 
         .map(|s| s.name.as_str())
         .filter(|n| !target_streams.contains(n))
         .collect();
-    let mut s = StepSpec::new(
+    let s = save(
         "4.nats.save",
-        Phase::Infrastructure,
-        "Save every stream's configuration and last sequence, and the messages of the streams that go",
+        "Save every stream's configuration and last sequence, and the messages of the streams that go".into(),
         Action::NatsSave { release: rel() },
-        Safety::Idempotent,
     );
-    s.timeout_secs = t.backup_secs;
     out.push(s);
-    let mut s = StepSpec::new(
+    let mut s = apply(
         "4.nats.apply",
-        Phase::Infrastructure,
         format!(
             "Streams as {} defines them: remove the others (messages saved), create or update its own",
             to.name()
         ),
         Action::NatsApply { release: rel() },
-        Safety::Probed,
     );
-    s.timeout_secs = t.check_secs;
-    s.policy = stateful.clone();
     for n in &removed {
         s.changes.push(Change {
             kind: ChangeKind::Stream,
@@ -801,27 +804,20 @@ fn infra_steps(live: &LiveState, from: &Release, to: &Release, policy: &Policy) 
         });
     }
     out.push(s);
-    let mut s = StepSpec::new(
+    let s = save(
         "4.redis.backup",
-        Phase::Infrastructure,
-        "Back up Redis (RDB, checked by redis-check-rdb)",
+        "Back up Redis (RDB, checked by redis-check-rdb)".into(),
         Action::RedisBackup,
-        Safety::Idempotent,
     );
-    s.timeout_secs = t.backup_secs;
     out.push(s);
-    let mut s = StepSpec::new(
+    let mut s = apply(
         "4.redis.apply",
-        Phase::Infrastructure,
         format!(
             "Redis as {} uses it: flush the databases it does not use, apply its configuration",
             to.name()
         ),
         Action::RedisApply { release: rel() },
-        Safety::Probed,
     );
-    s.timeout_secs = t.check_secs;
-    s.policy = stateful.clone();
     for db in from
         .manifest
         .redis
@@ -843,18 +839,14 @@ fn infra_steps(live: &LiveState, from: &Release, to: &Release, policy: &Policy) 
         after: Some(to.name().into()),
     });
     out.push(s);
-    let mut s = StepSpec::new(
+    let mut s = apply(
         "4.monitoring.apply",
-        Phase::Infrastructure,
         format!(
             "Monitoring as {} defines it: Prometheus configuration and rules, Alertmanager, Grafana dashboards; reload and verify",
             to.name()
         ),
         Action::MonitoringApply { release: rel() },
-        Safety::Probed,
     );
-    s.timeout_secs = t.check_secs;
-    s.policy = stateful;
     s.changes.push(Change {
         kind: ChangeKind::Monitoring,
         subject: "prometheus, alertmanager, grafana".into(),
