@@ -22,6 +22,7 @@ mod format;
 mod key;
 mod log;
 mod verify;
+mod witness;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -31,6 +32,7 @@ pub use format::{FORMAT_VERSION, GENESIS_PREV, StoredEntry, sha256_hex};
 pub use key::{load_public_key, public_key_fingerprint, public_key_pem};
 pub use log::{AuditLog, Checkpoint, EntryRef, KEY_FILE, LOG_FILE, NewEntry, PUBLIC_KEY_FILE};
 pub use verify::{VerifyError, VerifyOptions, VerifyReport, read_entries, verify, verify_with};
+pub use witness::{Witnesses, cross_check};
 
 /// Errors of opening and appending to the audit log (verification has its own, [`VerifyError`]).
 #[derive(Debug, thiserror::Error)]

@@ -177,13 +177,16 @@ pub enum VerifyError {
         expected_hash: String,
         found_hash: String,
     },
+
+    #[error("ERASED: {what}")]
+    Erased { what: String },
 }
 
 impl VerifyError {
     /// The line (1-based) the error is about, when there is one.
     pub fn line(&self) -> Option<usize> {
         match self {
-            VerifyError::Io { .. } => None,
+            VerifyError::Io { .. } | VerifyError::Erased { .. } => None,
             VerifyError::Malformed { line, .. }
             | VerifyError::Incomplete { line, .. }
             | VerifyError::Changed { line, .. }
@@ -199,7 +202,9 @@ impl VerifyError {
     /// The sequence number of the entry the error is about (for a removal: the first missing one).
     pub fn seq(&self) -> Option<u64> {
         match self {
-            VerifyError::Io { .. } | VerifyError::Malformed { .. } => None,
+            VerifyError::Io { .. } | VerifyError::Malformed { .. } | VerifyError::Erased { .. } => {
+                None
+            }
             VerifyError::Incomplete { after_seq, .. } => after_seq.map(|s| s + 1),
             VerifyError::Changed { seq, .. }
             | VerifyError::Reordered { seq, .. }

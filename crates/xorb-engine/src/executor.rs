@@ -44,6 +44,13 @@ pub enum EngineError {
         "run {run_id} was aborted by {by}; an aborted run cannot be resumed: start a new rollback"
     )]
     RunAborted { run_id: String, by: String },
+    #[error(
+        "run {run_id} is not in the journal, but its directory {dir} exists: the journal was deleted, emptied or \
+         replaced. Its plan is lost with it, so it cannot be resumed; its artifacts (backup, captured state, \
+         preserved data) are kept, and a roll-forward re-imports its preserved data. Start a new rollback: it \
+         observes the live stack and plans from there"
+    )]
+    NotInJournal { run_id: String, dir: PathBuf },
     #[error("step {step:?} is not in run {run_id}; `xorbctl show {run_id}` lists its steps")]
     UnknownStep { run_id: String, step: String },
     #[error(

@@ -37,6 +37,7 @@
 pub mod approvals;
 pub mod audit_checkpoint;
 pub mod crash;
+pub mod disk_runs;
 pub mod events;
 pub mod executor;
 pub mod journal;
@@ -100,8 +101,27 @@ pub fn list_runs(state_dir: &Path) -> Result<Vec<RunListing>, EngineError> {
 /// One run in full (`xorbctl show RUN`, `xorbctl report RUN`); `run` is an id, a unique prefix or `latest`.
 pub fn load_run(state_dir: &Path, run: &str) -> Result<RunRecord, EngineError> {
     let journal = Journal::open(state_dir)?;
-    let id = journal.resolve_run_id(run)?;
+    let id = resolve(state_dir, &journal, run)?;
     Ok(journal.load_run(&id)?)
+}
+
+/// A run id from what the operator typed; a run that has a directory on disk but no record in the journal is
+/// named as such, not as an unknown run (see `disk_runs`).
+fn resolve(state_dir: &Path, journal: &Journal, run: &str) -> Result<String, EngineError> {
+    match journal.resolve_run_id(run) {
+        Err(JournalError::RunNotFound(text))
+            if !text.is_empty()
+                && !text.contains('/')
+                && !text.starts_with('.')
+                && run_dir(state_dir, &text).is_dir() =>
+        {
+            Err(EngineError::NotInJournal {
+                run_id: text.clone(),
+                dir: run_dir(state_dir, &text),
+            })
+        }
+        other => Ok(other?),
+    }
 }
 
 /// What `abort` did.
@@ -120,7 +140,7 @@ pub struct AbortResult {
 /// at its next step boundary and stops there.
 pub fn abort_run(state_dir: &Path, run: &str, by: &str) -> Result<AbortResult, EngineError> {
     let mut journal = Journal::open(state_dir)?;
-    let run_id = journal.resolve_run_id(run)?;
+    let run_id = resolve(state_dir, &journal, run)?;
     let (status, aborted) = journal.abort_run(&run_id, by)?;
     let running_pid = if is_active(state_dir, &run_id)? {
         lock::current_holder(state_dir)?.and_then(|h| h.pid)

@@ -96,8 +96,17 @@ pub struct PlanOptions {
     pub to_revision: Option<String>,
     /// `--migration G7`: roll back this one data migration (it must be the live head revision).
     pub migration: Option<String>,
-    /// A roll-forward re-imports the data this earlier run preserved.
-    pub reimport_from: Option<String>,
+    /// A roll-forward re-imports the data these earlier runs preserved and nothing has re-imported yet, oldest
+    /// first (usually one run; several when a journal was lost between rollbacks).
+    pub reimport_from: Vec<ReimportSource>,
+}
+
+/// A run whose preserved data a roll-forward re-imports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReimportSource {
+    pub run: String,
+    /// Empty: every kind the run preserved.
+    pub kinds: Vec<Preserve>,
 }
 
 /// Computes the plan. `from` must be what runs (all services, or for a partial earlier run, the stack's release).
@@ -725,15 +734,47 @@ fn database_steps(
     );
     s.timeout_secs = t.check_secs;
     steps.push(s);
-    if up && let Some(run) = &opts.reimport_from {
+    let sources = if up {
+        opts.reimport_from.as_slice()
+    } else {
+        &[]
+    };
+    for (i, src) in sources.iter().enumerate() {
+        let run = &src.run;
+        // One source keeps the plain id; several (a journal lost between two rollbacks) are numbered, oldest first.
+        let (id, title) = if sources.len() == 1 && src.kinds.is_empty() {
+            (
+                format!("{n}.data.reimport"),
+                format!(
+                    "Re-import the data run {run} preserved (evidence with signatures, control plane, isolation modes)"
+                ),
+            )
+        } else {
+            let what = if src.kinds.is_empty() {
+                "data".to_string()
+            } else {
+                src.kinds
+                    .iter()
+                    .map(|k| k.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            (
+                format!("{n}.data.reimport.{}", i + 1),
+                format!(
+                    "Re-import the {what} run {run} preserved ({} of {} runs holding preserved data)",
+                    i + 1,
+                    sources.len()
+                ),
+            )
+        };
         let mut s = StepSpec::new(
-            format!("{n}.data.reimport"),
+            id,
             phase,
-            format!(
-                "Re-import the data run {run} preserved (evidence with signatures, control plane, isolation modes)"
-            ),
+            title,
             Action::ReimportPreserved {
                 source_run: run.clone(),
+                kinds: src.kinds.clone(),
             },
             Safety::Idempotent,
         );
@@ -1040,7 +1081,10 @@ mod tests {
     #[test]
     fn a_roll_forward_migrates_up_and_reimports_before_the_services_start() {
         let mut o = opts(Scope::All);
-        o.reimport_from = Some("run-1".into());
+        o.reimport_from = vec![ReimportSource {
+            run: "run-1".into(),
+            kinds: vec![],
+        }];
         let p = plan_with(
             &live(STABLE, "1a5be11"),
             &rel(STABLE),

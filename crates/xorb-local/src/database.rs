@@ -11,6 +11,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use xorb_engine::planner::ReimportSource;
 use xorb_engine::runner::{Probe, StepContext, StepError};
 use xorb_model::plan::{MigrationDirection, Preserve};
 use xorb_model::release::Release;
@@ -1401,27 +1402,92 @@ pub async fn verify(
 // ---------------------------------------------------------------------------------------------------------------
 // Re-import on roll-forward
 
-/// The most recent run whose `preserved/` holds at least one verified export.
-pub fn latest_preservation(state_dir: &Path) -> Option<String> {
-    let rd = std::fs::read_dir(state_dir.join("runs")).ok()?;
-    let mut best: Option<(String, String)> = None;
-    for e in rd.filter_map(Result::ok) {
-        let run = e.file_name().to_string_lossy().into_owned();
-        let pres = e.path().join("preserved");
-        for p in [
-            Preserve::Evidence,
-            Preserve::ControlPlane,
-            Preserve::IsolationModes,
-        ] {
-            if let Some(m) = read_manifest(&pres.join(p.name())) {
-                let key = (m.verified_at.clone(), run.clone());
-                if best.as_ref().is_none_or(|b| key > *b) {
-                    best = Some(key);
-                }
+const PRESERVED_KINDS: [Preserve; 3] = [
+    Preserve::Evidence,
+    Preserve::ControlPlane,
+    Preserve::IsolationModes,
+];
+
+/// What one re-import recorded (`<run>/reimport-<source>.json`; before kinds were recorded, `reimport.json` meant
+/// every kind of its source).
+#[derive(Debug, Deserialize)]
+struct ReimportRecord {
+    source_run: String,
+    #[serde(default)]
+    kinds: Option<Vec<String>>,
+}
+
+/// The preserved data a roll-forward must re-import: every verified export under `runs/*/preserved/` that no
+/// re-import has taken yet, grouped by run, oldest first. Never "the newest run" alone: after a lost journal, two
+/// rollbacks may each hold part of what the schema lost (G8's control plane in one, G7's evidence in the other).
+pub fn pending_reimports(state_dir: &Path) -> Vec<ReimportSource> {
+    let runs_dir = state_dir.join("runs");
+    let runs = xorb_engine::disk_runs::run_dirs(state_dir);
+    let mut done: BTreeSet<(String, String)> = BTreeSet::new();
+    for run in &runs {
+        let Ok(rd) = std::fs::read_dir(runs_dir.join(run)) else {
+            continue;
+        };
+        for e in rd.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !(name == "reimport.json"
+                || name.starts_with("reimport-") && name.ends_with(".json"))
+            {
+                continue;
+            }
+            let Some(rec) = std::fs::read(e.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ReimportRecord>(&b).ok())
+            else {
+                continue;
+            };
+            let kinds = rec.kinds.unwrap_or_else(|| {
+                PRESERVED_KINDS
+                    .iter()
+                    .map(|k| k.name().to_string())
+                    .collect()
+            });
+            for k in kinds {
+                done.insert((rec.source_run.clone(), k));
             }
         }
     }
-    best.map(|(_, run)| run)
+    // (oldest verification, run, pending kinds, every kind the run holds)
+    let mut pending: Vec<(String, String, Vec<Preserve>, usize)> = Vec::new();
+    for run in &runs {
+        let pres = runs_dir.join(run).join("preserved");
+        let mut oldest: Option<String> = None;
+        let mut kinds = Vec::new();
+        let mut held = 0;
+        for k in PRESERVED_KINDS {
+            let Some(m) = read_manifest(&pres.join(k.name())) else {
+                continue;
+            };
+            held += 1;
+            if done.contains(&(run.clone(), k.name().to_string())) {
+                continue;
+            }
+            if oldest.as_ref().is_none_or(|o| m.verified_at < *o) {
+                oldest = Some(m.verified_at.clone());
+            }
+            kinds.push(k);
+        }
+        if let Some(at) = oldest {
+            pending.push((at, run.clone(), kinds, held));
+        }
+    }
+    pending.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    pending
+        .into_iter()
+        .map(|(_, run, kinds, held)| ReimportSource {
+            run,
+            kinds: if kinds.len() == held {
+                Vec::new()
+            } else {
+                kinds
+            },
+        })
+        .collect()
 }
 
 async fn reimport_evidence(
@@ -1663,8 +1729,10 @@ async fn reimport_isolation_modes(
 pub async fn reimport(
     r: &LocalRunner,
     source_run: &str,
+    kinds: &[Preserve],
     ctx: &StepContext<'_>,
 ) -> Result<String, StepError> {
+    let wanted = |k: Preserve| kinds.is_empty() || kinds.contains(&k);
     if source_run.is_empty() || source_run.contains('/') || source_run.starts_with('.') {
         return Err(fatal(format!("{source_run:?} is not a run id")));
     }
@@ -1680,25 +1748,30 @@ pub async fn reimport(
     let mut parts = Vec::new();
     // Control plane before evidence is irrelevant to foreign keys; isolation modes last so that a failure earlier
     // leaves tenants on basic (which every release supports) rather than half restored.
+    let mut taken = Vec::new();
     let ev = preserved_dir_in(&src, Preserve::Evidence);
-    if ev.is_dir() {
+    if wanted(Preserve::Evidence) && ev.is_dir() {
         parts.push(reimport_evidence(r, &mut client, &ev).await?);
+        taken.push(Preserve::Evidence.name());
     }
     let cp = preserved_dir_in(&src, Preserve::ControlPlane);
-    if cp.is_dir() {
+    if wanted(Preserve::ControlPlane) && cp.is_dir() {
         parts.push(reimport_control_plane(&mut client, &cp).await?);
+        taken.push(Preserve::ControlPlane.name());
     }
     let im = preserved_dir_in(&src, Preserve::IsolationModes);
-    if im.is_dir() {
+    if wanted(Preserve::IsolationModes) && im.is_dir() {
         parts.push(reimport_isolation_modes(&mut client, &im).await?);
+        taken.push(Preserve::IsolationModes.name());
     }
     if parts.is_empty() {
         return Err(fatal(format!("{} holds no preserved data", src.display())));
     }
     mkdir(ctx.run_dir, 0o700).map_err(failed)?;
+    // One record per source: a run may re-import from several, and the next plan skips what is recorded here.
     write_json(
-        &ctx.run_dir.join("reimport.json"),
-        &serde_json::json!({"source_run": source_run, "results": parts, "at": now()}),
+        &ctx.run_dir.join(format!("reimport-{source_run}.json")),
+        &serde_json::json!({"source_run": source_run, "kinds": taken, "results": parts, "at": now()}),
     )?;
     Ok(format!("from run {source_run}: {}", parts.join("; ")))
 }

@@ -856,8 +856,8 @@ impl StepRunner for LocalRunner {
                 .await?
             }
             Action::DbVerify { revision } => database::verify(self, revision, ctx).await?,
-            Action::ReimportPreserved { source_run } => {
-                database::reimport(self, source_run, ctx).await?
+            Action::ReimportPreserved { source_run, kinds } => {
+                database::reimport(self, source_run, kinds, ctx).await?
             }
             Action::NatsSave { release } => infra::nats_save(self, release, ctx).await?,
             Action::NatsApply { release } => infra::nats_apply(self, release, ctx).await?,

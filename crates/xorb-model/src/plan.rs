@@ -361,7 +361,13 @@ pub enum Action {
     DbVerify { revision: String },
     /// Roll-forward: re-import the data an earlier run preserved (evidence with its signatures, control-plane
     /// data, tenant isolation modes), verified again before and after.
-    ReimportPreserved { source_run: String },
+    ReimportPreserved {
+        source_run: String,
+        /// The kinds to re-import; empty: every kind the run preserved. Another run may hold the rest, or have had
+        /// them re-imported already (docs/design/journal-and-resume.md, "A lost journal").
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        kinds: Vec<Preserve>,
+    },
     /// Phase 4: save every live stream's configuration and last sequence, and the messages of the streams the
     /// target does not define. Keeps an existing save.
     NatsSave { release: String },
@@ -487,8 +493,16 @@ impl fmt::Display for Action {
                 MigrationDirection::Up => write!(f, "upgrade {revision} -> {to_revision}"),
             },
             Action::DbVerify { revision } => write!(f, "verify the schema is {revision}"),
-            Action::ReimportPreserved { source_run } => {
+            Action::ReimportPreserved { source_run, kinds } if kinds.is_empty() => {
                 write!(f, "re-import the data preserved by run {source_run}")
+            }
+            Action::ReimportPreserved { source_run, kinds } => {
+                let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+                write!(
+                    f,
+                    "re-import the {} preserved by run {source_run}",
+                    names.join(", ")
+                )
             }
             Action::NatsSave { .. } => f.write_str("save NATS streams"),
             Action::NatsApply { release } => write!(f, "apply the streams of {release}"),

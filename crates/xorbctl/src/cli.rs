@@ -402,7 +402,21 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
                 }
                 s
             });
-            Ok(ExitCode::SUCCESS)
+            // Runs on disk the journal lost are an unhealthy state directory: say so, exit 5.
+            let known = runs.iter().map(|r| r.run.id.clone()).collect();
+            let unknown = xorb_engine::disk_runs::unknown_runs(&state_dir, &known);
+            if unknown.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            match cli.output {
+                Format::Json => eprintln!(
+                    "{}",
+                    serde_json::json!({"warning": "runs on disk that the journal does not know",
+                                       "runs_not_in_journal": unknown})
+                ),
+                Format::Text => eprint!("warning: {}", xorb_engine::disk_runs::describe(&unknown)),
+            }
+            Ok(ExitCode::from(5))
         }
         Command::Show { run } => {
             let rec = xorb_engine::load_run(&state_dir, run)?;
@@ -452,11 +466,38 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
             // The last entry recorded in the journal must still be there: that catches a cut-off tail.
             let checkpoint = xorb_engine::audit_checkpoint::latest(&state_dir)?
                 .map(|(seq, hash)| xorb_audit::Checkpoint { seq, hash });
+            let has_checkpoint = checkpoint.is_some();
             let report = xorb_audit::verify_with(
                 &dir.join("audit.jsonl"),
                 &key,
                 &xorb_audit::VerifyOptions { since, checkpoint },
             )?;
+            // The chain is whole; now the trail against the runs the stack knows of (an erased trail or journal).
+            let trail_runs = if report.entries > 0 {
+                xorb_audit::read_entries(&dir.join("audit.jsonl"))?
+                    .into_iter()
+                    .filter_map(|e| e.run_id)
+                    .collect()
+            } else {
+                Default::default()
+            };
+            let journal_present = state_dir.join(xorb_engine::journal::JOURNAL_FILE).exists();
+            let witnesses = xorb_audit::Witnesses {
+                journal_runs: if journal_present {
+                    xorb_engine::list_runs(&state_dir)?
+                        .into_iter()
+                        .map(|r| r.run.id)
+                        .collect()
+                } else {
+                    Default::default()
+                },
+                disk_runs: xorb_engine::disk_runs::run_dirs(&state_dir)
+                    .into_iter()
+                    .collect(),
+                checkpoint_recorded: has_checkpoint,
+                journal_present,
+            };
+            xorb_audit::cross_check(report.entries, &trail_runs, &witnesses)?;
             out.result(&report.to_string(), |s| format!("{s}\n"));
             Ok(ExitCode::SUCCESS)
         }

@@ -105,8 +105,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         {
             return 2;
         }
-        if let Some(E::Lock(_) | E::AlreadySucceeded { .. } | E::RunAborted { .. }) =
-            cause.downcast_ref::<E>()
+        if let Some(
+            E::Lock(_) | E::AlreadySucceeded { .. } | E::RunAborted { .. } | E::NotInJournal { .. },
+        ) = cause.downcast_ref::<E>()
         {
             return 3;
         }

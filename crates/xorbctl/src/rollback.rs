@@ -54,7 +54,7 @@ pub async fn compute_plan(cli: &Cli, a: &PlanArgs) -> anyhow::Result<(Plan, Rele
         scope: Some(scope),
         to_revision: a.to_revision.clone(),
         migration: a.migration.clone(),
-        reimport_from: xorb_local::database::latest_preservation(&cli.state_dir),
+        reimport_from: xorb_local::database::pending_reimports(&cli.state_dir),
     };
     let plan = planner::plan_with(&live, &from_rel, &to_rel, &policy, &opts)?;
     Ok((plan, to_rel))

@@ -523,9 +523,12 @@ async fn downgrade_step_by_step_preserves_then_reimport_brings_it_back() {
         .await
         .unwrap();
 
-    assert_eq!(
-        database::latest_preservation(&stack.dir).as_deref(),
-        Some("db-down")
+    let pending = database::pending_reimports(&stack.dir);
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0].run, "db-down");
+    assert!(
+        pending[0].kinds.is_empty(),
+        "every kind it holds: {pending:?}"
     );
 
     // Roll forward: back on rc1's schema (empty new tables, every tenant advanced by default), then re-import.
@@ -541,7 +544,9 @@ async fn downgrade_step_by_step_preserves_then_reimport_brings_it_back() {
     let fwd = Run::new(&stack, "db-forward");
     let rf = runner(&stack, &releases, RC1);
     let fctx = fwd.ctx(STABLE, RC1);
-    let d = database::reimport(&rf, "db-down", &fctx).await.unwrap();
+    let d = database::reimport(&rf, "db-down", &[], &fctx)
+        .await
+        .unwrap();
     eprintln!("reimport: {d}");
     assert_eq!(
         count(&stack, "SELECT count(*) FROM evidence").await,
@@ -601,7 +606,9 @@ async fn downgrade_step_by_step_preserves_then_reimport_brings_it_back() {
     let crit = database::critical_check(&stack.dir).await.unwrap();
     assert!(crit.ok, "{}", crit.summary());
     // Idempotent: a second re-import inserts nothing and changes nothing.
-    let d2 = database::reimport(&rf, "db-down", &fctx).await.unwrap();
+    let d2 = database::reimport(&rf, "db-down", &[], &fctx)
+        .await
+        .unwrap();
     assert!(d2.contains(&format!("0 of {n_evidence}")), "{d2}");
     assert_eq!(
         count(&stack, "SELECT count(*) FROM evidence").await,

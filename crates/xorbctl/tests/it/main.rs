@@ -7,6 +7,7 @@ mod database;
 mod governance;
 mod infra;
 mod integrity;
+mod lost_journal;
 mod notify;
 mod platform;
 mod releases;
