@@ -60,11 +60,10 @@ fn redact(text: &str, conn: &PgConn) -> String {
     }
 }
 
-fn last_line(text: &str) -> &str {
-    text.lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("no output")
+/// What an error quotes of a tool's output: its verdict line, sanitised and capped (never the whole output,
+/// which can repeat a file's content; see `toolout`).
+fn last_line(text: &str) -> String {
+    crate::toolout::last_line(text)
 }
 
 /// libpq's environment for the client tools: everything but the program's own options.
@@ -177,7 +176,7 @@ pub async fn script_revisions(
     if !out.status.success() {
         return Err(LocalError::Alembic {
             what: format!("{}", script.display()),
-            why: last_line(&String::from_utf8_lossy(&out.stderr)).to_string(),
+            why: last_line(&String::from_utf8_lossy(&out.stderr)),
         });
     }
     let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).map_err(|e| {
@@ -376,7 +375,7 @@ pub async fn backup(r: &LocalRunner, ctx: &StepContext<'_>) -> Result<String, St
             "pg_dump of database {} on 127.0.0.1:{} failed: {}",
             conn.dbname,
             conn.port,
-            redact(last_line(&String::from_utf8_lossy(&out.stderr)), &conn)
+            last_line(&redact(&String::from_utf8_lossy(&out.stderr), &conn))
         )));
     }
     set_private(&partial)?;

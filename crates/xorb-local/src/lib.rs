@@ -8,6 +8,7 @@ pub mod process;
 pub mod rollback;
 pub mod servers;
 pub mod stack;
+pub mod toolout;
 pub mod verify;
 
 use std::path::PathBuf;

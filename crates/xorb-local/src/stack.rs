@@ -382,15 +382,10 @@ pub fn alembic(
         ),
     })?;
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("no output");
+        let err = String::from_utf8_lossy(&out.stderr).replace(&conn.password, "[REDACTED]");
         return Err(LocalError::Alembic {
             what: args.join(" "),
-            why: last.replace(&conn.password, "[REDACTED]"),
+            why: crate::toolout::last_line(&err),
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
