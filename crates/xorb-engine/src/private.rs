@@ -24,3 +24,9 @@ pub fn create_file(path: &Path) -> std::io::Result<()> {
         Err(e) => Err(e),
     }
 }
+
+/// Sets the process's umask to 077: whatever it (and the tools it starts) creates without an explicit mode is
+/// the owner's only.
+pub fn owner_only_umask() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+}

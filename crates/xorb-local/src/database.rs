@@ -148,6 +148,26 @@ pub struct ScriptRevision {
     pub path: String,
 }
 
+/// The release's Alembic project must be there before anything asks the database about it: a missing
+/// directory is an installation problem to name with its path, not a database that does not answer.
+pub fn check_migrations_dir(release: &Release) -> Result<(), LocalError> {
+    let dir = release.migrations_dir();
+    if dir.join("alembic.ini").is_file() {
+        return Ok(());
+    }
+    let what = if dir.is_dir() {
+        "has no alembic.ini"
+    } else {
+        "is missing"
+    };
+    Err(LocalError::Config(format!(
+        "the migrations directory {} (schema.migrations of {}'s release.toml) {what}: restore the project's \
+         migrations/ beside releases/",
+        dir.display(),
+        release.name()
+    )))
+}
+
 /// Runs `<migrations>/xorb_meta.py` with the venv's python.
 pub async fn script_revisions(
     paths: &Paths,

@@ -4,6 +4,7 @@
 pub mod database;
 pub mod evidence;
 pub mod infra;
+pub mod pidfiles;
 pub mod process;
 pub mod rollback;
 pub mod servers;
