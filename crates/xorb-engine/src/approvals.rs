@@ -12,6 +12,9 @@
 //! - `checklist_ticks`: one row per ticked item; the first tick stands (`INSERT OR IGNORE`), so a resumed run or a
 //!   repeated `xorbctl check` never rewrites who ticked it.
 //! - `release_tags`: the tag created in the release repository after the run succeeded.
+//! - `run_policies`: the policy files (decision matrix, operators, checklists) a run was started with, by kind,
+//!   source and text: `show`, `report`, `check` and `approve` judge the run by them, not by whatever flags they
+//!   are given later.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -77,10 +80,22 @@ pub struct GovernanceRecord {
     pub tags: Vec<TagRecord>,
 }
 
+/// A policy file as a run was started with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    /// `decision-matrix`, `operators` or `checklists`.
+    pub kind: String,
+    /// The file it came from (or `builtin:…`), for messages.
+    pub source: String,
+    pub text: String,
+}
+
 /// The governance tables of a state directory's journal.
 pub struct GovernanceStore {
     conn: Connection,
     path: PathBuf,
+    /// Opened read-only on a journal that never had governance tables: every run reads as ungoverned.
+    no_tables: bool,
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -104,7 +119,11 @@ impl GovernanceStore {
             .map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(open_err)?;
-        let store = GovernanceStore { conn, path };
+        let store = GovernanceStore {
+            conn,
+            path,
+            no_tables: false,
+        };
         store
             .conn
             .execute_batch(
@@ -135,6 +154,13 @@ impl GovernanceStore {
                      at TEXT NOT NULL,
                      PRIMARY KEY (run_id, item)
                  );
+                 CREATE TABLE IF NOT EXISTS run_policies (
+                     run_id TEXT NOT NULL REFERENCES runs(id),
+                     kind TEXT NOT NULL,
+                     source TEXT NOT NULL,
+                     text TEXT NOT NULL,
+                     PRIMARY KEY (run_id, kind)
+                 );
                  CREATE TABLE IF NOT EXISTS release_tags (
                      seq INTEGER PRIMARY KEY AUTOINCREMENT,
                      run_id TEXT NOT NULL REFERENCES runs(id),
@@ -147,6 +173,66 @@ impl GovernanceStore {
             )
             .map_err(store.sql("create the governance tables"))?;
         Ok(store)
+    }
+
+    /// Opens the governance records of `state_dir` for reading only, creating nothing (`show`, `report`).
+    pub fn open_read_only(state_dir: &Path) -> Result<Self, JournalError> {
+        let (conn, path) = crate::journal::connect_read_only(state_dir)?;
+        let mut store = GovernanceStore {
+            conn,
+            path,
+            no_tables: false,
+        };
+        store.no_tables = !store.has_table("gates")?;
+        Ok(store)
+    }
+
+    fn has_table(&self, name: &str) -> Result<bool, JournalError> {
+        self.conn
+            .query_row(
+                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .map_err(self.sql("list the journal's tables"))
+    }
+
+    /// Records the policies a new run starts with (once: a second call keeps the first).
+    pub fn save_policies(
+        &mut self,
+        run_id: &str,
+        policies: &[PolicyRecord],
+    ) -> Result<(), JournalError> {
+        for p in policies {
+            self.conn
+                .execute(
+                    "INSERT OR IGNORE INTO run_policies (run_id, kind, source, text) VALUES (?1, ?2, ?3, ?4)",
+                    params![run_id, p.kind, p.source, p.text],
+                )
+                .map_err(self.sql("record the run's policies"))?;
+        }
+        Ok(())
+    }
+
+    /// The policies `run_id` was started with; empty for a run started before they were recorded.
+    pub fn policies(&self, run_id: &str) -> Result<Vec<PolicyRecord>, JournalError> {
+        if self.no_tables || !self.has_table("run_policies")? {
+            return Ok(vec![]);
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT kind, source, text FROM run_policies WHERE run_id = ?1 ORDER BY kind")
+            .map_err(self.sql("read the run's policies"))?;
+        stmt.query_map([run_id], |r| {
+            Ok(PolicyRecord {
+                kind: r.get(0)?,
+                source: r.get(1)?,
+                text: r.get(2)?,
+            })
+        })
+        .map_err(self.sql("read the run's policies"))?
+        .collect::<Result<_, _>>()
+        .map_err(self.sql("read the run's policies"))
     }
 
     fn sql(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> JournalError + '_ {
@@ -236,6 +322,9 @@ impl GovernanceStore {
     }
 
     pub fn load(&self, run_id: &str) -> Result<GovernanceRecord, JournalError> {
+        if self.no_tables {
+            return Ok(GovernanceRecord::default());
+        }
         type GateRow = (
             Option<String>,
             String,
@@ -379,6 +468,31 @@ mod tests {
             log_file: "l".into(),
         };
         j.create_run(id, &p, dir, Utc::now(), ev).unwrap();
+    }
+
+    #[test]
+    fn a_run_keeps_the_policies_it_started_with_and_readers_see_them() {
+        let dir = tempfile::tempdir().unwrap();
+        run(dir.path(), "r1");
+        // A journal without governance tables reads as ungoverned, read-only, creating nothing.
+        let ro = GovernanceStore::open_read_only(dir.path()).unwrap();
+        assert_eq!(ro.load("r1").unwrap(), GovernanceRecord::default());
+        assert!(ro.policies("r1").unwrap().is_empty());
+        let mut g = GovernanceStore::open(dir.path()).unwrap();
+        let first = PolicyRecord {
+            kind: "checklists".into(),
+            source: "/tmp/mine.toml".into(),
+            text: "[[checklist]]".into(),
+        };
+        g.save_policies("r1", std::slice::from_ref(&first)).unwrap();
+        let later = PolicyRecord {
+            source: "/tmp/other.toml".into(),
+            ..first.clone()
+        };
+        g.save_policies("r1", &[later]).unwrap();
+        let ro = GovernanceStore::open_read_only(dir.path()).unwrap();
+        assert_eq!(ro.policies("r1").unwrap(), vec![first]);
+        assert!(ro.policies("r2").unwrap().is_empty());
     }
 
     #[test]

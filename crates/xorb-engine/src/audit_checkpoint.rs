@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::journal::JOURNAL_FILE;
+use crate::journal::{JOURNAL_FILE, JournalError};
 
 #[derive(Debug, thiserror::Error)]
 #[error("audit checkpoint in {path}: {source}")]
@@ -22,6 +22,8 @@ fn open(state_dir: &Path) -> Result<Connection, CheckpointError> {
         path: path.display().to_string(),
         source,
     };
+    // The journal's file may not exist yet: created owner-only, as the journal creates it.
+    let _ = crate::private::create_file(&path);
     let conn = Connection::open(&path).map_err(err)?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
     conn.execute_batch(
@@ -54,10 +56,27 @@ pub fn record(state_dir: &Path, seq: u64, hash: &str) -> Result<(), CheckpointEr
 
 /// The recorded last entry, if any. A state directory without a journal has none (and gets no journal).
 pub fn latest(state_dir: &Path) -> Result<Option<(u64, String)>, CheckpointError> {
-    if !state_dir.join(JOURNAL_FILE).exists() {
+    // Read-only: `audit verify` changes nothing, and works on a read-only state directory.
+    let err = |source| CheckpointError {
+        path: state_dir.join(JOURNAL_FILE).display().to_string(),
+        source,
+    };
+    let conn = match crate::journal::connect_read_only(state_dir) {
+        Ok((conn, _)) => conn,
+        Err(JournalError::NoJournal(_)) => return Ok(None),
+        Err(JournalError::Open { source, .. }) => return Err(err(source)),
+        Err(other) => return Err(err(rusqlite::Error::InvalidPath(other.to_string().into()))),
+    };
+    let has_table: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'audit_checkpoint'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(err)?;
+    if !has_table {
         return Ok(None);
     }
-    let conn = open(state_dir)?;
     conn.query_row(
         "SELECT seq, hash FROM audit_checkpoint WHERE id = 1",
         [],

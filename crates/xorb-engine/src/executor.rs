@@ -320,7 +320,7 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
         let run_id = new_run_id();
         lock.set_run_id(Some(&run_id))?;
         let dir = run_dir(&self.state_dir, &run_id);
-        std::fs::create_dir_all(&dir).map_err(|source| EngineError::RunDir {
+        crate::private::create_dir_all(&dir).map_err(|source| EngineError::RunDir {
             path: dir.clone(),
             source,
         })?;
@@ -415,7 +415,7 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
             created_at,
             ..
         } = record;
-        std::fs::create_dir_all(&dir).map_err(|source| EngineError::RunDir {
+        crate::private::create_dir_all(&dir).map_err(|source| EngineError::RunDir {
             path: dir.clone(),
             source,
         })?;

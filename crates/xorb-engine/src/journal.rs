@@ -59,6 +59,11 @@ pub enum JournalError {
         op: &'static str,
         source: rusqlite::Error,
     },
+    #[error(
+        "no rollback state in {0}: there is no journal.sqlite there (no run was ever started in it); check \
+         --state-dir or XORB_STATE_DIR"
+    )]
+    NoJournal(PathBuf),
     #[error("no run {0:?} in the rollback journal; `xorbctl runs` lists the runs")]
     RunNotFound(String),
     #[error("{prefix:?} matches several runs ({}); give more of the run id", matches.join(", "))]
@@ -74,6 +79,60 @@ pub enum JournalError {
         what: String,
         message: String,
     },
+}
+
+/// A read-only connection to `<state_dir>/journal.sqlite`. Where the directory is read-only and the journal's
+/// `-shm` file is gone (its last writer closed it cleanly, checkpointing the WAL into the database file), a WAL
+/// reader cannot create the `-shm` it needs: the journal is then opened as immutable, which reads the database
+/// file alone, and that file then holds everything.
+pub fn connect_read_only(state_dir: &Path) -> Result<(Connection, PathBuf), JournalError> {
+    use rusqlite::OpenFlags;
+    let path = state_dir.join(JOURNAL_FILE);
+    if !path.is_file() {
+        return Err(JournalError::NoJournal(state_dir.to_path_buf()));
+    }
+    let open_err = |source| JournalError::Open {
+        path: path.clone(),
+        source,
+    };
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let readable = |c: &Connection| {
+        c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })
+    };
+    let conn = Connection::open_with_flags(&path, flags).map_err(open_err)?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(open_err)?;
+    if readable(&conn).is_ok() {
+        return Ok((conn, path));
+    }
+    let wal_pending =
+        std::fs::metadata(state_dir.join(format!("{JOURNAL_FILE}-wal"))).is_ok_and(|m| m.len() > 0);
+    if wal_pending {
+        // Immutable would silently skip the WAL's committed transactions: say so rather than show stale runs.
+        return Err(open_err(readable(&conn).unwrap_err()));
+    }
+    let uri = format!("file:{}?immutable=1", uri_path(&path));
+    let conn = Connection::open_with_flags(uri, flags).map_err(open_err)?;
+    readable(&conn).map_err(open_err)?;
+    Ok((conn, path))
+}
+
+/// `path` for a `file:` URI: the characters a URI gives a meaning to are escaped.
+fn uri_path(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '?' => out.push_str("%3f"),
+            '#' => out.push_str("%23"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A step's state in the journal.
@@ -249,11 +308,35 @@ impl std::fmt::Debug for Journal {
 impl Journal {
     /// Opens (creating if needed) `<state_dir>/journal.sqlite`.
     pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| JournalError::StateDir {
+        crate::private::create_dir_all(state_dir).map_err(|source| JournalError::StateDir {
             path: state_dir.to_path_buf(),
             source,
         })?;
         Self::open_file(&state_dir.join(JOURNAL_FILE))
+    }
+
+    /// Opens `<state_dir>/journal.sqlite` for reading only, creating nothing (not even the directory): what
+    /// `runs`, `show` and `report` use, so they work on a read-only state directory and do not leave a journal
+    /// behind in a directory that had none.
+    pub fn open_read_only(state_dir: &Path) -> Result<Journal, JournalError> {
+        let (conn, path) = connect_read_only(state_dir)?;
+        let journal = Journal {
+            conn,
+            path,
+            redactor: Redactor::new(),
+        };
+        let version: i64 = journal
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(journal.sql("read the schema version"))?;
+        if version > SCHEMA_VERSION {
+            return Err(JournalError::NewerSchema {
+                path: journal.path,
+                found: version,
+                known: SCHEMA_VERSION,
+            });
+        }
+        Ok(journal)
     }
 
     /// Opens (creating if needed) a journal database at `path`.
@@ -262,6 +345,11 @@ impl Journal {
             path: path.to_path_buf(),
             source,
         };
+        // Created 0600 before SQLite opens it: SQLite gives the -wal and -shm files the database file's mode.
+        crate::private::create_file(path).map_err(|source| JournalError::StateDir {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(10))
             .map_err(open_err)?;
@@ -1086,6 +1174,50 @@ mod tests {
         let mut b = b;
         b.abort_run("r1", "ops").unwrap();
         assert_eq!(a.status("r1").unwrap().kind(), "aborted");
+    }
+
+    #[test]
+    fn the_journal_and_its_wal_are_owner_only_and_the_state_dir_too() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let mut j = Journal::open(&state).unwrap();
+        let p = plan();
+        j.create_run("r1", &p, &state.join("runs/r1"), now(), started(&p))
+            .unwrap();
+        let mode = |f: &str| {
+            std::fs::metadata(state.join(f))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode(""), 0o700);
+        assert_eq!(mode(JOURNAL_FILE), 0o600);
+        assert_eq!(mode("journal.sqlite-wal"), 0o600);
+        assert_eq!(mode("journal.sqlite-shm"), 0o600);
+    }
+
+    #[test]
+    fn reading_creates_nothing_and_sees_what_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nothing-here");
+        assert!(matches!(
+            Journal::open_read_only(&missing),
+            Err(JournalError::NoJournal(_))
+        ));
+        assert!(!missing.exists());
+        let mut j = Journal::open(dir.path()).unwrap();
+        let p = plan();
+        j.create_run("r1", &p, &dir.path().join("runs/r1"), now(), started(&p))
+            .unwrap();
+        let r = Journal::open_read_only(dir.path()).unwrap();
+        assert_eq!(r.list_runs().unwrap().len(), 1);
+        assert!(r.conn.execute("DELETE FROM events", []).is_err());
+        drop(j);
+        // After the last writer is gone, the read-only journal still reads (immutable when it must).
+        let r = Journal::open_read_only(dir.path()).unwrap();
+        assert_eq!(r.load_run("r1").unwrap().steps.len(), p.steps.len());
     }
 
     #[test]

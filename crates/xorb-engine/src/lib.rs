@@ -10,6 +10,7 @@
 //! - [`approvals`]: governance records of a run (gate, approvals, checklist ticks, release tag) in the journal.
 //! - [`outbox`]: stakeholder notifications waiting for delivery, in the journal's file.
 //! - [`crash`]: the `XORB_CRASH_AFTER_JOURNAL_WRITES` test hook.
+//! - [`private`]: owner-only directories and files, created so.
 //!
 //! Plugging a target in:
 //! ```no_run
@@ -45,6 +46,7 @@ pub mod lock;
 pub mod logfile;
 pub mod outbox;
 pub mod planner;
+pub mod private;
 pub mod runner;
 
 use std::path::Path;
@@ -79,7 +81,7 @@ fn is_active(state_dir: &Path, run_id: &str) -> Result<bool, EngineError> {
 
 /// Every run of the state directory, most recent first (`xorbctl runs`).
 pub fn list_runs(state_dir: &Path) -> Result<Vec<RunListing>, EngineError> {
-    let journal = Journal::open(state_dir)?;
+    let journal = Journal::open_read_only(state_dir)?;
     let holder = lock::current_holder(state_dir)?;
     Ok(journal
         .list_runs()?
@@ -100,7 +102,7 @@ pub fn list_runs(state_dir: &Path) -> Result<Vec<RunListing>, EngineError> {
 
 /// One run in full (`xorbctl show RUN`, `xorbctl report RUN`); `run` is an id, a unique prefix or `latest`.
 pub fn load_run(state_dir: &Path, run: &str) -> Result<RunRecord, EngineError> {
-    let journal = Journal::open(state_dir)?;
+    let journal = Journal::open_read_only(state_dir)?;
     let id = resolve(state_dir, &journal, run)?;
     Ok(journal.load_run(&id)?)
 }

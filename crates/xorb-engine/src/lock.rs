@@ -146,9 +146,9 @@ pub fn current_holder(state_dir: &Path) -> Result<Option<Holder>, LockError> {
     if !path.exists() {
         return Ok(None);
     }
+    // Read access is enough for a shared flock: this works on a read-only state directory.
     let file = OpenOptions::new()
         .read(true)
-        .write(true)
         .open(&path)
         .map_err(io_err(&path))?;
     match Flock::lock(file, FlockArg::LockSharedNonblock) {

@@ -3,6 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Local, Utc};
@@ -29,9 +30,13 @@ pub struct LogFileSink {
 impl LogFileSink {
     /// Opens (creating or appending to) `<run_dir>/rollback-YYYYMMDD-HHMMSS.log`.
     pub fn open(run_dir: &Path, created_at: DateTime<Utc>) -> std::io::Result<LogFileSink> {
-        std::fs::create_dir_all(run_dir)?;
+        crate::private::create_dir_all(run_dir)?;
         let path = run_dir.join(log_file_name(created_at));
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)?;
         Ok(LogFileSink {
             file: Some(file),
             path,

@@ -549,8 +549,15 @@ fn database_steps(
                     })?;
                 }
                 cur
-            } else {
+            } else if db.find(rev).is_some() {
                 rev.clone()
+            } else {
+                let known: Vec<&str> = db.revisions.iter().map(|r| r.revision.as_str()).collect();
+                return Err(PlanError::BadOption(format!(
+                    "--to-revision {rev}: no such revision in {}'s migration scripts (known: {}; or -N for N revisions down)",
+                    from.name(),
+                    known.join(", ")
+                )));
             };
             let runs_after = if scope == Scope::Database {
                 live_release(live, from, to)
@@ -568,6 +575,30 @@ fn database_steps(
             (to.manifest.schema.head.clone(), runs_after)
         }
     };
+    // A run labelled as a rollback must never take the schema up: that is a roll-forward, with its own plan
+    // (services first, re-import of the preserved data).
+    let rolls_back = {
+        let mut cur = from.manifest.schema.head.as_str();
+        let to_head = to.manifest.schema.head.as_str();
+        let mut below = false;
+        while let Some(down) = db.find(cur).and_then(|r| r.down_revision.as_deref()) {
+            if down == to_head {
+                below = true;
+                break;
+            }
+            cur = down;
+        }
+        below
+    };
+    if rolls_back && target != current && db.upgrade_path(&target).is_some() {
+        return Err(PlanError::Schema(format!(
+            "refused: schema revision {target} is above the live revision {current}, and --from {} --to {} is a rollback: a rollback never upgrades the schema. To go forward, roll forward instead: `xorbctl rollback --from {} --to {}`",
+            from.name(),
+            to.name(),
+            to.name(),
+            from.name()
+        )));
+    }
     if !runs_after.manifest.schema.runs_on.contains(&target) {
         return Err(PlanError::Schema(format!(
             "{} cannot run on schema revision {target} (it runs on {}): roll its services back first (`--only services`, then `--only config`), or roll everything back",
@@ -1153,6 +1184,32 @@ mod tests {
             plan_with(&live(RC1, "8d9a2c3"), &rc1, &stable, &pol, &services),
             Err(PlanError::BadOption(_))
         ));
+    }
+
+    #[test]
+    fn a_database_rollback_never_goes_forward_and_an_unknown_revision_is_named() {
+        let (rc1, stable, pol) = (rel(RC1), rel(STABLE), Policy::embedded());
+        let mut o = opts(Scope::Database);
+        o.to_revision = Some("8d9a2c3".into());
+        let e = plan_with(&live(STABLE, "1a5be11"), &rc1, &stable, &pol, &o).unwrap_err();
+        let m = e.to_string();
+        assert!(matches!(e, PlanError::Schema(_)), "{m}");
+        assert!(
+            m.contains("1a5be11")
+                && m.contains("8d9a2c3")
+                && m.contains("--from v2025.07-stable --to v2025.08-rc1"),
+            "{m}"
+        );
+        // The roll-forward itself may go up.
+        let p = plan_with(&live(STABLE, "1a5be11"), &stable, &rc1, &pol, &o).unwrap();
+        assert!(ids(&p).contains(&"1.g8.upgrade.8d9a2c3"), "{:?}", ids(&p));
+        o.to_revision = Some("junk".into());
+        let e = plan_with(&live(STABLE, "8d9a2c3"), &rc1, &stable, &pol, &o).unwrap_err();
+        assert!(matches!(e, PlanError::BadOption(_)), "{e}");
+        assert!(
+            e.to_string().contains("junk") && e.to_string().contains("1a5be11, "),
+            "{e}"
+        );
     }
 
     #[test]

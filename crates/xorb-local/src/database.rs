@@ -61,11 +61,10 @@ fn redact(text: &str, conn: &PgConn) -> String {
     }
 }
 
-fn last_line(text: &str) -> &str {
-    text.lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("no output")
+/// What an error quotes of a tool's output: its verdict line, sanitised and capped (never the whole output,
+/// which can repeat a file's content; see `toolout`).
+fn last_line(text: &str) -> String {
+    crate::toolout::last_line(text)
 }
 
 /// libpq's environment for the client tools: everything but the program's own options.
@@ -150,6 +149,26 @@ pub struct ScriptRevision {
     pub path: String,
 }
 
+/// The release's Alembic project must be there before anything asks the database about it: a missing
+/// directory is an installation problem to name with its path, not a database that does not answer.
+pub fn check_migrations_dir(release: &Release) -> Result<(), LocalError> {
+    let dir = release.migrations_dir();
+    if dir.join("alembic.ini").is_file() {
+        return Ok(());
+    }
+    let what = if dir.is_dir() {
+        "has no alembic.ini"
+    } else {
+        "is missing"
+    };
+    Err(LocalError::Config(format!(
+        "the migrations directory {} (schema.migrations of {}'s release.toml) {what}: restore the project's \
+         migrations/ beside releases/",
+        dir.display(),
+        release.name()
+    )))
+}
+
 /// Runs `<migrations>/xorb_meta.py` with the venv's python.
 pub async fn script_revisions(
     paths: &Paths,
@@ -178,7 +197,7 @@ pub async fn script_revisions(
     if !out.status.success() {
         return Err(LocalError::Alembic {
             what: format!("{}", script.display()),
-            why: last_line(&String::from_utf8_lossy(&out.stderr)).to_string(),
+            why: last_line(&String::from_utf8_lossy(&out.stderr)),
         });
     }
     let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).map_err(|e| {
@@ -377,7 +396,7 @@ pub async fn backup(r: &LocalRunner, ctx: &StepContext<'_>) -> Result<String, St
             "pg_dump of database {} on 127.0.0.1:{} failed: {}",
             conn.dbname,
             conn.port,
-            redact(last_line(&String::from_utf8_lossy(&out.stderr)), &conn)
+            last_line(&redact(&String::from_utf8_lossy(&out.stderr), &conn))
         )));
     }
     set_private(&partial)?;

@@ -633,19 +633,14 @@ async fn check_rdb(path: &Path) -> Result<String, StepError> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let last = text
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("no output")
-        .trim()
-        .to_string();
     if out.status.success() && text.contains("RDB looks OK") {
-        Ok(last)
+        Ok(crate::toolout::last_line(&text))
     } else {
+        let dir = path.parent().unwrap_or(Path::new("."));
         Err(StepError::fatal(format!(
-            "redis-check-rdb rejects {}: {last}",
-            path.display()
+            "redis-check-rdb rejects {}: {}",
+            path.display(),
+            crate::toolout::quote(&text, dir, "redis-check-rdb.out")
         )))
     }
 }
@@ -1014,8 +1009,14 @@ fn render_prometheus(target: &Release, st: &StackState, dir: &Path) -> Result<Pa
     .map_err(|e| StepError::fatal(e.to_string()))
 }
 
-/// Runs a checker; Err(its output, trimmed) when it rejects.
-async fn run_check(program: &str, args: &[&Path], sub: &[&str]) -> Result<(), String> {
+/// Runs a checker; Err(an excerpt of its output, naming the file in `out_dir` that keeps all of it) when it
+/// rejects.
+async fn run_check(
+    program: &str,
+    args: &[&Path],
+    sub: &[&str],
+    (out_dir, out_name): (&Path, &str),
+) -> Result<(), String> {
     let out = tokio::process::Command::new(program)
         .args(sub)
         .args(args)
@@ -1030,12 +1031,7 @@ async fn run_check(program: &str, args: &[&Path], sub: &[&str]) -> Result<(), St
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    Err(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" | "))
+    Err(crate::toolout::quote(&text, out_dir, out_name))
 }
 
 async fn validate(target: &Release, st: &StackState, scratch: &Path) -> Result<String, StepError> {
@@ -1044,9 +1040,10 @@ async fn validate(target: &Release, st: &StackState, scratch: &Path) -> Result<S
     let mon = &target.manifest.monitoring;
     // Rules first, on the release's own files, so that promtool's message names the file to fix.
     let mut groups = 0;
-    for rule in &mon.rules {
+    for (i, rule) in mon.rules.iter().enumerate() {
         let p = target.path(rule);
-        run_check("promtool", &[&p], &["check", "rules"])
+        let out_name = format!("promtool-check-rules-{i}.out");
+        run_check("promtool", &[&p], &["check", "rules"], (scratch, &out_name))
             .await
             .map_err(|m| {
                 StepError::fatal(format!(
@@ -1058,22 +1055,30 @@ async fn validate(target: &Release, st: &StackState, scratch: &Path) -> Result<S
         groups += rule_groups(&p)?.len();
     }
     let cfg = render_prometheus(target, st, scratch)?;
-    run_check("promtool", &[&cfg], &["check", "config"])
-        .await
-        .map_err(|m| {
-            StepError::fatal(format!(
-                "promtool check config rejects {}'s Prometheus configuration ({} rendered as {}): {m}",
-                target.name(),
-                target.path(&mon.prometheus).display(),
-                cfg.display()
-            ))
-        })?;
+    run_check(
+        "promtool",
+        &[&cfg],
+        &["check", "config"],
+        (scratch, "promtool-check-config.out"),
+    )
+    .await
+    .map_err(|m| {
+        StepError::fatal(format!(
+            "promtool check config rejects {}'s Prometheus configuration ({} rendered as {}): {m}",
+            target.name(),
+            target.path(&mon.prometheus).display(),
+            cfg.display()
+        ))
+    })?;
     let am = target.path(&mon.alertmanager);
-    run_check("amtool", &[&am], &["check-config"])
-        .await
-        .map_err(|m| {
-            StepError::fatal(format!("amtool check-config rejects {}: {m}", am.display()))
-        })?;
+    run_check(
+        "amtool",
+        &[&am],
+        &["check-config"],
+        (scratch, "amtool-check-config.out"),
+    )
+    .await
+    .map_err(|m| StepError::fatal(format!("amtool check-config rejects {}: {m}", am.display())))?;
     Ok(format!(
         "promtool accepts {}'s Prometheus configuration and {} rule groups; amtool accepts {}",
         target.name(),

@@ -4,10 +4,12 @@
 pub mod database;
 pub mod evidence;
 pub mod infra;
+pub mod pidfiles;
 pub mod process;
 pub mod rollback;
 pub mod servers;
 pub mod stack;
+pub mod toolout;
 pub mod verify;
 
 use std::path::PathBuf;

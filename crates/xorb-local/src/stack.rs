@@ -82,7 +82,11 @@ impl Secrets {
     /// Loads the stack's secrets, generating the missing ones (first `stack up`).
     pub fn load_or_create(state_dir: &Path) -> Result<Self, LocalError> {
         let dir = Self::dir(state_dir);
-        mkdir(&dir, 0o700)?;
+        // Only when missing: reading the secrets of a stack (`status` on a read-only state directory) writes
+        // nothing.
+        if !dir.is_dir() {
+            mkdir(&dir, 0o700)?;
+        }
         let get = |name: &str| -> Result<String, LocalError> {
             let p = dir.join(name);
             match std::fs::read_to_string(&p) {
@@ -159,7 +163,8 @@ impl StackState {
                 .as_bytes(),
         )?;
         std::fs::rename(&tmp, &p)
-            .map_err(|e| LocalError::io(format!("cannot write {}", p.display()), e))
+            .map_err(|e| LocalError::io(format!("cannot write {}", p.display()), e))?;
+        crate::pidfiles::write_all(state_dir, &self.all_procs())
     }
 
     pub fn pg(&self, secrets: &Secrets) -> PgConn {
@@ -382,15 +387,10 @@ pub fn alembic(
         ),
     })?;
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("no output");
+        let err = String::from_utf8_lossy(&out.stderr).replace(&conn.password, "[REDACTED]");
         return Err(LocalError::Alembic {
             what: args.join(" "),
-            why: last.replace(&conn.password, "[REDACTED]"),
+            why: crate::toolout::last_line(&err),
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -641,9 +641,35 @@ pub struct DownEntry {
 
 /// Stops exactly the processes recorded in stack.json, services first, PostgreSQL last. Data stays.
 pub async fn down(state_dir: &Path) -> Result<Vec<DownEntry>, LocalError> {
-    let stack = StackState::load(state_dir)?;
+    let procs: Vec<(String, ProcRecord)> = match StackState::load(state_dir) {
+        Ok(stack) => stack
+            .all_procs()
+            .into_iter()
+            .map(|(n, p)| (n.to_string(), p.clone()))
+            .collect(),
+        // stack.json damaged or gone: the pid files still name exactly what the stack started.
+        Err(e @ (LocalError::Config(_) | LocalError::NoStack(_) | LocalError::Io { .. })) => {
+            let procs = crate::pidfiles::read_all(state_dir);
+            if procs.is_empty() {
+                return Err(match e {
+                    LocalError::NoStack(_) => e,
+                    e => LocalError::Config(format!(
+                        "{e}, and {} holds no pid file: xorbctl cannot tell which processes this stack started. \
+                         List them with `ps -eo pid,args | grep -F {}`, stop each with `kill PID` (PostgreSQL: \
+                         `kill -INT PID`), then remove {}",
+                        crate::pidfiles::dir(state_dir).display(),
+                        state_dir.display(),
+                        StackState::path(state_dir).display()
+                    )),
+                });
+            }
+            procs
+        }
+        Err(e) => return Err(e),
+    };
     let mut out = Vec::new();
-    for (name, proc) in stack.all_procs() {
+    for (name, proc) in &procs {
+        let name = name.as_str();
         // SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for clients to leave).
         let sig = if name == "postgres" {
             Signal::SIGINT
@@ -658,6 +684,7 @@ pub async fn down(state_dir: &Path) -> Result<Vec<DownEntry>, LocalError> {
         });
     }
     let _ = std::fs::remove_file(StackState::path(state_dir));
+    crate::pidfiles::remove_all(state_dir);
     Ok(out)
 }
 
@@ -685,6 +712,9 @@ pub struct StackStatus {
     pub redis_databases: BTreeMap<u8, u64>,
     pub prometheus_targets: Vec<PromTarget>,
     pub servers: BTreeMap<String, ServerStatus>,
+    /// Servers that run but refuse or fail our requests (a wrong password, an error), in words.
+    #[serde(default)]
+    pub problems: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -723,13 +753,33 @@ pub async fn status(state_dir: &Path) -> Result<StackStatus, LocalError> {
             health: h.map(|h| h.detail).unwrap_or(serde_json::Value::Null),
         });
     }
-    let schema_revision = schema_revision(&stack.pg(&secrets)).await.ok().flatten();
+    // A server that answers but refuses us (wrong password) is a problem to name, not "schema none".
+    let mut problems = Vec::new();
+    let schema_revision = match schema_revision(&stack.pg(&secrets)).await {
+        Ok(r) => r,
+        Err(e) => {
+            problems.push(format!(
+                "PostgreSQL on 127.0.0.1:{}: {}",
+                stack.postgres.port,
+                error_chain(&e)
+            ));
+            None
+        }
+    };
     let streams = servers::list_streams(&stack.nats_url())
         .await
         .unwrap_or_default();
-    let redis_databases = redis_keyspace(&stack.redis_url(&secrets, 0))
-        .await
-        .unwrap_or_default();
+    let redis_databases = match redis_keyspace(&stack.redis_url(&secrets, 0)).await {
+        Ok(d) => d,
+        Err(e) => {
+            problems.push(format!(
+                "Redis on 127.0.0.1:{}: {}",
+                stack.redis.port,
+                error_chain(&e)
+            ));
+            BTreeMap::new()
+        }
+    };
     let prometheus_targets = prometheus_targets(&http, &stack.prometheus_url())
         .await
         .unwrap_or_default();
@@ -759,7 +809,24 @@ pub async fn status(state_dir: &Path) -> Result<StackStatus, LocalError> {
         redis_databases,
         prometheus_targets,
         servers: servers_st,
+        problems,
     })
+}
+
+/// An error with its causes ("database: connect: db error: FATAL: password authentication failed…"): the
+/// outermost message alone often hides what went wrong.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 pub async fn redis_keyspace(url: &str) -> Result<BTreeMap<u8, u64>, LocalError> {

@@ -244,6 +244,7 @@ impl Release {
         let manifest: ReleaseManifest =
             toml::from_str(&read(&toml_path)?).map_err(|e| invalid(&toml_path, e.to_string()))?;
         validate_manifest(&manifest).map_err(|m| invalid(&toml_path, m))?;
+        check_paths_contained(dir, &manifest).map_err(|m| invalid(&toml_path, m))?;
 
         let shared_path = dir.join(&manifest.config.shared);
         let shared_config =
@@ -295,6 +296,38 @@ impl Release {
             streams: streams.streams,
         })
     }
+}
+
+/// Every path the manifest names, with its key, must stay inside the tree the releases come from: the
+/// directory holding `releases/` (the release directory's grandparent), where `migrations/` lives too.
+fn check_paths_contained(dir: &Path, m: &ReleaseManifest) -> Result<(), String> {
+    let tree = dir.join("../..");
+    let mut named: Vec<(String, &Path)> = vec![
+        ("schema.migrations".into(), &m.schema.migrations),
+        ("config.shared".into(), &m.config.shared),
+        ("nats.streams".into(), &m.nats.streams),
+        ("redis.config".into(), &m.redis.config),
+        ("monitoring.prometheus".into(), &m.monitoring.prometheus),
+        ("monitoring.alertmanager".into(), &m.monitoring.alertmanager),
+        ("monitoring.grafana".into(), &m.monitoring.grafana),
+        ("k8s.manifests".into(), &m.k8s.manifests),
+    ];
+    for (i, r) in m.monitoring.rules.iter().enumerate() {
+        named.push((format!("monitoring.rules[{i}]"), r));
+    }
+    for (name, s) in &m.services {
+        named.push((format!("services.{name}.config"), &s.config));
+    }
+    for (key, rel) in named {
+        crate::contained::resolve_inside(&tree, dir, rel).map_err(|e| {
+            format!(
+                "{key} = {:?} is refused: it {e}, and every path a release names must stay inside {}",
+                rel.display(),
+                tree.canonicalize().unwrap_or(tree.clone()).display()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Lists the release names under a releases root (directories holding a `release.toml`).

@@ -291,6 +291,13 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
         Command::Stack {
             action: StackCmd::Down,
         } => {
+            if let Err(e @ xorb_local::LocalError::Config(_)) = stack::StackState::load(&state_dir)
+            {
+                out.line(format!(
+                    "{e}: stopping the processes recorded in {} instead.",
+                    xorb_local::pidfiles::dir(&state_dir).display()
+                ));
+            }
             let entries = match stack::down(&state_dir).await {
                 Ok(e) => e,
                 Err(xorb_local::LocalError::NoStack(_)) => {
@@ -376,6 +383,10 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Runs => {
+            // Reading creates nothing: a mistyped --state-dir must not become a new, empty state directory.
+            if !state_dir.is_dir() {
+                return Err(xorb_engine::JournalError::NoJournal(state_dir.clone()).into());
+            }
             let runs = if state_dir.join("journal.sqlite").exists() {
                 xorb_engine::list_runs(&state_dir)?
             } else {
@@ -503,7 +514,13 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
         }
         Command::Report { run, format } => {
             let rec = xorb_engine::load_run(&state_dir, run)?;
-            crate::governance::report_written(&cli, &rec.id)?;
+            // Recording the "report written" tick is a write; a report of a read-only state directory is
+            // still a report, without that tick.
+            if let Err(e) = crate::governance::report_written(&cli, &rec.id) {
+                eprintln!(
+                    "note: the checklist item proved by this report was not recorded ({e:#}); the report follows"
+                );
+            }
             match format {
                 ReportFormat::Md => {
                     let text = format!(
@@ -532,8 +549,9 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
         Command::Status => {
             let st = stack::status(&state_dir).await?;
             out.result(&st, render_status);
-            let all_ok =
-                st.services.iter().all(|s| s.healthy) && st.servers.values().all(|s| s.running);
+            let all_ok = st.services.iter().all(|s| s.healthy)
+                && st.servers.values().all(|s| s.running)
+                && st.problems.is_empty();
             Ok(if all_ok {
                 ExitCode::SUCCESS
             } else {
@@ -609,6 +627,9 @@ fn render_status(st: &stack::StackStatus) -> String {
             dbs.join(", ")
         }
     );
+    for p in &st.problems {
+        let _ = writeln!(s, "PROBLEM: {p}");
+    }
     let targets: Vec<String> = st
         .prometheus_targets
         .iter()

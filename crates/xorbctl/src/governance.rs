@@ -13,7 +13,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
 use xorb_engine::approvals::{
-    ApprovalRecord, GateRecord, GovernanceRecord, GovernanceStore, TagRecord, TickRecord,
+    ApprovalRecord, GateRecord, GovernanceRecord, GovernanceStore, PolicyRecord, TagRecord,
+    TickRecord,
 };
 use xorb_engine::{EngineError, RunRecord, StepState};
 use xorb_governance::{
@@ -75,24 +76,74 @@ pub struct Policies {
     pub matrix: DecisionMatrix,
     pub operators: Operators,
     pub checklists: Checklists,
+    /// The texts they were parsed from: a new run journals them, so that later commands judge it by them.
+    pub records: Vec<PolicyRecord>,
+}
+
+const MATRIX: &str = "decision-matrix";
+const OPERATORS: &str = "operators";
+const CHECKLISTS: &str = "checklists";
+
+/// A policy's (source, text): the file given, or the built-in one.
+fn policy_text(file: Option<&Path>, kind: &str, builtin: &str) -> anyhow::Result<PolicyRecord> {
+    Ok(match file {
+        Some(p) => PolicyRecord {
+            kind: kind.into(),
+            source: p.display().to_string(),
+            text: std::fs::read_to_string(p).map_err(|e| xorb_governance::PolicyError::Read {
+                file: p.display().to_string(),
+                message: e.to_string(),
+            })?,
+        },
+        None => PolicyRecord {
+            kind: kind.into(),
+            source: format!("builtin:policies/{kind}.toml"),
+            text: builtin.into(),
+        },
+    })
 }
 
 impl Policies {
     pub fn load(cli: &Cli) -> anyhow::Result<Self> {
+        use xorb_governance::builtin;
+        Self::parse(vec![
+            policy_text(
+                cli.decision_matrix.as_deref(),
+                MATRIX,
+                builtin::DECISION_MATRIX,
+            )?,
+            policy_text(cli.operators.as_deref(), OPERATORS, builtin::OPERATORS)?,
+            policy_text(cli.checklists.as_deref(), CHECKLISTS, builtin::CHECKLISTS)?,
+        ])
+    }
+
+    fn parse(records: Vec<PolicyRecord>) -> anyhow::Result<Self> {
+        let find = |kind: &str| records.iter().find(|r| r.kind == kind);
+        let (Some(m), Some(o), Some(c)) = (find(MATRIX), find(OPERATORS), find(CHECKLISTS)) else {
+            return Err(bad("a run's journaled policies are incomplete"));
+        };
         Ok(Policies {
-            matrix: match &cli.decision_matrix {
-                Some(p) => DecisionMatrix::load(p)?,
-                None => DecisionMatrix::builtin(),
-            },
-            operators: match &cli.operators {
-                Some(p) => Operators::load(p)?,
-                None => Operators::builtin(),
-            },
-            checklists: match &cli.checklists {
-                Some(p) => Checklists::load(p)?,
-                None => Checklists::builtin(),
-            },
+            matrix: DecisionMatrix::parse(&m.source, &m.text)?,
+            operators: Operators::parse(&o.source, &o.text)?,
+            checklists: Checklists::parse(&c.source, &c.text)?,
+            records,
         })
+    }
+
+    /// The policies `run_id` was started with (journaled with it); for a run journaled before runs kept their
+    /// policies, the command line's.
+    pub fn for_run(cli: &Cli, store: &GovernanceStore, run_id: &str) -> anyhow::Result<Self> {
+        let mut stored = store.policies(run_id)?;
+        if stored.is_empty() {
+            return Self::load(cli);
+        }
+        // A kind the run did not record (none today) comes from the command line.
+        for r in Self::load(cli)?.records {
+            if !stored.iter().any(|s| s.kind == r.kind) {
+                stored.push(r);
+            }
+        }
+        Self::parse(stored)
     }
 }
 
@@ -293,6 +344,7 @@ impl RollbackGov {
         run_id: &str,
     ) -> Result<Option<RunStatus>, EngineError> {
         let mut store = GovernanceStore::open(state_dir)?;
+        store.save_policies(run_id, &self.policies.records)?;
         let created_at = xorb_engine::journal::now();
         store.create_gate(
             run_id,
@@ -529,8 +581,8 @@ fn prove(
 /// once it has succeeded.
 pub fn after_run(cli: &Cli, out: &Reporter, run_id: &str) -> anyhow::Result<()> {
     let run = xorb_engine::load_run(&cli.state_dir, run_id)?;
-    let policies = Policies::load(cli)?;
     let mut store = GovernanceStore::open(&cli.state_dir)?;
+    let policies = Policies::for_run(cli, &store, run_id)?;
     prove(
         &mut store,
         &cli.state_dir,
@@ -568,6 +620,28 @@ pub fn after_run(cli: &Cli, out: &Reporter, run_id: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Longest operator name `check --by` accepts (names are recorded in the journal and the audit trail).
+const MAX_OPERATOR_NAME: usize = 64;
+
+/// A checklist item is confirmed by a person the operators policy knows, by name.
+fn check_operator(operators: &Operators, by: &str) -> anyhow::Result<()> {
+    let n = by.chars().count();
+    if n == 0 || n > MAX_OPERATOR_NAME {
+        return Err(bad(format!(
+            "--by: an operator's name has 1 to {MAX_OPERATOR_NAME} characters, this one {n}"
+        )));
+    }
+    if !operators.operators.contains_key(by) {
+        let known: Vec<&str> = operators.operators.keys().map(String::as_str).collect();
+        return Err(bad(format!(
+            "--by {by:?} is not an operator in {} (operators: {}); add them there first",
+            operators.source,
+            known.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 pub fn check(
     cli: &Cli,
     out: &Reporter,
@@ -576,8 +650,9 @@ pub fn check(
     by: &str,
 ) -> anyhow::Result<ExitCode> {
     let rec = xorb_engine::load_run(&cli.state_dir, run)?;
-    let policies = Policies::load(cli)?;
     let mut store = GovernanceStore::open(&cli.state_dir)?;
+    let policies = Policies::for_run(cli, &store, &rec.id)?;
+    check_operator(&policies.operators, by)?;
     let g = store.load(&rec.id)?;
     let mut list = checklist_of(&policies, &g);
     let at = now()?;
@@ -747,9 +822,9 @@ pub async fn approve(cli: &Cli, out: &Reporter, a: ApproveArgs<'_>) -> anyhow::R
 
 /// The governance part of `show` and `report`, in Markdown.
 pub fn render_markdown(cli: &Cli, run_id: &str) -> anyhow::Result<String> {
-    let store = GovernanceStore::open(&cli.state_dir)?;
+    let store = GovernanceStore::open_read_only(&cli.state_dir)?;
     let rec = store.load(run_id)?;
-    let policies = Policies::load(cli)?;
+    let policies = Policies::for_run(cli, &store, run_id)?;
     let mut s = String::new();
     let _ = writeln!(s, "## Approvals\n");
     match &rec.gate {
@@ -833,9 +908,9 @@ pub fn render_markdown(cli: &Cli, run_id: &str) -> anyhow::Result<String> {
 }
 
 pub fn to_json(cli: &Cli, run_id: &str) -> anyhow::Result<Value> {
-    let store = GovernanceStore::open(&cli.state_dir)?;
+    let store = GovernanceStore::open_read_only(&cli.state_dir)?;
     let rec = store.load(run_id)?;
-    let policies = Policies::load(cli)?;
+    let policies = Policies::for_run(cli, &store, run_id)?;
     let list = checklist_of(&policies, &rec);
     let open: Vec<&str> = list.open_items().iter().map(|i| i.id.as_str()).collect();
     let mut v = serde_json::to_value(&rec)?;
@@ -845,8 +920,8 @@ pub fn to_json(cli: &Cli, run_id: &str) -> anyhow::Result<Value> {
 
 /// `xorbctl report` proves the checklist's "report generated" item before rendering, so the report shows it.
 pub fn report_written(cli: &Cli, run_id: &str) -> anyhow::Result<()> {
-    let policies = Policies::load(cli)?;
     let mut store = GovernanceStore::open(&cli.state_dir)?;
+    let policies = Policies::for_run(cli, &store, run_id)?;
     if store.load(run_id)?.gate.is_some() {
         prove(
             &mut store,

@@ -14,6 +14,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Everything xorbctl and the tools it runs create (journal, run artifacts, logs, outputs kept for errors)
+    // is the owner's only; files that others must read are given their mode explicitly.
+    xorb_engine::private::owner_only_umask();
     let args = cli::Cli::parse();
     let out = output::Reporter::new(args.output);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -99,6 +102,12 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if let Some(J::RunNotFound(_) | J::Ambiguous { .. }) = cause.downcast_ref::<J>() {
             return 2;
+        }
+        if let Some(J::NoJournal(_)) = cause.downcast_ref::<J>() {
+            return 3;
+        }
+        if let Some(E::Journal(J::NoJournal(_))) = cause.downcast_ref::<E>() {
+            return 3;
         }
         // `#[error(transparent)]` hands the chain the journal error's own source, not the journal error.
         if let Some(E::Journal(J::RunNotFound(_) | J::Ambiguous { .. })) = cause.downcast_ref::<E>()

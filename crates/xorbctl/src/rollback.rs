@@ -45,6 +45,7 @@ pub async fn compute_plan(cli: &Cli, a: &PlanArgs) -> anyhow::Result<(Plan, Rele
         .unwrap_or(Scope::All);
     let mut live = observe(&cli.state_dir)?;
     if matches!(scope, Scope::All | Scope::Database) {
+        xorb_local::database::check_migrations_dir(&from_rel)?;
         let db = xorb_local::database::observe_database(&cli.state_dir, &paths, &from_rel)
             .await
             .map_err(|e| planner::PlanError::NoDatabase(e.to_string()))?;
