@@ -325,16 +325,19 @@ impl Journal {
             path,
             redactor: Redactor::new(),
         };
-        let version: i64 = journal
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(journal.sql("read the schema version"))?;
-        if version > SCHEMA_VERSION {
-            return Err(JournalError::NewerSchema {
+        if journal.schema_version()? < SCHEMA_VERSION {
+            // Created but never given its tables (its creator was killed first): it holds no run. Read it as
+            // an empty journal, without writing to it.
+            let empty = Journal {
+                conn: Connection::open_in_memory().map_err(|source| JournalError::Open {
+                    path: journal.path.clone(),
+                    source,
+                })?,
                 path: journal.path,
-                found: version,
-                known: SCHEMA_VERSION,
-            });
+                redactor: Redactor::new(),
+            };
+            empty.migrate()?;
+            return Ok(empty);
         }
         if version == 0 {
             // No journal schema in the file (an emptied or never-used journal): it holds no runs. Read an empty
@@ -413,7 +416,8 @@ impl Journal {
         }
     }
 
-    fn migrate(&self) -> Result<(), JournalError> {
+    /// The journal's schema version; one written by a newer xorbctl is refused.
+    fn schema_version(&self) -> Result<i64, JournalError> {
         let version: i64 = self
             .conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -425,6 +429,11 @@ impl Journal {
                 known: SCHEMA_VERSION,
             });
         }
+        Ok(version)
+    }
+
+    fn migrate(&self) -> Result<(), JournalError> {
+        let version = self.schema_version()?;
         if version == SCHEMA_VERSION {
             return Ok(());
         }
@@ -1218,6 +1227,15 @@ mod tests {
             Err(JournalError::NoJournal(_))
         ));
         assert!(!missing.exists());
+        // A journal file whose creator died before it had tables holds no run.
+        std::fs::write(dir.path().join(JOURNAL_FILE), b"").unwrap();
+        assert!(
+            Journal::open_read_only(dir.path())
+                .unwrap()
+                .list_runs()
+                .unwrap()
+                .is_empty()
+        );
         let mut j = Journal::open(dir.path()).unwrap();
         let p = plan();
         j.create_run("r1", &p, &dir.path().join("runs/r1"), now(), started(&p))
