@@ -339,17 +339,6 @@ impl Journal {
             empty.migrate()?;
             return Ok(empty);
         }
-        if version == 0 {
-            // No journal schema in the file (an emptied or never-used journal): it holds no runs. Read an empty
-            // journal in memory rather than fail on missing tables, and still write nothing to the file.
-            let conn = Connection::open_in_memory().map_err(|source| JournalError::Open {
-                path: journal.path.clone(),
-                source,
-            })?;
-            let empty = Journal { conn, ..journal };
-            empty.migrate()?;
-            return Ok(empty);
-        }
         Ok(journal)
     }
 
