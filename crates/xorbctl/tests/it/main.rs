@@ -5,6 +5,7 @@
 mod common;
 mod database;
 mod governance;
+mod hardening_input;
 mod infra;
 mod integrity;
 mod notify;
