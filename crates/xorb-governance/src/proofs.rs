@@ -25,6 +25,19 @@ const SUBJECTS: [&str; 11] = [
     "check",
 ];
 
+/// What the planner does to each subject (the third part of a step id).
+const WHAT: [(&str, &[&str]); 9] = [
+    ("state", &["capture"]),
+    ("target", &["verify"]),
+    ("integrity", &["quick"]),
+    ("streams", &["expand"]),
+    ("monitoring", &["validate", "apply"]),
+    ("data", &["reimport"]),
+    ("nats", &["save", "apply"]),
+    ("redis", &["backup", "apply"]),
+    ("config", &["apply"]),
+];
+
 fn check_name(name: &str) -> bool {
     name != "none" && KNOWN_CHECKS.contains(&name)
 }
@@ -131,6 +144,34 @@ fn step_pattern(proof: &str) -> Result<(), String> {
     {
         return Err(format!("no check {name:?}; known: {}", checks_list()));
     }
+    if let Some(what) = segs.get(2)
+        && !(pattern && segs.len() == 3 && what.is_empty())
+        && subject != "check"
+    {
+        let known: &[&str] = if SERVICE_ORDER.contains(&subject) {
+            &["add", "image", "remove", "config"]
+        } else if is_label || subject == "db" {
+            &[
+                "upgrade",
+                "downgrade",
+                "backup",
+                "snapshot",
+                "compat",
+                "verify",
+            ]
+        } else {
+            WHAT.iter()
+                .find(|(s, _)| *s == subject)
+                .map(|(_, w)| *w)
+                .unwrap_or(&[])
+        };
+        if !known.contains(what) {
+            return Err(format!(
+                "no step: {subject:?} has no step {what:?} (known: {})",
+                known.join(", ")
+            ));
+        }
+    }
     if !pattern && segs.len() < 3 {
         return Err("no step: a step id is <phase>.<subject>.<what>".into());
     }
@@ -185,6 +226,8 @@ mod tests {
             ("2.API.image", "lowercase"),
             ("2*", "\".*\""),
             ("2..image", "lowercase"),
+            ("1.target.verfy", "has no step \"verfy\""),
+            ("2.api.imag", "has no step \"imag\""),
         ] {
             let e = check(p).unwrap_err();
             assert!(e.contains(why) && e.contains(&format!("{p:?}")), "{p}: {e}");

@@ -110,7 +110,7 @@ fn a_release_with_replicas_or_stream_limits_out_of_range_is_refused() {
             "nats/streams.yaml",
             "max_msgs: -1",
             "max_msgs: 0",
-            "max_msgs (stream \"xorb-tenant-streams\") = 0 is out of range: allowed -1 (no limit) or 1..=1000000000",
+            "max_msgs (stream \"xorb-jobs\") = 0 is out of range: allowed -1 (no limit) or 1..=1000000000",
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();
@@ -139,10 +139,13 @@ fn a_checklist_item_proved_by_nothing_that_can_exist_is_refused_with_item_and_na
         ),
     )
     .unwrap();
+    // `check` loads the checklists after the run: journal one, no stack needed.
+    let state = dir.path().join("state");
+    let run = journal_a_run_with(&state, 300, 1000);
     let out = Command::new(xorbctl_bin())
-        .env("XORB_STATE_DIR", dir.path().join("state"))
+        .env("XORB_STATE_DIR", &state)
         .env("XORB_CHECKLISTS", &p)
-        .args(["assess"])
+        .args(["check", &run, "pre.maintenance-window", "--by", "alice"])
         .output()
         .unwrap();
     assert_bad_input(
