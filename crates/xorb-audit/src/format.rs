@@ -135,7 +135,10 @@ pub(crate) fn parse_line(raw: &[u8]) -> Result<ParsedLine<'_>, String> {
         .windows(SIG_MARKER.len())
         .rposition(|w| w == SIG_MARKER)
         .ok_or_else(|| "the line has no `\"sig\"` field".to_string())?;
-    let sig_b64 = &raw[marker_at + SIG_MARKER.len()..raw.len() - 2];
+    // The marker's closing quote may be the line's last-but-one byte (`…,"sig":"}`): no signature at all.
+    let sig_b64 = raw
+        .get(marker_at + SIG_MARKER.len()..raw.len() - 2)
+        .unwrap_or_default();
     if sig_b64.len() != SIG_B64_LEN {
         return Err(format!(
             "the signature is {} characters long, expected {SIG_B64_LEN} (base64 of 64 bytes)",
@@ -236,5 +239,12 @@ mod tests {
         );
         let e = parse_line(b"{\"v\":1,\"sig\":\"AAAA\"}").unwrap_err();
         assert!(e.contains("characters long"), "{e}");
+    }
+
+    #[test]
+    fn a_sig_marker_overlapping_the_line_end_is_an_error_not_a_panic() {
+        // Found by the fuzz target audit_jsonl.
+        let e = parse_line(br#"{"seq":-1,"prev":"","sig":"}"#).unwrap_err();
+        assert!(e.contains("signature is 0 characters long"), "{e}");
     }
 }

@@ -51,6 +51,12 @@ pub enum EngineError {
          observes the live stack and plans from there"
     )]
     NotInJournal { run_id: String, dir: PathBuf },
+    #[error(
+        "run {run_id} cannot be resumed: its journaled plan has a value out of range ({source}). Nothing was done \
+         by this command. Check the stack (`xorbctl status`), give the run up with `xorbctl abort {run_id}`, fix \
+         the runbook policy and plan the rollback again"
+    )]
+    StoredPlan { run_id: String, source: PlanError },
     #[error("step {step:?} is not in run {run_id}; `xorbctl show {run_id}` lists its steps")]
     UnknownStep { run_id: String, step: String },
     #[error(
@@ -174,11 +180,25 @@ pub fn next_action(run_id: &str, plan: &Plan, status: &RunStatus) -> String {
     }
 }
 
-/// Runs `fut` with the step timeout (`0`: no limit). `None` when it ran out.
+/// Refuses a journaled run whose plan carries a number no policy file may give (journaled before the files were
+/// checked at load): resuming it would overflow a deadline or sleep for centuries.
+pub fn check_stored_plan(record: &RunRecord) -> Result<(), EngineError> {
+    record
+        .plan
+        .validate()
+        .map_err(|source| EngineError::StoredPlan {
+            run_id: record.id.clone(),
+            source,
+        })
+}
+
+/// Runs `fut` with the step timeout (`0`: no limit). `None` when it ran out. Clamped, so that a value that got
+/// past validation still gives a deadline rather than an overflow.
 async fn bounded<F: Future>(secs: u64, fut: F) -> Option<F::Output> {
     if secs == 0 {
         Some(fut.await)
     } else {
+        let secs = xorb_model::limits::clamp_timeout_secs(secs);
         tokio::time::timeout(Duration::from_secs(secs), fut)
             .await
             .ok()
@@ -390,6 +410,7 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
         let run_id = self.journal.resolve_run_id(run)?;
         lock.set_run_id(Some(&run_id))?;
         let record = self.journal.load_run(&run_id)?;
+        check_stored_plan(&record)?;
         match &record.status {
             RunStatus::Succeeded => return Err(EngineError::AlreadySucceeded { run_id }),
             RunStatus::Aborted { by, .. } => {
@@ -685,12 +706,16 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
         step: &StepSpec,
         previous_attempts: u32,
     ) -> Result<StepEnd, EngineError> {
-        let max_tries = step.policy.max_attempts();
+        // Saturating: the attempt count comes from the journal, which a damaged file may fill with anything.
+        let max_tries = step
+            .policy
+            .max_attempts()
+            .min(u32::try_from(xorb_model::limits::ATTEMPTS.max).unwrap_or(u32::MAX));
         let mut attempt = previous_attempts;
-        let mut tries = 0;
+        let mut tries = 0u32;
         loop {
-            tries += 1;
-            attempt += 1;
+            tries = tries.saturating_add(1);
+            attempt = attempt.saturating_add(1);
             crate::crash::before_step(&step.id);
             // INTENT
             let event = Event::StepStarted {
@@ -726,19 +751,20 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
                 return Ok(StepEnd::Done);
             };
             if retryable && tries < max_tries {
-                let backoff_ms = match step.policy {
+                let backoff = xorb_model::limits::clamp_backoff(match step.policy {
                     FailurePolicy::Retry { backoff_ms, .. } => backoff_ms,
                     _ => 0,
-                };
+                });
+                let backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX);
                 let retry = Event::StepRetry {
                     step: step.id.clone(),
                     attempt,
-                    next_attempt: attempt + 1,
+                    next_attempt: attempt.saturating_add(1),
                     backoff_ms,
                     error: error.clone(),
                 };
                 self.journal_event(active, retry)?;
-                tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                tokio::time::sleep(backoff).await;
                 if step.safety != Safety::Idempotent {
                     let probe = self.probe(active, index, step, attempt).await;
                     self.journal_event(

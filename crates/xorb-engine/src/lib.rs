@@ -58,7 +58,9 @@ pub use events::{
     Confirmation, Event, EventRecord, EventSink, FnSink, JsonLinesSink, MemorySink, NullSink,
     PlainSink, format_duration_ms,
 };
-pub use executor::{Engine, EngineError, ResumeOptions, RunEnd, new_run_id, next_action, run_dir};
+pub use executor::{
+    Engine, EngineError, ResumeOptions, RunEnd, check_stored_plan, new_run_id, next_action, run_dir,
+};
 pub use journal::{Journal, JournalError, RunRecord, RunSummary, StepRecord, StepState};
 pub use lock::{Holder, LockError, RollbackLock};
 pub use logfile::LogFileSink;

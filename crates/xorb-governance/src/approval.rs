@@ -240,7 +240,10 @@ impl<'a> ApprovalGate<'a> {
         if a.source == ApprovalSource::Approve && a.reason.trim().is_empty() {
             return Err(format!("the approval by {} gives no reason", a.name));
         }
-        if a.at > now + CLOCK_SKEW {
+        if now
+            .checked_add_signed(CLOCK_SKEW)
+            .is_some_and(|limit| a.at > limit)
+        {
             return Err(format!(
                 "the approval by {} is dated {}, in the future",
                 a.name,
@@ -271,7 +274,11 @@ impl<'a> ApprovalGate<'a> {
         for a in approvals {
             if !self.operators.satisfies(a.role, p.approver_role) {
                 too_low.push(format!("{} as {}", a.name, a.role));
-            } else if now >= a.at + window {
+            } else if a
+                .at
+                .checked_add_signed(window)
+                .is_some_and(|end| now >= end)
+            {
                 expired.push(format!(
                     "{} at {} (valid {})",
                     a.name,
@@ -540,5 +547,21 @@ mod tests {
         assert_eq!(j["gate"], "open");
         assert_eq!(j["by"]["role"], "on-call-engineer");
         assert_eq!(j["by"]["source"], "command-line");
+    }
+
+    #[test]
+    fn approvals_at_the_end_of_the_calendar_do_not_overflow_the_window() {
+        // An approval time comes from the journal; `at + window` and `now + skew` used to panic near the limit.
+        let (m, o) = (DecisionMatrix::builtin(), Operators::builtin());
+        let end = DateTime::<Utc>::MAX_UTC;
+        let mut a = ap("bob", Role::TeamLead, 0, ApprovalSource::Approve);
+        a.at = end - ChronoDuration::seconds(10);
+        let d = ApprovalGate::new(&m, &o).evaluate(
+            Severity::P1,
+            &[a],
+            "alice",
+            end - ChronoDuration::seconds(5),
+        );
+        assert!(is_open(&d), "{d:?}");
     }
 }

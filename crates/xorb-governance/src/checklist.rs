@@ -148,6 +148,15 @@ impl Checklists {
                                 "needs at least one non-empty, specific proof",
                             ));
                         }
+                        for proof in &proofs {
+                            crate::proofs::check(proof).map_err(|m| {
+                                PolicyError::invalid(
+                                    file,
+                                    at("proved_by"),
+                                    format!("item {:?}: {m}", ri.id),
+                                )
+                            })?;
+                        }
                         How::ProvedBy(proofs)
                     }
                 };
@@ -512,6 +521,31 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "c.toml: checklist[0].item[3].id: item id \"pre.approved\" is used twice"
+        );
+    }
+
+    #[test]
+    fn an_item_proved_by_something_that_cannot_exist_is_refused_with_item_and_name() {
+        let typo = crate::builtin::CHECKLISTS.replacen(
+            "proved_by = \"5.check.smoke\"",
+            "proved_by = \"5.check.smok\"",
+            1,
+        );
+        let e = Checklists::parse("c.toml", &typo).unwrap_err().to_string();
+        assert!(
+            e.starts_with("c.toml: checklist[2].item[1].proved_by: item \"post.functionality\": \"5.check.smok\"")
+                && e.contains("no check"),
+            "{e}"
+        );
+        let many = crate::builtin::CHECKLISTS.replacen(
+            "proved_by = [\"2.config.apply\", \"2.api.config\"]",
+            "proved_by = [\"2.config.apply\", \"phase.9\"]",
+            1,
+        );
+        let e = Checklists::parse("c.toml", &many).unwrap_err().to_string();
+        assert!(
+            e.contains("\"during.configuration\"") && e.contains("\"phase.9\""),
+            "{e}"
         );
     }
 }

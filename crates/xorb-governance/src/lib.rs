@@ -8,6 +8,8 @@ pub mod checklist;
 pub mod error;
 pub mod matrix;
 pub mod notify;
+pub mod notify_file;
+mod proofs;
 mod time;
 
 pub use approval::{Approval, ApprovalGate, ApprovalSource, GateDecision, Missing, Operators};
@@ -18,6 +20,7 @@ pub use matrix::{
     Severity, TriggerResult,
 };
 pub use notify::{DeliveryId, Event, NotifyError, Sent, Templates, slack_payload};
+pub use notify_file::NotifyFile;
 
 /// The policy files shipped with the project, embedded so xorbctl works without them on disk.
 pub mod builtin {

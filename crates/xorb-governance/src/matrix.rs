@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{self, PolicyError};
 use crate::time::{fmt_duration, parse_duration};
+use xorb_model::limits;
 
 /// Incident severity. `P0` is the most severe; the derived order sorts P0 first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -235,17 +236,9 @@ impl DecisionMatrix {
         let raw: RawMatrix = toml::from_str(text).map_err(|e| PolicyError::parse(file, &e))?;
         let immediate_validity = match &raw.immediate_validity {
             None => Duration::from_secs(15 * 60),
-            Some(s) => match parse_duration(s) {
-                Ok(d) if !d.is_zero() => d,
-                Ok(_) => {
-                    return Err(PolicyError::invalid(
-                        file,
-                        "immediate_validity",
-                        "must be longer than 0s",
-                    ));
-                }
-                Err(m) => return Err(PolicyError::invalid(file, "immediate_validity", m)),
-            },
+            Some(s) => parse_duration(s)
+                .and_then(|d| in_range(&limits::IMMEDIATE_VALIDITY_SECS, s, d))
+                .map_err(|m| PolicyError::invalid(file, "immediate_validity", m))?,
         };
         let mut levels: Vec<SeverityPolicy> = Vec::new();
         for (i, rs) in raw.severity.iter().enumerate() {
@@ -264,6 +257,13 @@ impl DecisionMatrix {
             let decision_time = rs
                 .decision_time
                 .parse()
+                .and_then(|t| match t {
+                    DecisionTime::Within(d) => {
+                        in_range(&limits::DECISION_TIME_SECS, &rs.decision_time, d)
+                            .map(DecisionTime::Within)
+                    }
+                    DecisionTime::Immediate => Ok(t),
+                })
                 .map_err(|m| PolicyError::invalid(file, at("decision_time"), m))?;
             let approver_role = rs
                 .approver_role
@@ -362,6 +362,18 @@ impl DecisionMatrix {
     }
 }
 
+/// `Err("\"30d\" = 2592000 seconds is out of range: allowed …")` when `d` is outside `range` (seconds).
+fn in_range(range: &limits::Range, written: &str, d: Duration) -> Result<Duration, String> {
+    if range.contains(i128::from(d.as_secs())) {
+        Ok(d)
+    } else {
+        Err(format!(
+            "{written:?} = {} seconds is out of range: allowed {range}",
+            d.as_secs()
+        ))
+    }
+}
+
 fn trigger(file: &str, at: &str, rt: &RawTrigger) -> Result<Trigger, PolicyError> {
     let field = |f: &str| format!("{at}.{f}");
     if rt.name.trim().is_empty() {
@@ -375,7 +387,9 @@ fn trigger(file: &str, at: &str, rt: &RawTrigger) -> Result<Trigger, PolicyError
                 format!("required for kind {:?} (e.g. \"5m\")", rt.kind),
             )
         })?;
-        parse_duration(v).map_err(|m| PolicyError::invalid(file, field(name), m))
+        parse_duration(v)
+            .and_then(|d| in_range(&limits::LONGER_THAN_SECS, v, d))
+            .map_err(|m| PolicyError::invalid(file, field(name), m))
     };
     let kind = match rt.kind.as_str() {
         "service_unavailable" => TriggerKind::ServiceUnavailable {
@@ -398,12 +412,17 @@ fn trigger(file: &str, at: &str, rt: &RawTrigger) -> Result<Trigger, PolicyError
             })?,
         },
         "degradation" => match rt.factor {
-            Some(f) if f.is_finite() && f > 1.0 => TriggerKind::Degradation { factor: f },
+            Some(f) if f.is_finite() && f > 1.0 && f <= limits::DEGRADATION_FACTOR_MAX => {
+                TriggerKind::Degradation { factor: f }
+            }
             Some(f) => {
                 return Err(PolicyError::invalid(
                     file,
                     field("factor"),
-                    format!("{f} must be greater than 1"),
+                    format!(
+                        "{f} is out of range: allowed greater than 1, at most {}",
+                        limits::DEGRADATION_FACTOR_MAX
+                    ),
                 ));
             }
             None => {
@@ -934,6 +953,52 @@ mod tests {
             1,
         ));
         assert_eq!(f, "severity[3].trigger[1].name");
+    }
+
+    #[test]
+    fn durations_and_factors_out_of_range_are_refused_with_the_range() {
+        let base = crate::builtin::DECISION_MATRIX;
+        let (f, msg) =
+            invalid(&base.replacen("decision_time = \"15m\"", "decision_time = \"30d\"", 1));
+        assert_eq!(f, "severity[1].decision_time");
+        assert_eq!(
+            msg,
+            "\"30d\" = 2592000 seconds is out of range: allowed 60..=604800 seconds (1m..=7d)"
+        );
+        let (f, msg) =
+            invalid(&base.replacen("decision_time = \"15m\"", "decision_time = \"5s\"", 1));
+        assert_eq!(f, "severity[1].decision_time");
+        assert!(msg.contains("out of range"), "{msg}");
+        let (f, msg) = invalid(&base.replacen(
+            "immediate_validity = \"15m\"",
+            "immediate_validity = \"0s\"",
+            1,
+        ));
+        assert_eq!(f, "immediate_validity");
+        assert!(msg.contains("allowed 60..=86400"), "{msg}");
+        let (f, msg) = invalid(&base.replacen(
+            "longer_than = \"5m\"",
+            "longer_than = \"213503982334601d\"",
+            1,
+        ));
+        assert_eq!(f, "severity[0].trigger[0].longer_than");
+        assert!(
+            msg.contains("out of range") || msg.contains("too large"),
+            "{msg}"
+        );
+        for bad in ["1e308", "1001.0", "nan", "inf"] {
+            let (f, msg) = invalid(&base.replacen("factor = 2.0", &format!("factor = {bad}"), 1));
+            assert_eq!(f, "severity[2].trigger[0].factor");
+            assert!(msg.contains("at most 1000"), "{bad}: {msg}");
+        }
+        assert!(
+            DecisionMatrix::parse(
+                "m.toml",
+                &base.replacen("longer_than = \"5m\"", "longer_than = \"0s\"", 1)
+            )
+            .is_ok(),
+            "0s fires on any outage"
+        );
     }
 
     #[test]

@@ -95,6 +95,9 @@ fn builtin_source(kind: &str) -> &'static str {
     }
 }
 
+/// Instructions one render may take; the shipped templates use about a hundred.
+const TEMPLATE_FUEL: u64 = 100_000;
+
 impl Templates {
     pub fn builtin() -> Self {
         Self::from_sources(|k| Ok(builtin_source(k).to_string()))
@@ -124,8 +127,17 @@ impl Templates {
     ) -> Result<Self, NotifyError> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        // An operator's template must not stall a rollback: nested loops run out of fuel instead of for hours.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         for k in KINDS {
-            env.add_template_owned(format!("{k}.j2"), source(k)?)
+            let text = source(k)?;
+            long_tag(&text).map_or(Ok(()), |message| {
+                Err(NotifyError::Template {
+                    template: format!("{k}.j2"),
+                    message,
+                })
+            })?;
+            env.add_template_owned(format!("{k}.j2"), text)
                 .map_err(|e| NotifyError::Template {
                     template: format!("{k}.j2"),
                     message: detail(&e),
@@ -160,6 +172,40 @@ impl Templates {
             message: detail(&e),
         })
     }
+}
+
+/// The longest `{{ … }}` or `{% … %}` a template may hold. A long chain (`a.b.c…`, `x ~ x ~ …`, `a in b in …`)
+/// nests minijinja's syntax tree as deep as it is long, and compiling or rendering it overflows the stack
+/// (found by the fuzz target `templates`); a notification needs nothing near this.
+const MAX_TAG_CHARS: usize = 500;
+
+/// `Some(message)` for the first tag longer than [`MAX_TAG_CHARS`].
+fn long_tag(text: &str) -> Option<String> {
+    let mut rest = text;
+    let mut line = 1;
+    while let Some(open) = rest.find(['{']) {
+        let after = &rest[open + 1..];
+        let close = match after.chars().next() {
+            Some('{') => "}}",
+            Some('%') => "%}",
+            _ => {
+                line += rest[..open + 1].matches('\n').count();
+                rest = after;
+                continue;
+            }
+        };
+        line += rest[..open].matches('\n').count();
+        let body = &after[1..];
+        let len = body.find(close).unwrap_or(body.len());
+        if body[..len].chars().count() > MAX_TAG_CHARS {
+            return Some(format!(
+                "line {line}: a tag longer than {MAX_TAG_CHARS} characters; split the expression with {{% set %}}"
+            ));
+        }
+        line += body[..len].matches('\n').count();
+        rest = &body[len..];
+    }
+    None
 }
 
 fn detail(e: &minijinja::Error) -> String {
@@ -473,5 +519,43 @@ mod tests {
         assert!(resumed.contains(&id));
         assert!(!resumed.claim(&DeliveryId::new("run-42", 7, &ev, "slack")));
         assert!(resumed.claim(&DeliveryId::new("run-43", 7, &ev, "slack")));
+    }
+
+    /// The error of loading `text` as template `kind`, the others shipped.
+    fn refused_with(kind: &str, text: &str) -> String {
+        Templates::from_sources(|k| {
+            Ok(if k == kind {
+                text.to_string()
+            } else {
+                builtin_source(k).to_string()
+            })
+        })
+        .err()
+        .expect("refused")
+        .to_string()
+    }
+
+    #[test]
+    fn a_template_that_would_loop_for_hours_runs_out_of_fuel_at_load() {
+        let looping =
+            "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}";
+        let e = refused_with("progress", looping);
+        assert!(e.contains("progress.j2"), "{e}");
+    }
+
+    #[test]
+    fn a_tag_too_long_to_compile_safely_is_refused_with_its_line() {
+        // Found by the fuzz target templates: 1,500 chained attributes overflowed a 2 MiB stack.
+        let chain = format!(
+            "Run: {{{{ run_id }}}}\n{{{{ run_id{} }}}}\n",
+            ".a".repeat(1500)
+        );
+        let e = refused_with("completion", &chain);
+        assert!(
+            e.contains("completion.j2") && e.contains("line 2: a tag longer than 500"),
+            "{e}"
+        );
+        assert_eq!(long_tag(builtin_source("progress")), None);
+        assert_eq!(long_tag("{ {{ x }} {% if y %}{% endif %} {"), None);
     }
 }

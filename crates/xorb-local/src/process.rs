@@ -88,7 +88,7 @@ impl ProcRecord {
 }
 
 fn wait_gone(rec: &ProcRecord, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
+    let deadline = xorb_model::limits::deadline(Instant::now(), within);
     loop {
         if !rec.is_alive() {
             return true;
@@ -138,7 +138,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + within;
+    let deadline = xorb_model::limits::deadline(Instant::now(), within);
     loop {
         // A probe that hangs must not outlive the deadline.
         let left = deadline

@@ -576,6 +576,22 @@ impl StepSpec {
         self
     }
 
+    /// The step's timeout and retry numbers against `crate::limits`.
+    pub fn check_numbers(&self) -> Result<(), String> {
+        use crate::limits::{ATTEMPTS, BACKOFF_MS, STEP_TIMEOUT_SECS};
+        STEP_TIMEOUT_SECS.check("timeout_secs", self.timeout_secs)?;
+        if let FailurePolicy::Retry {
+            attempts,
+            backoff_ms,
+            ..
+        } = self.policy
+        {
+            ATTEMPTS.check("policy.attempts", attempts)?;
+            BACKOFF_MS.check("policy.backoff_ms", backoff_ms)?;
+        }
+        Ok(())
+    }
+
     pub fn with_timeout_secs(mut self, secs: u64) -> Self {
         self.timeout_secs = secs;
         self
@@ -614,6 +630,9 @@ pub enum PlanError {
     },
     #[error("step {id} has a retry policy with 0 attempts; use at least 1")]
     ZeroAttempts { id: String },
+    /// A number no policy file may give (`crate::limits`): a plan journaled before the files were checked.
+    #[error("step {id}: {message}; this plan cannot run as it is: plan the rollback again")]
+    OutOfRange { id: String, message: String },
 }
 
 /// A rollback plan: from one release to another, as ordered steps.
@@ -671,6 +690,11 @@ impl Plan {
                     id: step.id.clone(),
                 });
             }
+            step.check_numbers()
+                .map_err(|message| PlanError::OutOfRange {
+                    id: step.id.clone(),
+                    message,
+                })?;
             previous = Some(step.phase);
         }
         Ok(())
@@ -929,6 +953,38 @@ mod tests {
             zero.validate(),
             Err(PlanError::ZeroAttempts { id: "1.x".into() })
         );
+    }
+
+    #[test]
+    fn validate_rejects_numbers_no_policy_file_may_give() {
+        let huge = |timeout: u64, attempts: u32, backoff_ms: u64| {
+            Plan::new("a", "b").with_step(
+                step("2.api.image", Phase::Services)
+                    .with_timeout_secs(timeout)
+                    .with_policy(FailurePolicy::Retry {
+                        attempts,
+                        backoff_ms,
+                        then: None,
+                    }),
+            )
+        };
+        assert_eq!(huge(300, 2, 1000).validate(), Ok(()));
+        assert_eq!(huge(0, 2, 1000).validate(), Ok(()), "0 is no limit");
+        let e = huge(u64::MAX, 2, 1000).validate().unwrap_err().to_string();
+        assert!(
+            e.contains("step 2.api.image: timeout_secs = 18446744073709551615 is out of range: allowed 0 (no limit) or 1..=43200 seconds"),
+            "{e}"
+        );
+        let e = huge(300, 2, u64::MAX).validate().unwrap_err().to_string();
+        assert!(
+            e.contains("policy.backoff_ms = 18446744073709551615"),
+            "{e}"
+        );
+        let e = huge(300, u32::MAX, 1000)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("policy.attempts = 4294967295"), "{e}");
     }
 
     #[test]

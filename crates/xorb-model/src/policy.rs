@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits;
 use crate::plan::{EmergencyProcedure, FailurePolicy};
 
 pub const EMBEDDED: &str = include_str!("../../../runbooks/rollback.toml");
@@ -120,13 +121,46 @@ impl Policy {
                 )));
             }
         }
-        for sp in [&p.services, &p.config] {
+        for sp in [&p.services, &p.config, &p.stateful] {
             parse_emergency(&sp.emergency).map_err(err)?;
-            if sp.attempts == 0 {
-                return Err(err("attempts must be at least 1".into()));
-            }
         }
+        p.check_numbers().map_err(err)?;
         Ok(p)
+    }
+
+    /// Every number against its range (`limits`), so that no timeout or backoff can overflow or stall a run.
+    pub fn check_numbers(&self) -> Result<(), String> {
+        let t = &self.timeouts;
+        for (key, v, range) in [
+            (
+                "timeouts.rollout_secs",
+                t.rollout_secs,
+                limits::ROLLOUT_SECS,
+            ),
+            (
+                "timeouts.capture_secs",
+                t.capture_secs,
+                limits::CAPTURE_SECS,
+            ),
+            ("timeouts.check_secs", t.check_secs, limits::CHECK_SECS),
+            ("timeouts.backup_secs", t.backup_secs, limits::BACKUP_SECS),
+            (
+                "timeouts.migration_secs",
+                t.migration_secs,
+                limits::MIGRATION_SECS,
+            ),
+        ] {
+            range.check(key, v)?;
+        }
+        for (table, sp) in [
+            ("services", &self.services),
+            ("config", &self.config),
+            ("stateful", &self.stateful),
+        ] {
+            limits::ATTEMPTS.check(&format!("{table}.attempts"), sp.attempts)?;
+            limits::BACKOFF_MS.check(&format!("{table}.backoff_ms"), sp.backoff_ms)?;
+        }
+        Ok(())
     }
 
     pub fn failure_policy(sp: &StepPolicy) -> FailurePolicy {
@@ -181,5 +215,64 @@ mod tests {
             e.contains("my.toml") && e.contains("unknown check \"smok\""),
             "{e}"
         );
+    }
+
+    fn with(key: &str, from: &str, to: &str) -> Result<Policy, PolicyError> {
+        let text = EMBEDDED.replacen(&format!("{key} = {from}"), &format!("{key} = {to}"), 1);
+        assert_ne!(text, EMBEDDED, "{key} = {from} is in the shipped policy");
+        Policy::parse(&text, "runbooks/x.toml")
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused_with_file_key_and_range() {
+        let e = with("rollout_secs", "300", "18446744073709551615")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("runbooks/x.toml")
+                && e.contains("timeouts.rollout_secs = 18446744073709551615 is out of range: allowed 1..=3600 seconds"),
+            "{e}"
+        );
+        let e = with("rollout_secs", "300", "0").unwrap_err().to_string();
+        assert!(
+            e.contains("timeouts.rollout_secs = 0 is out of range"),
+            "{e}"
+        );
+        let e = with("backoff_ms", "1000", "18446744073709551615")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("services.backoff_ms = 18446744073709551615 is out of range: allowed 0..=300000 milliseconds"),
+            "{e}"
+        );
+        let e = with("backoff_ms", "2000", "300001")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stateful.backoff_ms = 300001"), "{e}");
+        let e = with("attempts", "2", "11").unwrap_err().to_string();
+        assert!(
+            e.contains("services.attempts = 11 is out of range: allowed 1..=10"),
+            "{e}"
+        );
+        let e = with("attempts", "2", "0").unwrap_err().to_string();
+        assert!(e.contains("services.attempts = 0"), "{e}");
+        for key in ["capture_secs", "check_secs"] {
+            let e = with(key, "120", "3601").unwrap_err().to_string();
+            assert!(e.contains(&format!("timeouts.{key} = 3601")), "{e}");
+        }
+        for key in ["backup_secs", "migration_secs"] {
+            let e = with(key, "600", "43201").unwrap_err().to_string();
+            assert!(e.contains(&format!("timeouts.{key} = 43201")), "{e}");
+            assert!(with(key, "600", "43200").is_ok());
+        }
+        assert!(with("rollout_secs", "300", "3600").is_ok());
+        assert!(with("backoff_ms", "1000", "0").is_ok());
+    }
+
+    #[test]
+    fn a_negative_or_non_integer_number_is_a_parse_error_not_a_panic() {
+        assert!(with("rollout_secs", "300", "-1").is_err());
+        assert!(with("rollout_secs", "300", "1e99").is_err());
+        assert!(with("rollout_secs", "300", "99999999999999999999999").is_err());
     }
 }

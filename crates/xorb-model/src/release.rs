@@ -374,6 +374,7 @@ fn validate_manifest(m: &ReleaseManifest) -> Result<(), String> {
                 SERVICE_ORDER.join(", ")
             ));
         }
+        crate::limits::REPLICAS.check(&format!("services.{name}.replicas"), s.replicas)?;
         let want = format!("xorb/{name}:");
         if !s.image.starts_with(&want) || s.image.len() == want.len() {
             return Err(format!(
@@ -401,7 +402,7 @@ fn validate_manifest(m: &ReleaseManifest) -> Result<(), String> {
 
 fn validate_streams(streams: &[StreamDef]) -> Result<(), String> {
     let mut seen = std::collections::BTreeSet::new();
-    for s in streams {
+    for (i, s) in streams.iter().enumerate() {
         if s.name.is_empty() || s.name.contains(['.', '*', '>', ' ']) {
             return Err(format!("stream name {:?} is not valid", s.name));
         }
@@ -411,8 +412,33 @@ fn validate_streams(streams: &[StreamDef]) -> Result<(), String> {
         if s.subjects.is_empty() {
             return Err(format!("stream {:?} has no subjects", s.name));
         }
+        check_stream_numbers(i, s)?;
     }
     Ok(())
+}
+
+/// `release.toml` text, parsed and validated as [`Release::load`] does before it reads the files it names (the
+/// fuzz target; the message lacks the file, which the caller knows).
+pub fn parse_manifest(text: &str) -> Result<ReleaseManifest, String> {
+    let m: ReleaseManifest = toml::from_str(text).map_err(|e| e.to_string())?;
+    validate_manifest(&m)?;
+    Ok(m)
+}
+
+/// `nats/streams.yaml` text, parsed and validated as [`Release::load`] does.
+pub fn parse_streams(text: &str) -> Result<Vec<StreamDef>, String> {
+    let f: StreamsFile = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+    validate_streams(&f.streams)?;
+    Ok(f.streams)
+}
+
+fn check_stream_numbers(i: usize, s: &StreamDef) -> Result<(), String> {
+    use crate::limits::{STREAM_MAX_AGE_SECS, STREAM_MAX_BYTES, STREAM_MAX_MSGS, STREAM_REPLICAS};
+    let key = |k: &str| format!("streams[{i}].{k} (stream {:?})", s.name);
+    STREAM_MAX_AGE_SECS.check(&key("max_age_secs"), s.max_age_secs)?;
+    STREAM_MAX_MSGS.check(&key("max_msgs"), s.max_msgs)?;
+    STREAM_MAX_BYTES.check(&key("max_bytes"), s.max_bytes)?;
+    STREAM_REPLICAS.check(&key("replicas"), s.replicas)
 }
 
 /// `KEY=VALUE` lines; blank lines and `#` comments ignored. Keys are shell-style identifiers.
@@ -492,5 +518,63 @@ mod tests {
         let err = Release::load(&dir).unwrap_err().to_string();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(err.contains("release.toml is not valid"), "{err}");
+    }
+
+    fn shipped_manifest(name: &str) -> ReleaseManifest {
+        let text = std::fs::read_to_string(root().join(name).join("release.toml")).unwrap();
+        toml::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn replicas_out_of_range_are_refused_with_key_and_range() {
+        let mut m = shipped_manifest("v2025.08-rc1");
+        assert_eq!(validate_manifest(&m), Ok(()));
+        m.services.get_mut("api").unwrap().replicas = 4_000_000_000;
+        assert_eq!(
+            validate_manifest(&m),
+            Err(
+                "services.api.replicas = 4000000000 is out of range: allowed 1..=100 replicas"
+                    .into()
+            )
+        );
+        m.services.get_mut("api").unwrap().replicas = 0;
+        assert!(validate_manifest(&m).unwrap_err().contains("replicas = 0"));
+    }
+
+    #[test]
+    fn stream_numbers_out_of_range_are_refused_with_key_and_range() {
+        let text = std::fs::read_to_string(root().join("v2025.08-rc1/nats/streams.yaml")).unwrap();
+        let shipped: StreamsFile = serde_saphyr::from_str(&text).unwrap();
+        assert_eq!(validate_streams(&shipped.streams), Ok(()));
+        type Edit = fn(&mut StreamDef);
+        let cases: [(Edit, &str); 6] = [
+            (
+                |s| s.max_age_secs = u64::MAX,
+                "streams[1].max_age_secs (stream \"xorb-events\") = 18446744073709551615 is out of range: allowed 0..=31536000",
+            ),
+            (
+                |s| s.max_msgs = 0,
+                "streams[1].max_msgs (stream \"xorb-events\") = 0 is out of range: allowed -1 (no limit) or 1..=1000000000 messages",
+            ),
+            (
+                |s| s.max_msgs = -2,
+                "max_msgs (stream \"xorb-events\") = -2",
+            ),
+            (
+                |s| s.max_bytes = i64::MAX,
+                "max_bytes (stream \"xorb-events\") = 9223372036854775807 is out of range: allowed -1 (no limit) or 1..=1099511627776 bytes",
+            ),
+            (
+                |s| s.replicas = 6,
+                "replicas (stream \"xorb-events\") = 6 is out of range: allowed 1..=5 replicas",
+            ),
+            (|s| s.replicas = 0, "replicas (stream \"xorb-events\") = 0"),
+        ];
+        for (edit, want) in cases {
+            let mut streams = shipped.streams.clone();
+            edit(&mut streams[1]);
+            let e = validate_streams(&streams).unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
     }
 }

@@ -656,12 +656,19 @@ fn parse_since(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
     };
     let (n, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
     let n: i64 = n.parse().map_err(|_| bad())?;
+    // The checked forms: `--since 99999999999d` is out of chrono's range and must be a usage error, not a panic.
     let d = match unit {
-        "s" => chrono::Duration::seconds(n),
-        "m" => chrono::Duration::minutes(n),
-        "h" => chrono::Duration::hours(n),
-        "d" => chrono::Duration::days(n),
+        "s" => chrono::Duration::try_seconds(n),
+        "m" => chrono::Duration::try_minutes(n),
+        "h" => chrono::Duration::try_hours(n),
+        "d" => chrono::Duration::try_days(n),
         _ => return Err(bad().into()),
     };
-    Ok(chrono::Utc::now() - d)
+    d.and_then(|d| chrono::Utc::now().checked_sub_signed(d))
+        .ok_or_else(|| {
+            UsageError(format!(
+                "--since {text:?} reaches before the earliest representable date"
+            ))
+            .into()
+        })
 }

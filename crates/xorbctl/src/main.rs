@@ -120,7 +120,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         {
             return 3;
         }
-        if let Some(E::UnknownStep { .. }) = cause.downcast_ref::<E>() {
+        if let Some(E::UnknownStep { .. } | E::StoredPlan { .. }) = cause.downcast_ref::<E>() {
             return 2;
         }
         if cause

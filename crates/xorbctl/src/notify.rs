@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
-use serde::Deserialize;
 use xorb_engine::outbox::{DeliveryState, NewMessage, Notification, Outbox};
 use xorb_engine::{JournalError, RunRecord, StepState};
+use xorb_governance::NotifyFile;
 use xorb_governance::notify::{Common, Event as Msg, Templates, slack_payload};
 use xorb_model::plan::{Phase, RunStatus};
 use xorb_model::redact::Redactor;
@@ -43,15 +43,6 @@ pub struct NotifyArgs {
     /// Notification templates (<kind>.j2: initiation, progress, completion, failure) instead of the shipped ones.
     #[arg(long, value_name = "DIR", global = true)]
     pub templates: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    #[serde(default)]
-    urls: Vec<String>,
-    templates: Option<PathBuf>,
-    updates: Option<String>,
 }
 
 /// Where a run's messages go and how they read.
@@ -104,13 +95,11 @@ pub fn webhook_urls(state_dir: &Path, args: &NotifyArgs) -> anyhow::Result<Vec<S
     Ok(urls)
 }
 
-fn config_file(state_dir: &Path) -> anyhow::Result<ConfigFile> {
+fn config_file(state_dir: &Path) -> anyhow::Result<NotifyFile> {
     let p = state_dir.join(CONFIG_FILE);
     match std::fs::read_to_string(&p) {
-        Ok(text) => toml::from_str(&text).map_err(|e| {
-            crate::cli::UsageError(format!("{}: {}", p.display(), e.message())).into()
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
+        Ok(text) => Ok(NotifyFile::parse(&p.display().to_string(), &text)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(NotifyFile::default()),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
     }
 }
@@ -135,7 +124,7 @@ impl NotifyConfig {
 }
 
 fn fmt_secs(secs: i64) -> String {
-    xorb_engine::format_duration_ms(u64::try_from(secs.max(0)).unwrap_or(0) * 1000)
+    xorb_engine::format_duration_ms(u64::try_from(secs.max(0)).unwrap_or(0).saturating_mul(1000))
 }
 
 /// The messages run `rec` owes, from its journal: initiation; progress for every phase whose steps are all done;
@@ -166,7 +155,11 @@ pub fn owed_messages(
         });
         Ok(())
     };
-    let budget: u64 = rec.plan.steps.iter().map(|s| s.timeout_secs).sum();
+    let budget = rec
+        .plan
+        .steps
+        .iter()
+        .fold(0u64, |sum, s| sum.saturating_add(s.timeout_secs));
     push(
         format!("{}/initiation", rec.id),
         None,
@@ -176,7 +169,10 @@ pub fn owed_messages(
                 Some(s) => format!("only {s}: {} steps", rec.plan.steps.len()),
                 None => format!("the whole stack: {} steps", rec.plan.steps.len()),
             },
-            eta: format!("within {} (sum of step timeouts)", fmt_secs(budget as i64)),
+            eta: format!(
+                "within {} (sum of step timeouts)",
+                fmt_secs(i64::try_from(budget).unwrap_or(i64::MAX))
+            ),
         },
     )?;
     let mut phases: Vec<Phase> = Vec::new();

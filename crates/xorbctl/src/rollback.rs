@@ -239,6 +239,7 @@ pub async fn resume(
 ) -> anyhow::Result<ExitCode> {
     let mut lock = RollbackLock::acquire(&cli.state_dir, None)?;
     let record = xorb_engine::load_run(&cli.state_dir, run)?;
+    xorb_engine::check_stored_plan(&record)?;
     let paths = paths(cli)?;
     let to_rel = Release::load_named(&paths.releases_root, &record.plan.to)?;
     let mut opts = ResumeOptions::default();

@@ -5,6 +5,7 @@
 mod common;
 mod database;
 mod governance;
+mod hardening_input;
 mod hardening_paths;
 mod infra;
 mod integrity;
