@@ -36,7 +36,9 @@
 
 pub mod approvals;
 pub mod audit_checkpoint;
+pub mod compat;
 pub mod crash;
+pub mod emergency;
 pub mod events;
 pub mod executor;
 pub mod journal;

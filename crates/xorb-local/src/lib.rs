@@ -6,6 +6,7 @@ pub mod evidence;
 pub mod infra;
 pub mod process;
 pub mod rollback;
+pub mod safety;
 pub mod servers;
 pub mod stack;
 pub mod verify;

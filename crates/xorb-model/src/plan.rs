@@ -613,6 +613,10 @@ pub struct Plan {
     #[serde(default)]
     pub scope: Option<String>,
     pub steps: Vec<StepSpec>,
+    /// SHA-256 of every file of the two releases when the plan was made ("RELEASE/PATH" → hex): a resume
+    /// refuses to carry on with steps planned from files that have changed since.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub release_digests: BTreeMap<String, String>,
 }
 
 impl Plan {
@@ -622,6 +626,7 @@ impl Plan {
             to: to.into(),
             scope: None,
             steps: Vec::new(),
+            release_digests: BTreeMap::new(),
         }
     }
 
@@ -925,6 +930,7 @@ mod tests {
             from: "v2025.08-rc1".into(),
             to: "v2025.07-stable".into(),
             scope: Some("services".into()),
+            release_digests: BTreeMap::new(),
             steps: vec![
                 step("1.capture", Phase::Assessment).with_check("state-captured"),
                 StepSpec::new(
