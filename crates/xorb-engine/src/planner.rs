@@ -87,7 +87,7 @@ pub enum PlanError {
     BadOption(String),
     /// A destructive step would run while a service that cannot run on its result is still up.
     #[error(
-        "refusing the plan: step {step} would run while {service} still runs {release}, and {why}. Nothing was done. Give {service} a place in the runbook policy's service_order before this step (or roll it back first with `--only services`)"
+        "refusing the plan: step {step} would run while {service} still runs {release}, and {why}. Nothing was done. Roll {service} back before this step: a full rollback, or `--only services` first (and the runbook policy's service_order must give it a place)"
     )]
     Incompatible {
         step: String,

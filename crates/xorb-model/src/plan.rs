@@ -142,11 +142,13 @@ impl EmergencyProcedure {
     /// What the procedure does, in the runbook's words.
     pub fn describe(self) -> &'static str {
         match self {
+            // What the procedure aims at, not what it did: it stops nothing while the api is down (the
+            // outcome, observed, is in the emergency's own detail).
             EmergencyProcedure::MinimalService => {
-                "api at one instance, orchestrator and control-plane stopped"
+                "the api alone serving, every other role stopped, unless the api is down"
             }
             EmergencyProcedure::CascadePrevention => {
-                "worker and scheduler stopped, CIRCUIT_BREAKER_ENABLED=true"
+                "worker and scheduler stopped, CIRCUIT_BREAKER_ENABLED=true, unless the api is down"
             }
         }
     }
