@@ -5,6 +5,7 @@
 mod common;
 mod database;
 mod governance;
+mod hardening_ops;
 mod infra;
 mod integrity;
 mod notify;
