@@ -137,12 +137,13 @@ pub fn next_action(run_id: &str, plan: &Plan, status: &RunStatus) -> String {
             emergency_ok,
             detail,
         } => {
+            // The runner's detail is what it observed afterwards; the runbook's description is only what the
+            // procedure aims at, and may not be what runs.
             let emergency = if *emergency_ok {
                 format!(
-                    "The emergency procedure \"{}\" was applied ({detail}): the stack stays in emergency mode \
-                     ({}) until the rollback completes",
-                    procedure.name(),
-                    procedure.describe()
+                    "The emergency procedure \"{}\" ran ({detail}): the stack stays in emergency mode until the \
+                     rollback completes",
+                    procedure.name()
                 )
             } else {
                 format!(

@@ -37,8 +37,10 @@
 
 pub mod approvals;
 pub mod audit_checkpoint;
+pub mod compat;
 pub mod crash;
 pub mod disk_runs;
+pub mod emergency;
 pub mod events;
 pub mod executor;
 pub mod journal;

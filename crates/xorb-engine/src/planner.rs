@@ -85,6 +85,16 @@ pub enum PlanError {
     Schema(String),
     #[error("{0}")]
     BadOption(String),
+    /// A destructive step would run while a service that cannot run on its result is still up.
+    #[error(
+        "refusing the plan: step {step} would run while {service} still runs {release}, and {why}. Nothing was done. Roll {service} back before this step: a full rollback, or `--only services` first (and the runbook policy's service_order must give it a place)"
+    )]
+    Incompatible {
+        step: String,
+        service: String,
+        release: String,
+        why: String,
+    },
 }
 
 /// Everything about a plan request beyond the releases (the command line's `--only`, `--to-revision`,
@@ -426,10 +436,34 @@ pub fn plan_with(
         steps.push(s);
     }
 
+    refuse_incompatible(live, from, to, &steps)?;
     let mut p = Plan::new(from.name(), to.name());
     p.scope = scope.name();
     p.steps = steps;
     Ok(p)
+}
+
+/// No destructive step while a service that cannot run on its result is still up (see `compat`).
+fn refuse_incompatible(
+    live: &LiveState,
+    from: &Release,
+    to: &Release,
+    steps: &[StepSpec],
+) -> Result<(), PlanError> {
+    let running: BTreeMap<String, String> = live
+        .services
+        .iter()
+        .map(|s| (s.name.clone(), s.release.clone()))
+        .collect();
+    match crate::compat::first_incompatible(steps, &running, &[from, to], to) {
+        None => Ok(()),
+        Some(i) => Err(PlanError::Incompatible {
+            step: i.step,
+            service: i.service,
+            release: i.release,
+            why: i.why,
+        }),
+    }
 }
 
 fn check_title(name: &str, to: &str) -> String {
@@ -1019,6 +1053,35 @@ mod tests {
             scope: Some(scope),
             ..PlanOptions::default()
         }
+    }
+
+    #[test]
+    fn a_plan_that_leaves_a_service_on_rc1_before_a_destructive_step_is_refused() {
+        let (rc1, stable) = (rel(RC1), rel(STABLE));
+        for order in [vec![], vec!["api".to_string()]] {
+            let mut pol = Policy::embedded();
+            pol.service_order = order.clone();
+            let e = plan(&live(RC1, "8d9a2c3"), &rc1, &stable, &pol, Scope::All).unwrap_err();
+            let PlanError::Incompatible { step, service, .. } = &e else {
+                panic!("{order:?}: {e}");
+            };
+            assert_eq!(step, "3.g8.downgrade.8d9a2c3", "{e}");
+            assert!(!order.contains(service), "{e}");
+            assert!(e.to_string().contains("service_order"), "{e}");
+        }
+        // Phase 4 alone while rc1 runs would remove its streams.
+        let e = plan(
+            &live(RC1, "8d9a2c3"),
+            &rc1,
+            &stable,
+            &Policy::embedded(),
+            Scope::Infrastructure,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, PlanError::Incompatible { step, .. } if step == "4.nats.apply"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -427,8 +427,10 @@ async fn exhausted_retries_run_the_emergency_procedure() {
             .contains(&"emergency:cascade prevention".to_string())
     );
     assert!(end.next.contains("emergency mode"), "{}", end.next);
+    // What the runner reported doing, not the runbook's description of what the procedure aims at.
     assert!(
-        end.next.contains("CIRCUIT_BREAKER_ENABLED=true"),
+        end.next.contains("(cascade prevention applied)")
+            && !end.next.contains("CIRCUIT_BREAKER_ENABLED=true"),
         "{}",
         end.next
     );

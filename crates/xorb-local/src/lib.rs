@@ -7,6 +7,7 @@ pub mod infra;
 pub mod pidfiles;
 pub mod process;
 pub mod rollback;
+pub mod safety;
 pub mod servers;
 pub mod stack;
 pub mod toolout;

@@ -166,7 +166,7 @@ impl LocalRunner {
 
     /// Makes `name` run `release` with `config`: adopts a live process that already does (a crash may have left
     /// one), stops the others, starts one if none fits, records it, and waits until it reports healthy.
-    async fn converge_service(
+    pub(crate) async fn converge_service(
         &self,
         name: &str,
         image: &str,
@@ -756,6 +756,7 @@ impl StepRunner for LocalRunner {
 
     async fn run(&self, step: &StepSpec, ctx: &StepContext<'_>) -> Result<StepOutcome, StepError> {
         let timeout = Duration::from_secs(step.timeout_secs.max(1));
+        crate::safety::guard_destructive(self, step)?;
         let detail = match &step.action {
             Action::Noop => "nothing to do".to_string(),
             Action::CaptureState => self.capture(ctx.run_dir).await?,
@@ -895,32 +896,6 @@ impl StepRunner for LocalRunner {
         procedure: EmergencyProcedure,
         _ctx: &StepContext<'_>,
     ) -> Result<String, StepError> {
-        let st = self.stack()?;
-        let stop: Vec<&str> = match procedure {
-            EmergencyProcedure::MinimalService => st
-                .services
-                .iter()
-                .map(|s| s.name.as_str())
-                .filter(|n| *n != "api")
-                .collect(),
-            EmergencyProcedure::CascadePrevention => vec!["worker", "scheduler"],
-        };
-        for p in live_service_procs(&self.state_dir)
-            .into_iter()
-            .filter(|p| stop.contains(&p.role.as_str()))
-        {
-            tokio::task::block_in_place(|| p.proc.stop(Signal::SIGTERM, Duration::from_secs(20)));
-        }
-        let mut what = format!("stopped {}", stop.join(", "));
-        if procedure == EmergencyProcedure::CascadePrevention
-            && let Some(api) = st.service("api").cloned()
-        {
-            let mut cfg = api.config.clone();
-            cfg.insert("CIRCUIT_BREAKER_ENABLED".into(), "true".into());
-            self.converge_service("api", &api.image, &cfg, Duration::from_secs(120))
-                .await?;
-            what.push_str("; api restarted with CIRCUIT_BREAKER_ENABLED=true");
-        }
-        Ok(what)
+        crate::safety::emergency(self, procedure).await
     }
 }

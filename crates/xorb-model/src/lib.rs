@@ -8,3 +8,4 @@ pub mod policy;
 pub mod redact;
 pub mod release;
 pub mod schema;
+pub mod service_order;

@@ -142,11 +142,13 @@ impl EmergencyProcedure {
     /// What the procedure does, in the runbook's words.
     pub fn describe(self) -> &'static str {
         match self {
+            // What the procedure aims at, not what it did: it stops nothing while the api is down (the
+            // outcome, observed, is in the emergency's own detail).
             EmergencyProcedure::MinimalService => {
-                "api at one instance, orchestrator and control-plane stopped"
+                "the api alone serving, every other role stopped, unless the api is down"
             }
             EmergencyProcedure::CascadePrevention => {
-                "worker and scheduler stopped, CIRCUIT_BREAKER_ENABLED=true"
+                "worker and scheduler stopped, CIRCUIT_BREAKER_ENABLED=true, unless the api is down"
             }
         }
     }
@@ -646,6 +648,10 @@ pub struct Plan {
     #[serde(default)]
     pub scope: Option<String>,
     pub steps: Vec<StepSpec>,
+    /// SHA-256 of every file of the two releases when the plan was made ("RELEASE/PATH" → hex): a resume
+    /// refuses to carry on with steps planned from files that have changed since.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub release_digests: BTreeMap<String, String>,
 }
 
 impl Plan {
@@ -655,6 +661,7 @@ impl Plan {
             to: to.into(),
             scope: None,
             steps: Vec::new(),
+            release_digests: BTreeMap::new(),
         }
     }
 
@@ -995,6 +1002,7 @@ mod tests {
             from: "v2025.08-rc1".into(),
             to: "v2025.07-stable".into(),
             scope: Some("services".into()),
+            release_digests: BTreeMap::new(),
             steps: vec![
                 step("1.capture", Phase::Assessment).with_check("state-captured"),
                 StepSpec::new(

@@ -362,7 +362,11 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
             mark_done,
         } => crate::rollback::resume(&cli, out, run, confirm, mark_done).await,
         Command::Abort { run, by } => {
+            let before = xorb_engine::load_run(&state_dir, run)?.status;
             let r = xorb_engine::abort_run(&state_dir, run, by)?;
+            if r.aborted {
+                crate::governance::audit_abort(&state_dir, &r.run_id, by, &before);
+            }
             out.result(&r, |r| {
                 if r.aborted {
                     format!(

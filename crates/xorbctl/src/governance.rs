@@ -268,6 +268,17 @@ impl RollbackGov {
                     .map_err(|e: String| bad(format!("--severity: {e}")))
             })
             .transpose()?;
+        for (run, waiting) in crate::waiting_gate::waiting_runs(&cli.state_dir)? {
+            if let Some(why) = crate::waiting_gate::refusal(
+                &policies.matrix,
+                &policies.operators,
+                severity,
+                &run,
+                &waiting,
+            ) {
+                return Err(refused(why));
+            }
+        }
         let initiator = args.as_name.clone().unwrap_or_else(user);
         let at = now()?;
         let mut approvals = Vec::new();
@@ -409,6 +420,17 @@ impl RollbackGov {
             }
         }
     }
+}
+
+/// `xorbctl abort`: giving a run up is a decision, on the signed record like the approvals it may void.
+pub fn audit_abort(state_dir: &Path, run_id: &str, by: &str, status_before: &RunStatus) {
+    audit(
+        state_dir,
+        by,
+        "run.abort",
+        Some(run_id),
+        json!({"by": by, "status_before": status_before.kind()}),
+    );
 }
 
 fn open_gate(

@@ -6,8 +6,10 @@ mod governance;
 mod integrity;
 mod notify;
 mod output;
+mod release_drift;
 mod rollback;
 mod sinks;
+mod waiting_gate;
 
 use std::process::ExitCode;
 
@@ -74,7 +76,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if let Some(pe) = cause.downcast_ref::<P>() {
             return match pe {
-                P::WrongFrom { .. } | P::Schema(_) => 3,
+                P::WrongFrom { .. } | P::Schema(_) | P::Incompatible { .. } => 3,
                 P::NoDatabase(_) => 4,
                 P::BadScope(_) | P::SameRelease(_) | P::BadOption(_) => 2,
             };

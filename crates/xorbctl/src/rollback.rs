@@ -37,6 +37,12 @@ pub async fn compute_plan(cli: &Cli, a: &PlanArgs) -> anyhow::Result<(Plan, Rele
         .with_context(|| format!("--from {from}"))?;
     let to_rel =
         Release::load_named(&paths.releases_root, to).with_context(|| format!("--to {to}"))?;
+    let origin = a
+        .runbook
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "(embedded runbooks/rollback.toml)".into());
+    policy.check_service_order(&origin, &[&from_rel, &to_rel])?;
     let scope = a
         .only
         .as_deref()
@@ -57,7 +63,9 @@ pub async fn compute_plan(cli: &Cli, a: &PlanArgs) -> anyhow::Result<(Plan, Rele
         migration: a.migration.clone(),
         reimport_from: xorb_local::database::pending_reimports(&cli.state_dir),
     };
-    let plan = planner::plan_with(&live, &from_rel, &to_rel, &policy, &opts)?;
+    let mut plan = planner::plan_with(&live, &from_rel, &to_rel, &policy, &opts)?;
+    plan.release_digests = crate::release_drift::digests(&[&from_rel, &to_rel])
+        .context("cannot read the release files to record their digests")?;
     Ok((plan, to_rel))
 }
 
@@ -242,6 +250,21 @@ pub async fn resume(
     xorb_engine::check_stored_plan(&record)?;
     let paths = paths(cli)?;
     let to_rel = Release::load_named(&paths.releases_root, &record.plan.to)?;
+    let from_rel = Release::load_named(&paths.releases_root, &record.plan.from)?;
+    let now = crate::release_drift::digests(&[&from_rel, &to_rel])
+        .context("cannot read the release files to compare them with the plan's")?;
+    let drift = crate::release_drift::changed(&record.plan.release_digests, &now);
+    if !drift.is_empty() {
+        return Err(
+            crate::governance::GovernanceError::Refused(crate::release_drift::refusal(
+                &record.id,
+                &record.plan.from,
+                &record.plan.to,
+                &drift,
+            ))
+            .into(),
+        );
+    }
     let mut opts = ResumeOptions::default();
     for s in confirm_steps {
         opts = opts.confirm(s.clone(), Confirmation::Rerun);

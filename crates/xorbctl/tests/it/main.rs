@@ -6,6 +6,7 @@ mod common;
 mod database;
 mod governance;
 mod hardening_input;
+mod hardening_ops;
 mod hardening_paths;
 mod infra;
 mod integrity;
