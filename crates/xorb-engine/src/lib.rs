@@ -10,6 +10,7 @@
 //! - [`approvals`]: governance records of a run (gate, approvals, checklist ticks, release tag) in the journal.
 //! - [`outbox`]: stakeholder notifications waiting for delivery, in the journal's file.
 //! - [`crash`]: the `XORB_CRASH_AFTER_JOURNAL_WRITES` test hook.
+//! - [`pause`]: the `XORB_PAUSE_IN_STEP` test hook (fault injection inside a step).
 //!
 //! Plugging a target in:
 //! ```no_run
@@ -43,6 +44,7 @@ pub mod journal;
 pub mod lock;
 pub mod logfile;
 pub mod outbox;
+pub mod pause;
 pub mod planner;
 pub mod runner;
 

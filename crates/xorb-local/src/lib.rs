@@ -2,9 +2,11 @@
 //! servers on 127.0.0.1 that we start ourselves under a state directory.
 
 pub mod database;
+pub mod deps;
 pub mod evidence;
 pub mod infra;
 pub mod process;
+pub mod restart;
 pub mod rollback;
 pub mod servers;
 pub mod stack;
@@ -50,6 +52,8 @@ pub enum LocalError {
     },
     #[error(transparent)]
     Release(#[from] xorb_model::release::ReleaseError),
+    #[error(transparent)]
+    Dep(#[from] deps::DepError),
 }
 
 impl LocalError {
