@@ -4,6 +4,7 @@
 
 mod common;
 mod database;
+mod faults;
 mod governance;
 mod infra;
 mod integrity;
