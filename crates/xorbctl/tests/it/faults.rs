@@ -113,13 +113,31 @@ impl Tmpfs {
         Tmpfs(at.to_path_buf())
     }
 
-    fn remount(&self, how: &str) {
-        let out = Command::new("mount")
-            .args(["-o", &format!("remount,{how}")])
-            .arg(&self.0)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "remount {how}: {}", text(&out));
+    /// The run directories turn read-only for every new write: a read-only bind mount over them. (Remounting the
+    /// tmpfs itself read-only is refused while the paused run holds its log file open for writing, as the kernel
+    /// refuses it for any filesystem with writers.)
+    fn read_only(&self) {
+        for args in [
+            vec!["--bind".to_string()],
+            vec!["-o".to_string(), "remount,bind,ro".to_string()],
+        ] {
+            let mut cmd = Command::new("mount");
+            cmd.args(&args);
+            if args.len() == 1 {
+                cmd.arg(&self.0);
+            }
+            let out = cmd.arg(&self.0).output().unwrap();
+            assert!(out.status.success(), "mount {args:?}: {}", text(&out));
+        }
+    }
+
+    fn writable(&self) {
+        let out = Command::new("umount").arg(&self.0).output().unwrap();
+        assert!(
+            out.status.success(),
+            "umount the read-only bind: {}",
+            text(&out)
+        );
     }
 
     fn filler(&self) -> PathBuf {
@@ -189,7 +207,7 @@ async fn inject(st: &Stack, c: &Case, fs: &Tmpfs) {
             .await;
         }
         Fault::DiskFull => fs.fill(),
-        Fault::ReadOnly => fs.remount("ro"),
+        Fault::ReadOnly => fs.read_only(),
     }
 }
 
@@ -212,7 +230,7 @@ fn heal(st: &Stack, c: &Case, fs: &Tmpfs) {
             );
         }
         Fault::DiskFull => std::fs::remove_file(fs.filler()).unwrap(),
-        Fault::ReadOnly => fs.remount("rw"),
+        Fault::ReadOnly => fs.writable(),
     }
 }
 
