@@ -104,15 +104,22 @@ pub async fn restart_missing(paths: &Paths, state_dir: &Path) -> Result<Vec<Stri
         st.save(state_dir)?;
         done.push("alertmanager".to_string());
     }
+    // A service whose server came back may not reconnect by itself (its Redis connection stays broken): one that
+    // does not answer healthy is restarted too, on its recorded release and configuration.
+    let servers_restarted = !done.is_empty();
+    let http = crate::deps::http_client();
     for i in 0..st.services.len() {
-        if st.services[i]
-            .proc
-            .as_ref()
-            .is_some_and(ProcRecord::is_alive)
-        {
-            continue;
-        }
         let svc = st.services[i].clone();
+        if let Some(p) = svc.proc.as_ref().filter(|p| p.is_alive()) {
+            if !servers_restarted
+                || stack::probe_service(&http, svc.port)
+                    .await
+                    .is_ok_and(|h| h.healthy)
+            {
+                continue;
+            }
+            tokio::task::block_in_place(|| p.stop(Signal::SIGTERM, Duration::from_secs(20)));
+        }
         let proc = stack::start_service(paths, state_dir, &st, &secrets, &svc)?;
         st.services[i].proc = Some(proc);
         st.save(state_dir)?;

@@ -230,29 +230,10 @@ pub async fn start_redis(
         dir.display()
     );
     write_private(&conf, text.as_bytes())?;
-    let log = dir.join("redis.log");
-    let mut cmd = Command::new("redis-server");
-    cmd.arg(&conf);
-    let proc = spawn_detached(cmd, &log)?;
-    let url = format!("redis://:{password}@127.0.0.1:{port}/0");
-    let ready = poll_until(START_TIMEOUT, || async {
-        if !proc.is_alive() {
-            return Some(false);
-        }
-        redis_ping(&url).await.then_some(true)
-    })
-    .await;
-    if ready != Some(true) {
-        proc.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5));
-        return Err(LocalError::Start {
-            what: "Redis".into(),
-            why: format!("not ready; see {}", log.display()),
-        });
-    }
-    Ok(Server { port, proc, log })
+    restart_redis(dir, port, password).await
 }
 
-/// Starts Redis again from the configuration a previous start wrote in `dir` (same port, same data, and the
+/// Starts Redis from the configuration written in `dir` (on a restart: the same port, the same data, and the
 /// release settings phase 4 may have changed since).
 pub async fn restart_redis(dir: &Path, port: u16, password: &str) -> Result<Server, LocalError> {
     let conf = dir.join("redis.conf");

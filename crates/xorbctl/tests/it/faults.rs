@@ -53,7 +53,7 @@ const fn case(server: &'static str, name: &'static str, step: &'static str, faul
 }
 
 /// In plan order: each case resumes the run where the previous one stopped it.
-const MATRIX: [Case; 12] = [
+const MATRIX: [Case; 9] = [
     case("postgres", "PostgreSQL", "3.db.backup", Fault::Stall),
     case("-", "runs/", "3.db.snapshot", Fault::DiskFull),
     case(
@@ -73,24 +73,9 @@ const MATRIX: [Case; 12] = [
         "4.monitoring.apply",
         Fault::Stall,
     ),
-    case(
-        "prometheus",
-        "Prometheus",
-        "4.monitoring.apply",
-        Fault::Kill,
-    ),
-    case(
-        "alertmanager",
-        "Alertmanager",
-        "4.monitoring.apply",
-        Fault::Stall,
-    ),
-    case(
-        "alertmanager",
-        "Alertmanager",
-        "4.monitoring.apply",
-        Fault::Kill,
-    ),
+    // One monitoring fault per run: once Prometheus is back (its queued reloads, or a restart reading the files
+    // the step wrote) it serves the target, and both releases share alertmanager.yml, so the step's probe finds
+    // it done and a second fault in it would never be reached.
 ];
 
 /// A small filesystem of our own over the run directories: filled up or remounted read-only on demand, without
