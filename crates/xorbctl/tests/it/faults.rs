@@ -371,7 +371,7 @@ async fn every_dependency_killed_or_stalled_inside_its_steps_stops_the_run_and_r
     // The end state is an uninterrupted run's: every step done, the stack on stable in every respect, and every
     // row the downgrades destroyed accounted for.
     let run = show(&st);
-    assert_eq!(run["status"]["status"], "succeeded", "{:#}", run["status"]);
+    assert_eq!(run["status"]["state"], "succeeded", "{:#}", run["status"]);
     for s in run["steps"].as_array().unwrap() {
         assert!(
             ["succeeded", "already_done", "skipped"].contains(&s["state"].as_str().unwrap()),
