@@ -729,6 +729,7 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
                 .journal
                 .record_intent(&active.run_id, index, attempt, event)?;
             self.publish(active, &rec);
+            crate::pause::in_step(&step.id).await;
             // ACT
             let started = Instant::now();
             let outcome = {

@@ -11,6 +11,7 @@
 //! - [`outbox`]: stakeholder notifications waiting for delivery, in the journal's file.
 //! - [`crash`]: the `XORB_CRASH_AFTER_JOURNAL_WRITES` test hook.
 //! - [`private`]: owner-only directories and files, created so.
+//! - [`pause`]: the `XORB_PAUSE_IN_STEP` test hook (fault injection inside a step).
 //!
 //! Plugging a target in:
 //! ```no_run
@@ -47,6 +48,7 @@ pub mod journal;
 pub mod lock;
 pub mod logfile;
 pub mod outbox;
+pub mod pause;
 pub mod planner;
 pub mod private;
 pub mod runner;

@@ -30,6 +30,10 @@ pub enum IntegrityError {
         target: String,
         source: tokio_postgres::Error,
     },
+    #[error(
+        "PostgreSQL at {target} did not answer within {secs} s (connect): it accepts connections but does not respond (stopped, hung or overloaded?)"
+    )]
+    NoAnswer { target: String, secs: u64 },
     #[error("database: {what}: {source}")]
     Db {
         what: String,
@@ -252,14 +256,21 @@ pub(crate) fn describe(cfg: &Config) -> String {
     )
 }
 
+/// How long a connection may take, authentication included (the driver's `connect_timeout` covers only the TCP
+/// handshake, which a stopped server's kernel still completes).
+const CONNECT_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub(crate) async fn connect(cfg: &Config) -> Result<tokio_postgres::Client, IntegrityError> {
-    let (client, conn) =
-        cfg.connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|source| IntegrityError::Connect {
-                target: describe(cfg),
-                source,
-            })?;
+    let (client, conn) = tokio::time::timeout(CONNECT_LIMIT, cfg.connect(tokio_postgres::NoTls))
+        .await
+        .map_err(|_| IntegrityError::NoAnswer {
+            target: describe(cfg),
+            secs: CONNECT_LIMIT.as_secs(),
+        })?
+        .map_err(|source| IntegrityError::Connect {
+            target: describe(cfg),
+            source,
+        })?;
     tokio::spawn(async move {
         let _ = conn.await;
     });

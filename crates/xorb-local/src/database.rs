@@ -118,21 +118,13 @@ fn short(sha: &str) -> &str {
 }
 
 async fn live_revision(conn: &PgConn) -> Result<Option<String>, StepError> {
-    stack::schema_revision(conn).await.map_err(|e| {
-        failed(format!(
-            "cannot read alembic_version on 127.0.0.1:{}: {e}",
-            conn.port
-        ))
-    })
+    stack::schema_revision(conn)
+        .await
+        .map_err(|e| failed(format!("cannot read alembic_version: {e}")))
 }
 
 async fn connect(conn: &PgConn) -> Result<tokio_postgres::Client, StepError> {
-    conn.connect().await.map_err(|e| {
-        failed(format!(
-            "cannot connect to database {} on 127.0.0.1:{}: {e}",
-            conn.dbname, conn.port
-        ))
-    })
+    conn.connect().await.map_err(failed)
 }
 
 fn db(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StepError {
@@ -231,7 +223,9 @@ async fn alembic(
     cmd.arg("-c")
         .arg(migrations.join("alembic.ini"))
         .args(args)
-        .env("DATABASE_URL", conn.url());
+        .env("DATABASE_URL", conn.url())
+        // libpq (under psycopg2) bounds its connect by this: a stopped server must not hold alembic forever.
+        .env("PGCONNECT_TIMEOUT", "10");
     match statement_timeout {
         Some(t) => cmd.env(
             "XORB_STATEMENT_TIMEOUT_MS",
@@ -1881,10 +1875,7 @@ pub async fn critical_check(state_dir: &Path) -> Result<CriticalReport, LocalErr
     let secrets = Secrets::load(state_dir)?;
     let conn = st.pg(&secrets);
     let revision = stack::schema_revision(&conn).await?;
-    let client = conn
-        .connect()
-        .await
-        .map_err(|e| LocalError::db("connect", e))?;
+    let client = conn.connect().await?;
     let count = |t: &'static str| {
         let client = &client;
         async move {

@@ -14,12 +14,15 @@ use xorb_engine::runner::{Probe, StepContext, StepError};
 use xorb_model::release::{Release, Retention, Storage, StreamDef};
 
 use crate::LocalError;
+use crate::deps::{self, Dep};
 use crate::process::poll_until;
 use crate::rollback::{LocalRunner, failed};
 use crate::servers::{self, mkdir, write_private};
 use crate::stack::StackState;
 
 const WAIT: Duration = Duration::from_secs(60);
+/// One Redis call inside a poll: below `poll_until`'s 5 s cut of a probe, so that a silent Redis is named.
+const POLL_CALL: Duration = Duration::from_secs(4);
 
 fn load_release(r: &LocalRunner, name: &str) -> Result<Release, StepError> {
     Release::load_named(&r.paths.releases_root, name).map_err(|e| StepError::fatal(e.to_string()))
@@ -64,23 +67,42 @@ fn sha256_file(path: &Path) -> Result<String, StepError> {
 // NATS
 // ---------------------------------------------------------------------------------------------------------------
 
-async fn jetstream(st: &StackState) -> Result<async_nats::jetstream::Context, StepError> {
-    let client = async_nats::connect(st.nats_url())
+/// A JetStream context that knows which server it talks to, for messages.
+struct Js {
+    ctx: async_nats::jetstream::Context,
+    dep: Dep,
+}
+
+impl std::ops::Deref for Js {
+    type Target = async_nats::jetstream::Context;
+    fn deref(&self) -> &Self::Target {
+        &self.ctx
+    }
+}
+
+async fn jetstream(st: &StackState) -> Result<Js, StepError> {
+    let dep = Dep::nats(st.nats.server.port);
+    let opts = async_nats::ConnectOptions::new().connection_timeout(deps::CONNECT);
+    let client = deps::call(&dep, "connect", deps::CONNECT, opts.connect(st.nats_url()))
         .await
-        .map_err(|e| failed(format!("NATS at {}: cannot connect: {e}", st.nats_url())))?;
-    Ok(async_nats::jetstream::new(client))
+        .map_err(failed)?;
+    let mut ctx = async_nats::jetstream::new(client);
+    ctx.set_timeout(deps::CALL);
+    Ok(Js { ctx, dep })
 }
 
 /// A JetStream API request answered as raw JSON, so that what we save is exactly what the server says (times as
 /// RFC 3339 strings, payloads and headers as the server's base64), whatever this client's types make of it.
-async fn js_api(
-    js: &async_nats::jetstream::Context,
-    subject: String,
-    body: &Value,
-) -> Result<Value, StepError> {
-    js.request::<_, _, Value>(subject.clone(), body)
-        .await
-        .map_err(|e| failed(format!("NATS $JS.API.{subject}: {e}")))
+async fn js_api(js: &Js, subject: String, body: &Value) -> Result<Value, StepError> {
+    let what = format!("$JS.API.{subject}");
+    deps::call(
+        &js.dep,
+        &what,
+        deps::CALL,
+        js.request::<_, _, Value>(subject, body),
+    )
+    .await
+    .map_err(failed)
 }
 
 fn api_error(v: &Value) -> Option<(u64, String)> {
@@ -94,9 +116,7 @@ fn api_error(v: &Value) -> Option<(u64, String)> {
 const JS_NO_MESSAGE: u64 = 10037;
 
 /// Every live stream's info (`config` and `state`), by name.
-async fn stream_infos(
-    js: &async_nats::jetstream::Context,
-) -> Result<BTreeMap<String, Value>, StepError> {
+async fn stream_infos(js: &Js) -> Result<BTreeMap<String, Value>, StepError> {
     let mut names = Vec::new();
     loop {
         let v = js_api(js, "STREAM.NAMES".into(), &json!({"offset": names.len()})).await?;
@@ -230,7 +250,7 @@ fn marker_path(msgs: &Path, stream: &str) -> PathBuf {
 /// Saves every message of `stream` into `<msgs>/<stream>.jsonl` and writes its completion marker. A save that
 /// exists already is merged with (never replaced by) the new one: messages acknowledged since are kept.
 async fn save_stream_messages(
-    js: &async_nats::jetstream::Context,
+    js: &Js,
     stream: &str,
     info: &Value,
     msgs: &Path,
@@ -459,9 +479,14 @@ pub async fn nats_apply(
                  {live_last} > saved {saved_last}); run the nats save step again"
             )));
         }
-        js.delete_stream(name)
-            .await
-            .map_err(|e| failed(format!("NATS: delete stream {name}: {e}")))?;
+        deps::call(
+            &js.dep,
+            &format!("delete stream {name}"),
+            deps::CALL,
+            js.delete_stream(name),
+        )
+        .await
+        .map_err(failed)?;
         removed.push(format!("{name} ({} messages saved)", marker["messages"]));
     }
     let mut created = Vec::new();
@@ -484,9 +509,14 @@ pub async fn nats_apply(
                 updated.push(def.name.clone());
             }
             None => {
-                js.create_stream(servers::stream_config(def))
-                    .await
-                    .map_err(|e| failed(format!("NATS: create stream {}: {e}", def.name)))?;
+                deps::call(
+                    &js.dep,
+                    &format!("create stream {}", def.name),
+                    deps::CALL,
+                    js.create_stream(servers::stream_config(def)),
+                )
+                .await
+                .map_err(failed)?;
                 created.push(def.name.clone());
             }
         }
@@ -543,37 +573,48 @@ pub async fn probe_nats_apply(
 // ---------------------------------------------------------------------------------------------------------------
 
 /// The password travels in the URL to the redis crate, inside this process: never in a child's argv.
-async fn redis_con(
-    st: &StackState,
-    r: &LocalRunner,
-    db: u8,
-) -> Result<redis::aio::MultiplexedConnection, StepError> {
+async fn redis_con(st: &StackState, r: &LocalRunner, db: u8) -> Result<RedisCon, StepError> {
     let secrets = r.secrets()?;
     let client = redis::Client::open(st.redis_url(&secrets, db))
         .map_err(|e| StepError::fatal(format!("Redis: bad connection settings: {e}")))?;
-    client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| {
-            failed(format!(
-                "Redis at 127.0.0.1:{}: cannot connect: {e}",
-                st.redis.port
-            ))
-        })
+    // The client's own timeouts too: a command sent on this connection later must not wait forever either.
+    let cfg = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(deps::CONNECT))
+        .set_response_timeout(Some(deps::CALL));
+    let con = deps::call(
+        &Dep::redis(st.redis.port),
+        &format!("connect to database {db}"),
+        deps::CONNECT,
+        client.get_multiplexed_async_connection_with_config(&cfg),
+    )
+    .await
+    .map_err(failed)?;
+    Ok(RedisCon {
+        con,
+        dep: Dep::redis(st.redis.port),
+    })
+}
+
+/// A Redis connection that knows which server it talks to, for messages.
+#[derive(Clone)]
+struct RedisCon {
+    con: redis::aio::MultiplexedConnection,
+    dep: Dep,
 }
 
 async fn redis_query<T: redis::FromRedisValue>(
-    con: &mut redis::aio::MultiplexedConnection,
+    con: &mut RedisCon,
     cmd: &redis::Cmd,
     what: &str,
 ) -> Result<T, StepError> {
-    cmd.query_async(con)
+    let dep = con.dep.clone();
+    deps::call(&dep, what, deps::CALL, cmd.query_async(&mut con.con))
         .await
-        .map_err(|e| failed(format!("Redis {what}: {e}")))
+        .map_err(failed)
 }
 
 async fn redis_info(
-    con: &mut redis::aio::MultiplexedConnection,
+    con: &mut RedisCon,
     section: &str,
 ) -> Result<BTreeMap<String, String>, StepError> {
     let text: String = redis_query(
@@ -604,10 +645,7 @@ fn keyspace(info: &BTreeMap<String, String>) -> BTreeMap<u8, u64> {
         .collect()
 }
 
-async fn config_get(
-    con: &mut redis::aio::MultiplexedConnection,
-    key: &str,
-) -> Result<Option<String>, StepError> {
+async fn config_get(con: &mut RedisCon, key: &str) -> Result<Option<String>, StepError> {
     let v: Vec<String> = redis_query(
         con,
         redis::cmd("CONFIG").arg("GET").arg(key),
@@ -621,6 +659,7 @@ async fn config_get(
 async fn check_rdb(path: &Path) -> Result<String, StepError> {
     let out = tokio::process::Command::new("redis-check-rdb")
         .arg(path)
+        .kill_on_drop(true)
         .output()
         .await
         .map_err(|e| {
@@ -668,20 +707,31 @@ pub async fn redis_backup(r: &LocalRunner, ctx: &StepContext<'_>) -> Result<Stri
         .get("rdb_saves")
         .cloned();
     // One BGSAVE at a time: when Redis is already saving on its own, wait for that one and ask again.
+    // Each call is bounded below poll_until's per-probe cut, so that a Redis that does not answer is reported as
+    // such rather than as a save "still in progress".
     let started = poll_until(WAIT, || {
         let mut con = con.clone();
         async move {
-            match redis::cmd("BGSAVE").query_async::<String>(&mut con).await {
+            let bgsave = redis::cmd("BGSAVE");
+            let dep = con.dep.clone();
+            match deps::call(
+                &dep,
+                "BGSAVE",
+                POLL_CALL,
+                bgsave.query_async::<String>(&mut con.con),
+            )
+            .await
+            {
                 Ok(_) => Some(Ok(())),
                 Err(e) if e.to_string().contains("in progress") => None,
-                Err(e) => Some(Err(e.to_string())),
+                Err(e) => Some(Err(e)),
             }
         }
     })
     .await;
     match started {
         Some(Ok(())) => {}
-        Some(Err(e)) => return Err(failed(format!("Redis BGSAVE: {e}"))),
+        Some(Err(e)) => return Err(failed(e)),
         None => {
             return Err(failed(format!(
                 "Redis BGSAVE: another save was still in progress after {} s",
@@ -694,22 +744,50 @@ pub async fn redis_backup(r: &LocalRunner, ctx: &StepContext<'_>) -> Result<Stri
         let mut con = con.clone();
         let saves_before = saves_before.clone();
         async move {
-            let info = redis_info(&mut con, "persistence").await.ok()?;
+            let dep = con.dep.clone();
+            let info = deps::call(
+                &dep,
+                "INFO persistence",
+                POLL_CALL,
+                redis::cmd("INFO")
+                    .arg("persistence")
+                    .query_async::<String>(&mut con.con),
+            )
+            .await;
+            let info: BTreeMap<String, String> = match info {
+                Ok(text) => text
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .collect(),
+                Err(e) => return Some(Err(e)),
+            };
             if info.get("rdb_bgsave_in_progress").map(String::as_str) != Some("0") {
                 return None;
             }
-            let last: i64 = redis::cmd("LASTSAVE").query_async(&mut con).await.ok()?;
+            let last = deps::call(
+                &dep,
+                "LASTSAVE",
+                POLL_CALL,
+                redis::cmd("LASTSAVE").query_async::<i64>(&mut con.con),
+            )
+            .await;
+            let last = match last {
+                Ok(l) => l,
+                Err(e) => return Some(Err(e)),
+            };
             let counted = match (&saves_before, info.get("rdb_saves")) {
                 (Some(b), Some(a)) => a.parse::<u64>().ok()? > b.parse::<u64>().ok()?,
                 _ => false,
             };
-            (counted || last > before).then(|| info.get("rdb_last_bgsave_status").cloned())
+            (counted || last > before).then(|| Ok(info.get("rdb_last_bgsave_status").cloned()))
         }
     })
     .await;
     match done {
-        Some(Some(s)) if s == "ok" => {}
-        Some(s) => {
+        Some(Err(e)) => return Err(failed(e)),
+        Some(Ok(Some(s))) if s == "ok" => {}
+        Some(Ok(s)) => {
             return Err(failed(format!(
                 "Redis BGSAVE finished with status {}; see {}",
                 s.unwrap_or_default(),
@@ -863,10 +941,7 @@ fn redis_plan(r: &LocalRunner, release: &str, from: &str) -> Result<RedisPlan, S
 }
 
 /// The settings whose live value differs from the plan's, as "key: live ≠ want".
-async fn redis_config_diff(
-    con: &mut redis::aio::MultiplexedConnection,
-    plan: &RedisPlan,
-) -> Result<Vec<String>, StepError> {
+async fn redis_config_diff(con: &mut RedisCon, plan: &RedisPlan) -> Result<Vec<String>, StepError> {
     let mut diff = Vec::new();
     for (k, v) in &plan.settings {
         let live = config_get(con, k).await?.unwrap_or_default();
@@ -903,17 +978,18 @@ pub async fn redis_apply(
     }
     let mut con = redis_con(&st, r, 0).await?;
     for (k, v) in &plan.settings {
-        let _: String = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(k)
-            .arg(v)
-            .query_async(&mut con)
+        let set = redis::cmd("CONFIG").arg("SET").arg(k).arg(v).clone();
+        let dep = con.dep.clone();
+        let what = format!("CONFIG SET {k} {v}, from {}", plan.conf.display());
+        // Redis refusing a setting is fatal (the file is wrong); Redis not answering is not (try again later).
+        let _: String = deps::call(&dep, &what, deps::CALL, set.query_async(&mut con.con))
             .await
             .map_err(|e| {
-                StepError::fatal(format!(
-                    "Redis CONFIG SET {k} {v} (from {}): {e}",
-                    plan.conf.display()
-                ))
+                if e.is_connection() {
+                    failed(e)
+                } else {
+                    StepError::fatal(e.to_string())
+                }
             })?;
     }
     // The stack's redis.conf includes release.conf: the target's settings survive a restart of Redis too.
@@ -1018,6 +1094,7 @@ async fn run_check(
     (out_dir, out_name): (&Path, &str),
 ) -> Result<(), String> {
     let out = tokio::process::Command::new(program)
+        .kill_on_drop(true)
         .args(sub)
         .args(args)
         .output()
@@ -1167,27 +1244,39 @@ fn yaml_value(text: &str, what: &str) -> Result<Value, String> {
     serde_saphyr::from_str(text).map_err(|e| format!("{what} is not valid YAML: {e}"))
 }
 
-async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, String> {
-    let r = http
-        .get(url)
-        .timeout(Duration::from_secs(10))
-        .send()
+async fn get_json(http: &reqwest::Client, name: &'static str, url: &str) -> Result<Value, String> {
+    let dep = Dep::http(name, url);
+    let path = url.find("/api/").map_or(url, |i| &url[i..]);
+    let what = format!("GET {path}");
+    // Headers and body within one limit: a server that stops after the headers must not hold us either.
+    let get = async {
+        let r = http.get(url).timeout(deps::CALL).send().await?;
+        let code = r.status();
+        Ok::<_, reqwest::Error>((code, r.json::<Value>().await))
+    };
+    let (code, body) = deps::call(&dep, &what, deps::CALL, get)
         .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
-    if !r.status().is_success() {
-        return Err(format!("GET {url}: HTTP {}", r.status()));
+        .map_err(|e| e.to_string())?;
+    if !code.is_success() {
+        return Err(format!("{dep}: {what}: HTTP {code}"));
     }
-    r.json().await.map_err(|e| format!("GET {url}: {e}"))
+    body.map_err(|e| format!("{dep}: {what}: {}", deps::chain(&e)))
 }
 
-async fn post_reload(http: &reqwest::Client, base: &str, what: &str) -> Result<(), StepError> {
+async fn post_reload(
+    http: &reqwest::Client,
+    base: &str,
+    what: &'static str,
+) -> Result<(), StepError> {
     let url = format!("{base}/-/reload");
-    let r = http
-        .post(&url)
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .map_err(|e| failed(format!("{what}: POST {url}: {e}")))?;
+    let r = deps::call(
+        &Dep::http(what, &url),
+        "POST /-/reload",
+        deps::CALL,
+        http.post(&url).timeout(deps::CALL).send(),
+    )
+    .await
+    .map_err(failed)?;
     let code = r.status();
     if !code.is_success() {
         let body = r.text().await.unwrap_or_default();
@@ -1207,7 +1296,7 @@ async fn prometheus_diff(
     groups: &BTreeSet<(String, Vec<String>)>,
 ) -> Result<(), String> {
     let base = st.prometheus_url();
-    let v = get_json(http, &format!("{base}/api/v1/status/config")).await?;
+    let v = get_json(http, "Prometheus", &format!("{base}/api/v1/status/config")).await?;
     let loaded = yaml_value(
         v["data"]["yaml"].as_str().unwrap_or(""),
         "Prometheus's loaded configuration",
@@ -1234,7 +1323,12 @@ pub async fn live_rule_groups(
     http: &reqwest::Client,
     st: &StackState,
 ) -> Result<BTreeSet<(String, Vec<String>)>, String> {
-    let v = get_json(http, &format!("{}/api/v1/rules", st.prometheus_url())).await?;
+    let v = get_json(
+        http,
+        "Prometheus",
+        &format!("{}/api/v1/rules", st.prometheus_url()),
+    )
+    .await?;
     Ok(v["data"]["groups"]
         .as_array()
         .map(|gs| {
@@ -1258,7 +1352,7 @@ pub async fn live_rule_groups(
 }
 
 async fn alertmanager_diff(http: &reqwest::Client, base: &str, want: &Value) -> Result<(), String> {
-    let v = get_json(http, &format!("{base}/api/v2/status")).await?;
+    let v = get_json(http, "Alertmanager", &format!("{base}/api/v2/status")).await?;
     let loaded = yaml_value(
         v["config"]["original"].as_str().unwrap_or(""),
         "Alertmanager's loaded configuration",

@@ -2,10 +2,12 @@
 //! servers on 127.0.0.1 that we start ourselves under a state directory.
 
 pub mod database;
+pub mod deps;
 pub mod evidence;
 pub mod infra;
 pub mod pidfiles;
 pub mod process;
+pub mod restart;
 pub mod rollback;
 pub mod safety;
 pub mod servers;
@@ -53,6 +55,8 @@ pub enum LocalError {
     },
     #[error(transparent)]
     Release(#[from] xorb_model::release::ReleaseError),
+    #[error(transparent)]
+    Dep(#[from] deps::DepError),
 }
 
 impl LocalError {

@@ -152,7 +152,7 @@ impl LocalRunner {
             state_dir: state_dir.to_path_buf(),
             paths,
             to,
-            http: reqwest::Client::new(),
+            http: crate::deps::http_client(),
         }
     }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use xorb_model::release::{Release, Retention, Storage, StreamDef};
 
-use crate::LocalError;
 use crate::process::{ProcRecord, free_port, poll_until, spawn_detached};
+use crate::{LocalError, deps};
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -107,8 +107,17 @@ impl PgConn {
         }
     }
 
-    pub async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, conn) = self.config().connect(tokio_postgres::NoTls).await?;
+    /// Connects within [`deps::CONNECT`], authentication included: the driver's own connect timeout covers only
+    /// the TCP handshake, which a stopped server's kernel still completes.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, LocalError> {
+        let what = format!("connect to database {}", self.dbname);
+        let (client, conn) = deps::call(
+            &deps::Dep::postgres(self.port),
+            &what,
+            deps::CONNECT,
+            self.config().connect(tokio_postgres::NoTls),
+        )
+        .await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -118,6 +127,15 @@ impl PgConn {
 
 /// Initialises (first time only) and starts PostgreSQL under `dir`, then makes sure the `xorb` database exists.
 pub async fn start_postgres(dir: &Path, password: &str) -> Result<Server, LocalError> {
+    start_postgres_on(dir, password, None).await
+}
+
+/// As [`start_postgres`], on `port` when given (a restart keeps the port the services connect to).
+pub async fn start_postgres_on(
+    dir: &Path,
+    password: &str,
+    port: Option<u16>,
+) -> Result<Server, LocalError> {
     mkdir(dir, 0o700)?;
     chown_to_postgres(dir)?;
     let data = dir.join("data");
@@ -147,7 +165,7 @@ pub async fn start_postgres(dir: &Path, password: &str) -> Result<Server, LocalE
             });
         }
     }
-    let port = free_port()?;
+    let port = port.map_or_else(free_port, Ok)?;
     let log = dir.join("postgres.log");
     let mut cmd = Command::new(format!("{PG_BIN}/postgres"));
     cmd.arg("-D").arg(&data).arg("-p").arg(port.to_string());
@@ -179,10 +197,7 @@ pub async fn start_postgres(dir: &Path, password: &str) -> Result<Server, LocalE
             why: format!("not ready; see {}", log.display()),
         });
     }
-    let client = conn
-        .connect()
-        .await
-        .map_err(|e| LocalError::db("connect", e))?;
+    let client = conn.connect().await?;
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = 'xorb'", &[])
         .await
@@ -215,6 +230,13 @@ pub async fn start_redis(
         dir.display()
     );
     write_private(&conf, text.as_bytes())?;
+    restart_redis(dir, port, password).await
+}
+
+/// Starts Redis from the configuration written in `dir` (on a restart: the same port, the same data, and the
+/// release settings phase 4 may have changed since).
+pub async fn restart_redis(dir: &Path, port: u16, password: &str) -> Result<Server, LocalError> {
+    let conf = dir.join("redis.conf");
     let log = dir.join("redis.log");
     let mut cmd = Command::new("redis-server");
     cmd.arg(&conf);
@@ -276,6 +298,27 @@ pub async fn start_nats(dir: &Path) -> Result<NatsServer, LocalError> {
     Ok(NatsServer {
         server: Server { port, proc, log },
         monitor_port,
+    })
+}
+
+/// Starts NATS again from the configuration a previous start wrote in `dir` (same ports, same JetStream store).
+pub async fn restart_nats(dir: &Path, old: &NatsServer) -> Result<NatsServer, LocalError> {
+    let log = dir.join("nats.log");
+    let mut cmd = Command::new("nats-server");
+    cmd.arg("-c").arg(dir.join("nats.conf"));
+    let proc = spawn_detached(cmd, &log)?;
+    let url = format!(
+        "http://127.0.0.1:{}/healthz?js-enabled=true",
+        old.monitor_port
+    );
+    wait_http_ready(&proc, &url, "NATS", &log).await?;
+    Ok(NatsServer {
+        server: Server {
+            port: old.server.port,
+            proc,
+            log,
+        },
+        monitor_port: old.monitor_port,
     })
 }
 
@@ -409,8 +452,17 @@ pub fn local_prometheus_config_alerting(
 }
 
 pub async fn start_prometheus(dir: &Path, config: &Path) -> Result<Server, LocalError> {
+    start_prometheus_on(dir, config, None).await
+}
+
+/// As [`start_prometheus`], on `port` when given.
+pub async fn start_prometheus_on(
+    dir: &Path,
+    config: &Path,
+    port: Option<u16>,
+) -> Result<Server, LocalError> {
     mkdir(dir, 0o700)?;
-    let port = free_port()?;
+    let port = port.map_or_else(free_port, Ok)?;
     let log = dir.join("prometheus.log");
     let mut cmd = Command::new("prometheus");
     cmd.arg(format!("--config.file={}", config.display()))
@@ -429,8 +481,17 @@ pub async fn start_prometheus(dir: &Path, config: &Path) -> Result<Server, Local
 /// Starts Alertmanager on 127.0.0.1 with `config` copied into `dir`. `--cluster.listen-address=` (empty) turns
 /// clustering off: a private Alertmanager must not gossip with anything on the network.
 pub async fn start_alertmanager(dir: &Path, config: &Path) -> Result<Server, LocalError> {
+    start_alertmanager_on(dir, config, None).await
+}
+
+/// As [`start_alertmanager`], on `port` when given.
+pub async fn start_alertmanager_on(
+    dir: &Path,
+    config: &Path,
+    port: Option<u16>,
+) -> Result<Server, LocalError> {
     mkdir(dir, 0o700)?;
-    let port = free_port()?;
+    let port = port.map_or_else(free_port, Ok)?;
     let dest = dir.join("alertmanager.yml");
     if config != dest {
         std::fs::copy(config, &dest).map_err(|e| {

@@ -397,10 +397,7 @@ pub fn alembic(
 }
 
 pub async fn schema_revision(conn: &PgConn) -> Result<Option<String>, LocalError> {
-    let client = conn
-        .connect()
-        .await
-        .map_err(|e| LocalError::db("connect", e))?;
+    let client = conn.connect().await?;
     let exists = client
         .query_opt(
             "SELECT 1 FROM information_schema.tables WHERE table_name = 'alembic_version'",
@@ -480,17 +477,20 @@ pub async fn up_with(
                 demo: demo_report,
             });
         }
-        // Half gone: stop what is left so that we start from a known state, keeping the data.
-        down(state_dir).await?;
-        let opts = UpOptions {
-            grafana_dashboards: opts
-                .grafana_dashboards
-                .clone()
-                .or(existing.grafana_dashboards.clone()),
+        // Half gone (a server died, maybe in the middle of a rollback): bring back what died, in place, on its
+        // port and with the configuration it last had, and leave what runs alone (see restart.rs).
+        let restarted = crate::restart::restart_missing(paths, state_dir).await?;
+        let demo_report = if demo {
+            Some(demo_data(state_dir, &StackState::load(state_dir)?).await?)
+        } else {
+            None
         };
-        let mut report = Box::pin(fresh_up(paths, state_dir, &release, demo, &opts)).await?;
-        report.restarted = dead;
-        return Ok(report);
+        return Ok(UpReport {
+            release: release_name.into(),
+            already_running: false,
+            restarted,
+            demo: demo_report,
+        });
     }
     fresh_up(paths, state_dir, &release, demo, opts).await
 }
@@ -901,11 +901,7 @@ pub struct DemoReport {
 /// through the API as a user would and waited for until they complete.
 pub async fn demo_data(state_dir: &Path, stack: &StackState) -> Result<DemoReport, LocalError> {
     let mut secrets = Secrets::load(state_dir)?;
-    let client = stack
-        .pg(&secrets)
-        .connect()
-        .await
-        .map_err(|e| LocalError::db("connect", e))?;
+    let client = stack.pg(&secrets).connect().await?;
     for (slug, name) in [("acme", "Acme Security"), ("globex", "Globex Corporation")] {
         let token = secrets
             .tenant_tokens

@@ -1323,11 +1323,32 @@ fn tempfile_dir(state_dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 async fn prom_get(http: &reqwest::Client, url: &str, params: &[(&str, String)]) -> Option<Value> {
+    use xorb_local::deps::{self, Dep};
+    let dep = Dep::http("Prometheus", url);
     let url =
         reqwest::Url::parse_with_params(url, params.iter().map(|(k, v)| (*k, v.as_str()))).ok()?;
-    let v: Value = http.get(url).send().await.ok()?.json().await.ok()?;
-    (v["status"] == "success").then_some(v)
+    let what = format!("GET {}", url.path());
+    // The assessment goes on without Prometheus's figures, but says why they are missing, and a silent
+    // Prometheus costs one short wait per query rather than the client's 10 s.
+    let get = async {
+        http.get(url)
+            .timeout(PROM_TIMEOUT)
+            .send()
+            .await?
+            .json::<Value>()
+            .await
+    };
+    match deps::call(&dep, &what, PROM_TIMEOUT, get).await {
+        Ok(v) => (v["status"] == "success").then_some(v),
+        Err(e) => {
+            eprintln!("warning: {e}");
+            None
+        }
+    }
 }
+
+/// One Prometheus query during `assess`.
+const PROM_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A PromQL expression's single value now; `None` when Prometheus has no data (or the value is not a number).
 async fn prom_scalar(http: &reqwest::Client, base: &str, q: &str) -> Option<f64> {

@@ -116,10 +116,7 @@ pub async fn integrity(cli: &Cli, out: &Reporter, a: &IntegrityArgs) -> anyhow::
     }
     let db = stack_db(state_dir)?;
     if a.quick {
-        let client = db
-            .connect()
-            .await
-            .map_err(|e| xorb_local::LocalError::db("connect to the stack's database", e))?;
+        let client = db.connect().await?;
         let r = xorb_integrity::quick(&client).await?;
         out.result(&r, render_quick);
         if a.report {

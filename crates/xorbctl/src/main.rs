@@ -71,7 +71,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 | L::Db { .. }
                 | L::Nats { .. }
                 | L::Alembic { .. }
-                | L::Unhealthy { .. } => 4,
+                | L::Unhealthy { .. }
+                | L::Dep(_) => 4,
             };
         }
         if let Some(pe) = cause.downcast_ref::<P>() {

@@ -28,6 +28,8 @@ pub const CONFIG_FILE: &str = "notify.toml";
 pub const TERMINAL: &str = "terminal";
 /// Per-request timeout of a webhook POST.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// A receiver that is down refuses at once; one that is unreachable must not take the whole request timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// First retry delay; doubled on each failed attempt up to `MAX_BACKOFF`.
 const FIRST_BACKOFF_MS: i64 = 250;
 const MAX_BACKOFF_MS: i64 = 30_000;
@@ -365,7 +367,11 @@ impl Notifier {
     }
 
     async fn deliver_loop(self) {
-        let client = match reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build() {
+        let client = match reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+        {
             Ok(c) => c,
             Err(e) => {
                 eprintln!(
@@ -487,11 +493,31 @@ async fn post(client: &reqwest::Client, url: &str, n: &Notification) -> Result<(
         .send()
         .await
         // The error would quote the URL, which is the secret.
-        .map_err(|e| e.without_url().to_string())?;
+        .map_err(|e| failure(&e.without_url()))?;
     if r.status().is_success() {
         Ok(())
     } else {
         Err(format!("the webhook answered HTTP {}", r.status().as_u16()))
+    }
+}
+
+/// Why a POST failed, in words an on-call engineer acts on ("error sending request" alone says nothing).
+fn failure(e: &reqwest::Error) -> String {
+    use xorb_local::deps::{Cause, chain, classify};
+    if e.is_timeout() {
+        return format!(
+            "the webhook did not answer within {} s",
+            REQUEST_TIMEOUT.as_secs()
+        );
+    }
+    match classify(e) {
+        Cause::Refused => "the webhook refused the connection: nothing listens there".into(),
+        Cause::Closed => "the webhook closed the connection without answering".into(),
+        Cause::TimedOut => format!(
+            "the webhook did not answer within {} s",
+            REQUEST_TIMEOUT.as_secs()
+        ),
+        Cause::Other => format!("cannot reach the webhook: {}", chain(e)),
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod common;
 mod database;
+mod faults;
 mod governance;
 mod hardening_input;
 mod hardening_ops;

@@ -1,0 +1,636 @@
+//! The dependency-fault matrix (issue #12): every dependency killed (SIGKILL) and stalled (SIGSTOP) inside a step of
+//! the phase that uses it, and the disk under the run's artifacts filling up or turning read-only. Each fault lands
+//! at a known point through the `XORB_PAUSE_IN_STEP` hook (the step is journaled as started, the process waits for
+//! a release file): the run must stop (exit 6) with a message naming the dependency and the cause, the journal must
+//! record the step as failed, and once the dependency is back `resume` must end as an uninterrupted run does.
+//! A webhook receiver down or stalled never fails the run: its messages stay owed, are reported, and are delivered
+//! once it is back. Figures (cases, seconds) are printed, not asserted.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde_json::Value;
+use xorb_engine::pause::{PAUSE_ENV, paused_marker, release_marker};
+use xorb_engine::runner::{Probe, StepContext};
+use xorb_local::rollback::LocalRunner;
+use xorb_local::stack::{Paths, StackState};
+use xorb_model::release::Release;
+
+use crate::common::*;
+
+const RC1: &str = "v2025.08-rc1";
+const STABLE: &str = "v2025.07-stable";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Kill,
+    Stall,
+    DiskFull,
+    ReadOnly,
+}
+
+/// One cell of the matrix: a fault of a dependency inside a step.
+struct Case {
+    /// The key of the server in stack.json; for disk faults, unused.
+    server: &'static str,
+    /// How messages must name it.
+    name: &'static str,
+    step: &'static str,
+    fault: Fault,
+}
+
+const fn case(server: &'static str, name: &'static str, step: &'static str, fault: Fault) -> Case {
+    Case {
+        server,
+        name,
+        step,
+        fault,
+    }
+}
+
+/// In plan order: each case resumes the run where the previous one stopped it.
+const MATRIX: [Case; 9] = [
+    case("postgres", "PostgreSQL", "3.db.backup", Fault::Stall),
+    case("-", "runs/", "3.db.snapshot", Fault::DiskFull),
+    case(
+        "postgres",
+        "PostgreSQL",
+        "3.g8.downgrade.8d9a2c3",
+        Fault::Kill,
+    ),
+    case("nats", "NATS", "4.nats.save", Fault::Stall),
+    case("nats", "NATS", "4.nats.apply", Fault::Kill),
+    case("-", "runs/", "4.redis.backup", Fault::ReadOnly),
+    case("redis", "Redis", "4.redis.backup", Fault::Stall),
+    case("redis", "Redis", "4.redis.apply", Fault::Kill),
+    case(
+        "prometheus",
+        "Prometheus",
+        "4.monitoring.apply",
+        Fault::Stall,
+    ),
+    // One monitoring fault per run: once Prometheus is back (its queued reloads, or a restart reading the files
+    // the step wrote) it serves the target, and both releases share alertmanager.yml, so the step's probe finds
+    // it done and a second fault in it would never be reached.
+];
+
+/// A small filesystem of our own over the run directories: filled up or remounted read-only on demand, without
+/// touching the servers' data (they live elsewhere in the state directory). Unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m,mode=0700", "xorb-faults"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "this test needs root and mount(8) for a tmpfs: {}",
+            text(&out)
+        );
+        Tmpfs(at.to_path_buf())
+    }
+
+    /// The run directories turn read-only for every new write: a read-only bind mount over them. (Remounting the
+    /// tmpfs itself read-only is refused while the paused run holds its log file open for writing, as the kernel
+    /// refuses it for any filesystem with writers.)
+    fn read_only(&self) {
+        for args in [
+            vec!["--bind".to_string()],
+            vec!["-o".to_string(), "remount,bind,ro".to_string()],
+        ] {
+            let mut cmd = Command::new("mount");
+            cmd.args(&args);
+            if args.len() == 1 {
+                cmd.arg(&self.0);
+            }
+            let out = cmd.arg(&self.0).output().unwrap();
+            assert!(out.status.success(), "mount {args:?}: {}", text(&out));
+        }
+    }
+
+    fn writable(&self) {
+        let out = Command::new("umount").arg(&self.0).output().unwrap();
+        assert!(
+            out.status.success(),
+            "umount the read-only bind: {}",
+            text(&out)
+        );
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.0.join("filler")
+    }
+
+    /// Writes until the filesystem refuses: ENOSPC for whoever writes next.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.filler()).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        loop {
+            if let Err(e) = f.write_all(&chunk).and_then(|_| f.sync_data()) {
+                assert_eq!(
+                    e.raw_os_error(),
+                    Some(nix::errno::Errno::ENOSPC as i32),
+                    "{e}"
+                );
+                break;
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn server_pid(st: &Stack, server: &str) -> i32 {
+    st.stack_json()[server]["proc"]["pid"].as_i64().unwrap() as i32
+}
+
+/// The state letter of /proc/PID/stat (R, S, T, Z…), None when gone.
+fn proc_state(pid: i32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s[s.rfind(')')? + 2..].chars().next()
+}
+
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    eventually(what, Duration::from_secs(30), || {
+        let ok = f();
+        async move { ok.then_some(()) }
+    })
+    .await
+}
+
+/// Stops or kills the whole process group: a PostgreSQL whose postmaster alone is stopped still serves through
+/// its backends, which is not the outage we mean.
+async fn inject(st: &Stack, c: &Case, fs: &Tmpfs) {
+    match c.fault {
+        Fault::Kill => {
+            let pid = server_pid(st, c.server);
+            killpg(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+            wait_for(&format!("{} gone", c.server), || {
+                matches!(proc_state(pid), None | Some('Z'))
+            })
+            .await;
+        }
+        Fault::Stall => {
+            let pid = server_pid(st, c.server);
+            killpg(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+            wait_for(&format!("{} stopped", c.server), || {
+                proc_state(pid) == Some('T')
+            })
+            .await;
+        }
+        Fault::DiskFull => fs.fill(),
+        Fault::ReadOnly => fs.read_only(),
+    }
+}
+
+/// Brings the dependency back the way an operator would: SIGCONT, `stack up` (which restarts what died in place),
+/// freeing space, remounting read-write.
+fn heal(st: &Stack, c: &Case, fs: &Tmpfs) {
+    match c.fault {
+        Fault::Stall => {
+            killpg(Pid::from_raw(server_pid(st, c.server)), Signal::SIGCONT).unwrap();
+        }
+        Fault::Kill => {
+            let release = st.stack_json()["release"].as_str().unwrap().to_string();
+            let out = st.xorbctl(&["stack", "up", "--release", &release]);
+            assert!(out.status.success(), "stack up: {}", text(&out));
+            assert!(
+                text(&out).contains(c.server),
+                "stack up says it restarted {}: {}",
+                c.server,
+                text(&out)
+            );
+        }
+        Fault::DiskFull => std::fs::remove_file(fs.filler()).unwrap(),
+        Fault::ReadOnly => fs.writable(),
+    }
+}
+
+/// What the message must say about the cause.
+fn cause_words(f: Fault) -> &'static [&'static str] {
+    match f {
+        Fault::Kill => &["connection refused", "connection was closed"],
+        Fault::Stall => &["did not answer within"],
+        Fault::DiskFull => &["No space left on device"],
+        Fault::ReadOnly => &["Read-only file system"],
+    }
+}
+
+/// Starts `xorbctl ARGS` paused inside `step`; returns once it waits there.
+async fn start_paused(st: &Stack, args: &[&str], step: &str, dir: &Path) -> Child {
+    let mut cmd = st.cmd();
+    cmd.args(args)
+        .env(PAUSE_ENV, format!("{step}:{}", dir.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn().unwrap();
+    let marker = paused_marker(dir, step);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !marker.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "xorbctl {args:?} ended ({status}) before pausing in {step}:\n{}",
+                text(&out)
+            );
+        }
+        assert!(Instant::now() < deadline, "never paused in {step}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child
+}
+
+async fn finish(child: Child) -> Output {
+    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn show(st: &Stack) -> Value {
+    let out = st.xorbctl(&["show", "latest", "--output", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
+    run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["spec"]["id"] == id)
+        .unwrap_or_else(|| panic!("no step {id} in the run"))
+}
+
+fn runner(st: &Stack) -> LocalRunner {
+    let root = repo().join("releases");
+    let paths = Paths {
+        releases_root: root.clone(),
+        venv: venv(),
+        svc_bin: svc_bin(),
+    };
+    LocalRunner::new(&st.dir, paths, Release::load_named(&root, STABLE).unwrap())
+}
+
+struct Row {
+    name: &'static str,
+    fault: Fault,
+    step: &'static str,
+    secs: f64,
+    message: String,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_dependency_killed_or_stalled_inside_its_steps_stops_the_run_and_resume_ends_it_as_if_uninterrupted()
+ {
+    let wall = Instant::now();
+    let st = Stack::up(RC1, true);
+    let evidence_before: i64 = st
+        .pg()
+        .await
+        .query_one("SELECT count(*) FROM evidence", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let fs = Tmpfs::mount(&st.dir.join("runs"));
+    let pauses = Stack::new_dir();
+    let mut rows = Vec::new();
+    for (i, c) in MATRIX.iter().enumerate() {
+        let args: &[&str] = if i == 0 {
+            &["rollback", "--from", RC1, "--to", STABLE, "--yes"]
+        } else {
+            &["resume", "latest"]
+        };
+        let dir = pauses.join(i.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = start_paused(&st, args, c.step, &dir).await;
+        inject(&st, c, &fs).await;
+        std::fs::write(release_marker(&dir, c.step), "").unwrap();
+        let t = Instant::now();
+        let out = finish(child).await;
+        let secs = t.elapsed().as_secs_f64();
+        let o = text(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(6),
+            "{} {:?} in {}: the run stops on the failure\n{o}",
+            c.name,
+            c.fault,
+            c.step
+        );
+        let run = show(&st);
+        let s = step(&run, c.step);
+        assert_eq!(s["state"], "failed", "{} {:?}: {s:#}", c.name, c.fault);
+        let recorded = s.to_string();
+        let stopped = run["status"].to_string();
+        for (what, text) in [("the output", &o), ("the journal", &recorded)] {
+            assert!(
+                text.contains(c.name),
+                "{what} names {} ({:?} in {}):\n{text}\n{stopped}",
+                c.name,
+                c.fault,
+                c.step
+            );
+            assert!(
+                cause_words(c.fault).iter().any(|w| text.contains(w)),
+                "{what} gives the cause of {} {:?} ({:?}):\n{text}",
+                c.name,
+                c.fault,
+                cause_words(c.fault)
+            );
+        }
+        let message = run["status"]["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or(stopped);
+        heal(&st, c, &fs);
+        rows.push(Row {
+            name: c.name,
+            fault: c.fault,
+            step: c.step,
+            secs,
+            message,
+        });
+    }
+    let out = st.xorbctl(&["resume", "latest"]);
+    assert!(out.status.success(), "the last resume: {}", text(&out));
+
+    // The end state is an uninterrupted run's: every step done, the stack on stable in every respect, and every
+    // row the downgrades destroyed accounted for.
+    let run = show(&st);
+    assert_eq!(run["status"]["state"], "succeeded", "{:#}", run["status"]);
+    for s in run["steps"].as_array().unwrap() {
+        assert!(
+            ["succeeded", "already_done", "skipped"].contains(&s["state"].as_str().unwrap()),
+            "{} ended {}",
+            s["spec"]["id"],
+            s["state"]
+        );
+    }
+    let status = st.status();
+    assert_eq!(status["schema_revision"], "1a5be11", "{status:#}");
+    for s in status["services"].as_array().unwrap() {
+        assert_eq!(s["release"], STABLE, "{s:#}");
+        assert_eq!(s["healthy"], true, "{s:#}");
+    }
+    let stable = Release::load_named(&repo().join("releases"), STABLE).unwrap();
+    let mut want: Vec<Value> = stable
+        .streams
+        .iter()
+        .map(|s| Value::from(s.name.clone()))
+        .collect();
+    want.sort_by_key(|v| v.to_string());
+    assert_eq!(status["streams"], Value::Array(want), "{status:#}");
+    let r = runner(&st);
+    let run_dir = st.dir.join("runs").join(run["id"].as_str().unwrap());
+    let ctx = StepContext {
+        run_id: run["id"].as_str().unwrap(),
+        run_dir: &run_dir,
+        from: RC1,
+        to: STABLE,
+        index: 0,
+        attempt: 1,
+    };
+    for (what, probe) in [
+        (
+            "NATS",
+            xorb_local::infra::probe_nats_apply(&r, STABLE, &ctx).await,
+        ),
+        (
+            "Redis",
+            xorb_local::infra::probe_redis_apply(&r, STABLE, &ctx).await,
+        ),
+        (
+            "monitoring",
+            xorb_local::infra::probe_monitoring_apply(&r, STABLE, &ctx).await,
+        ),
+    ] {
+        assert!(
+            matches!(probe, Ok(Probe::Done { .. })),
+            "{what} is as {STABLE} defines it: {probe:?}"
+        );
+    }
+    let groups = xorb_local::infra::live_rule_groups(
+        &reqwest::Client::new(),
+        &StackState::load(&st.dir).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(!groups.is_empty());
+    let loss: Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("loss.json")).unwrap()).unwrap();
+    assert_eq!(
+        loss["accounted"]["evidence"]["preserved"], evidence_before,
+        "{loss:#}"
+    );
+    assert_eq!(loss["unaccounted"], Value::Array(vec![]), "{loss:#}");
+
+    println!("dependency-fault matrix: {} cases", rows.len());
+    println!("| dependency | fault | step | stopped after | message |");
+    for r in &rows {
+        println!(
+            "| {} | {:?} | {} | {:.1} s | {} |",
+            r.name, r.fault, r.step, r.secs, r.message
+        );
+    }
+    println!(
+        "dependency-fault matrix: {} cases, wall time {:.0} s (stack up, the rollback, every fault, resume)",
+        rows.len(),
+        wall.elapsed().as_secs_f64()
+    );
+    drop(fs);
+    st.xorbctl(&["stack", "down"]);
+    let _ = std::fs::remove_dir_all(&st.dir);
+    let _ = std::fs::remove_dir_all(&pauses);
+}
+
+/// A Slack-compatible webhook receiver as a process of its own (so that it can be stopped and killed like a real
+/// one): answers every POST 200 and appends its `X-Xorb-Delivery-Id` to a file.
+struct Receiver {
+    hits: PathBuf,
+    child: Child,
+}
+
+const RECEIVER: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with open(sys.argv[2], "a") as f:
+            f.write(self.headers.get("X-Xorb-Delivery-Id", "") + "\n")
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+
+impl Receiver {
+    async fn start(port: u16, hits: &Path) -> Receiver {
+        let child = Command::new("python3")
+            .args(["-c", RECEIVER, &port.to_string()])
+            .arg(hits)
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        eventually(
+            "the receiver listening",
+            Duration::from_secs(30),
+            || async {
+                std::net::TcpStream::connect(("127.0.0.1", port))
+                    .ok()
+                    .map(|_| ())
+            },
+        )
+        .await;
+        Receiver {
+            hits: hits.to_path_buf(),
+            child,
+        }
+    }
+
+    fn signal(&self, s: Signal) {
+        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), s).unwrap();
+    }
+
+    fn ids(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.hits)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The run's notifications from the journal (`show`), as (id, state, last error).
+fn notifications(st: &Stack) -> Vec<(String, String, String)> {
+    show(st)["notifications"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|n| n["sink"] != "terminal")
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap_or("").to_string(),
+                n["state"].as_str().unwrap_or("").to_string(),
+                n["last_error"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_receiver_stalled_then_killed_mid_run_never_fails_the_run_and_gets_every_message_once_back()
+ {
+    let wall = Instant::now();
+    let st = Stack::up(RC1, false);
+    let scratch = Stack::new_dir();
+    let port = xorb_local::process::free_port().unwrap();
+    let mut receiver = Receiver::start(port, &scratch.join("hits")).await;
+    let url = format!(
+        "http://127.0.0.1:{port}/services/T0/B0/{}",
+        uuid::Uuid::new_v4().simple()
+    );
+    let step_id = "2.api.image";
+    let mut cmd = st.cmd();
+    cmd.args([
+        "rollback", "--from", RC1, "--to", STABLE, "--only", "api", "--yes",
+    ])
+    .env("XORB_NOTIFY_URLS", &url)
+    // Long enough for the receiver to come back while the command still delivers.
+    .env("XORB_NOTIFY_GRACE_SECS", "120")
+    .env(PAUSE_ENV, format!("{step_id}:{}", scratch.display()))
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    eventually("the run paused", Duration::from_secs(300), || async {
+        paused_marker(&scratch, step_id).exists().then_some(())
+    })
+    .await;
+
+    // Stalled: the kernel accepts, nobody answers. The run goes on; the messages stay owed, with the reason.
+    receiver.signal(Signal::SIGSTOP);
+    std::fs::write(release_marker(&scratch, step_id), "").unwrap();
+    let stalled = eventually(
+        "a delivery failure recorded for the stalled receiver",
+        Duration::from_secs(120),
+        || async {
+            notifications(&st)
+                .into_iter()
+                .find(|(_, state, e)| state == "pending" && !e.is_empty())
+        },
+    )
+    .await;
+    assert!(stalled.2.contains("did not answer within"), "{stalled:?}");
+    assert!(
+        !stalled.2.contains(&url),
+        "the URL is a secret: {stalled:?}"
+    );
+
+    // Killed: the connection is refused, said so.
+    receiver.signal(Signal::SIGKILL);
+    let _ = receiver.child.wait();
+    let killed = eventually(
+        "a refused delivery recorded",
+        Duration::from_secs(120),
+        || async {
+            notifications(&st)
+                .into_iter()
+                .find(|(_, _, e)| e.contains("refused"))
+        },
+    )
+    .await;
+    assert!(!killed.2.contains(&url), "{killed:?}");
+
+    // Back on its port: every owed message arrives, and the run succeeded all along.
+    receiver = Receiver::start(port, &scratch.join("hits")).await;
+    let out = finish(child).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let o = text(&out);
+    assert!(!o.contains(&url), "the URL never appears: {o}");
+    let left = notifications(&st);
+    assert!(!left.is_empty());
+    for (id, state, err) in &left {
+        assert_eq!(state, "delivered", "{id}: {err}");
+    }
+    let mut got = receiver.ids();
+    got.sort();
+    got.dedup();
+    let mut want: Vec<String> = left.iter().map(|(id, _, _)| id.clone()).collect();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "every message reached the receiver once it was back"
+    );
+    println!(
+        "webhook receiver stalled then killed during a run: run succeeded, {} messages delivered after it came back; wall time {:.0} s",
+        want.len(),
+        wall.elapsed().as_secs_f64()
+    );
+    drop(receiver);
+    st.xorbctl(&["stack", "down"]);
+    let _ = std::fs::remove_dir_all(&st.dir);
+    let _ = std::fs::remove_dir_all(&scratch);
+}
