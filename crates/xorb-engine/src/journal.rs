@@ -287,6 +287,39 @@ impl Journal {
         Ok(journal)
     }
 
+    /// Opens an existing journal for reading only (`xorbctl watch`): it never creates, migrates or writes, so a
+    /// reader polling it cannot block the runner's writes or change what it journals.
+    pub fn open_read_only(state_dir: &Path) -> Result<Journal, JournalError> {
+        use rusqlite::OpenFlags;
+        let path = state_dir.join(JOURNAL_FILE);
+        let open_err = |source| JournalError::Open {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(open_err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if version > SCHEMA_VERSION {
+            return Err(JournalError::NewerSchema {
+                path,
+                found: version,
+                known: SCHEMA_VERSION,
+            });
+        }
+        Ok(Journal {
+            conn,
+            path,
+            redactor: Redactor::new(),
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

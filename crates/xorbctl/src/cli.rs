@@ -113,6 +113,8 @@ pub enum Command {
     Runs,
     /// One run: its plan, every step's state and the events.
     Show { run: String },
+    /// A live view of a run (default: the one running now): phases, current step, what it waits for.
+    Watch(crate::watch::WatchArgs),
     /// Prove the audit trail whole, or name the first entry that was changed, removed or reordered.
     Audit {
         #[command(subcommand)]
@@ -403,6 +405,9 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
                 s
             });
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Watch(a) => {
+            crate::watch::run(&state_dir, out.format, a, &crate::sinks::redactor_for(&cli)).await
         }
         Command::Show { run } => {
             let rec = xorb_engine::load_run(&state_dir, run)?;

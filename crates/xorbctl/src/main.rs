@@ -3,17 +3,20 @@
 
 mod cli;
 mod governance;
+mod https;
 mod integrity;
 mod notify;
 mod output;
 mod rollback;
 mod sinks;
+mod watch;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
+    https::install_crypto_provider();
     let args = cli::Cli::parse();
     let out = output::Reporter::new(args.output);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -93,6 +96,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if cause.downcast_ref::<xorb_audit::VerifyError>().is_some() {
             return 8;
+        }
+        if cause.downcast_ref::<watch::WatchError>().is_some() {
+            return 3;
         }
         if cause.downcast_ref::<xorb_engine::LockError>().is_some() {
             return 3;
