@@ -5,6 +5,7 @@
 mod common;
 mod database;
 mod governance;
+mod https;
 mod infra;
 mod integrity;
 mod notify;
@@ -13,3 +14,4 @@ mod releases;
 mod rollback;
 mod secrets;
 mod stateful;
+mod watch;
