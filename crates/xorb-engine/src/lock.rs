@@ -161,6 +161,13 @@ pub fn current_holder(state_dir: &Path) -> Result<Option<Holder>, LockError> {
     }
 }
 
+/// Who the lock file names, read without touching the lock (a reader taking even a shared lock could make a
+/// starting rollback fail to take it): a stale name after a crash is possible, so callers check the pid.
+pub fn recorded_holder(state_dir: &Path) -> Option<Holder> {
+    let mut file = File::open(state_dir.join(LOCK_FILE)).ok()?;
+    Some(read_holder(&mut file))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

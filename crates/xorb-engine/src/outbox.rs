@@ -37,6 +37,9 @@ pub enum OutboxError {
 pub enum DeliveryState {
     Pending,
     Delivered,
+    /// Refused for a reason retrying cannot fix (the receiver's TLS certificate is not trusted): never handed
+    /// out again; `last_error` says why and what to change.
+    Failed,
 }
 
 impl DeliveryState {
@@ -44,6 +47,7 @@ impl DeliveryState {
         match self {
             DeliveryState::Pending => "pending",
             DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
         }
     }
 }
@@ -217,10 +221,10 @@ impl Outbox {
                     phase: r.get(3)?,
                     sink: r.get(4)?,
                     body: r.get(5)?,
-                    state: if state == "delivered" {
-                        DeliveryState::Delivered
-                    } else {
-                        DeliveryState::Pending
+                    state: match state.as_str() {
+                        "delivered" => DeliveryState::Delivered,
+                        "failed" => DeliveryState::Failed,
+                        _ => DeliveryState::Pending,
                     },
                     attempts: r.get(7)?,
                     last_error: r.get(8)?,
@@ -323,6 +327,19 @@ impl Outbox {
             .map_err(self.sql("record a failed delivery"))?;
         Ok(())
     }
+
+    /// An attempt failed for good: count it, keep the (redacted) reason, and never hand it out again.
+    pub fn mark_failed(&self, id: &str, sink: &str, error: &str) -> Result<(), OutboxError> {
+        let error = self.redactor.redact(error);
+        self.conn
+            .execute(
+                "UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ?3
+                 WHERE id = ?1 AND sink = ?2 AND state = 'pending'",
+                params![id, sink, error],
+            )
+            .map_err(self.sql("record a refused delivery"))?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -409,5 +426,29 @@ mod tests {
         let n = &o.list("r1").unwrap()[0];
         assert_eq!(n.body, "pw [REDACTED]");
         assert_eq!(n.last_error.as_deref(), Some("refused [REDACTED]"));
+    }
+
+    #[test]
+    fn a_refused_message_is_kept_with_its_reason_and_never_handed_out_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox::open(dir.path()).unwrap();
+        let now = Utc::now();
+        o.enqueue(&msg("r1/x", "a"), "webhook:x", false, now)
+            .unwrap();
+        o.mark_failed("r1/x", "webhook:x", "certificate not trusted")
+            .unwrap();
+        let later = now + chrono::Duration::hours(1);
+        assert!(o.due("r1", "webhook:x", later).unwrap().is_empty());
+        assert_eq!(o.pending("r1", "webhook:x").unwrap(), 0);
+        // Reopened: still failed, and a late re-enqueue does not revive it.
+        let o = Outbox::open(dir.path()).unwrap();
+        assert!(
+            !o.enqueue(&msg("r1/x", "a"), "webhook:x", false, later)
+                .unwrap()
+        );
+        let n = &o.list("r1").unwrap()[0];
+        assert_eq!(n.state, DeliveryState::Failed);
+        assert_eq!(n.attempts, 1);
+        assert_eq!(n.last_error.as_deref(), Some("certificate not trusted"));
     }
 }

@@ -18,6 +18,8 @@ pub struct NotifyFile {
     pub urls: Vec<String>,
     pub templates: Option<PathBuf>,
     pub updates: Option<String>,
+    /// Extra CA certificates (PEM) trusted for https:// webhooks, besides the system's store.
+    pub ca: Option<PathBuf>,
 }
 
 impl NotifyFile {
@@ -49,7 +51,7 @@ fn without_values(text: &str, e: &toml::de::Error) -> String {
         .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
     let message = e.message().trim_end();
     let shown = if message.contains('"') || message.contains('\'') {
-        "a value of the wrong type or syntax (urls: a list of strings; templates: a path; updates: a string)"
+        "a value of the wrong type or syntax (urls: a list of strings; templates: a path; updates: a string; ca: a path)"
     } else {
         message
     };

@@ -113,6 +113,8 @@ pub enum Command {
     Runs,
     /// One run: its plan, every step's state and the events.
     Show { run: String },
+    /// A live view of a run (default: the one running now): phases, current step, what it waits for.
+    Watch(crate::watch::WatchArgs),
     /// Prove the audit trail whole, or name the first entry that was changed, removed or reordered.
     Audit {
         #[command(subcommand)]
@@ -432,6 +434,9 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
                 Format::Text => eprint!("warning: {}", xorb_engine::disk_runs::describe(&unknown)),
             }
             Ok(ExitCode::from(5))
+        }
+        Command::Watch(a) => {
+            crate::watch::run(&state_dir, out.format, a, &crate::sinks::redactor_for(&cli)).await
         }
         Command::Show { run } => {
             let rec = xorb_engine::load_run(&state_dir, run)?;

@@ -3,6 +3,7 @@
 
 mod cli;
 mod governance;
+mod https;
 mod integrity;
 mod notify;
 mod output;
@@ -10,6 +11,7 @@ mod release_drift;
 mod rollback;
 mod sinks;
 mod waiting_gate;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -19,6 +21,7 @@ fn main() -> ExitCode {
     // Everything xorbctl and the tools it runs create (journal, run artifacts, logs, outputs kept for errors)
     // is the owner's only; files that others must read are given their mode explicitly.
     xorb_engine::private::owner_only_umask();
+    https::install_crypto_provider();
     let args = cli::Cli::parse();
     let out = output::Reporter::new(args.output);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -99,6 +102,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if cause.downcast_ref::<xorb_audit::VerifyError>().is_some() {
             return 8;
+        }
+        if cause.downcast_ref::<watch::WatchError>().is_some() {
+            return 3;
         }
         if cause.downcast_ref::<xorb_engine::LockError>().is_some() {
             return 3;

@@ -4,8 +4,9 @@
 //!
 //! Webhook URLs come from `--notify URL` (repeatable; visible in `ps`, so prefer the others), the environment
 //! variable `XORB_NOTIFY_URLS` (separated by whitespace or commas) and `<state-dir>/notify.toml`
-//! (`urls = [...]`, `templates = "DIR"`, `updates = "#channel"`); all of them are used. See
-//! `docs/design/governance.md`, "Notifications: delivery".
+//! (`urls = [...]`, `templates = "DIR"`, `updates = "#channel"`, `ca = "FILE"`); all of them are used. `https://`
+//! webhooks go through `crate::https` (system CA store plus `--notify-ca`). See `docs/design/governance.md`,
+//! "Notifications: delivery" and "Notifications: HTTPS".
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ use xorb_model::redact::Redactor;
 /// Header carrying a message's deterministic id, so receivers can drop a message delivered twice.
 pub const DELIVERY_HEADER: &str = "X-Xorb-Delivery-Id";
 pub const ENV_URLS: &str = "XORB_NOTIFY_URLS";
+pub const ENV_CA: &str = "XORB_NOTIFY_CA";
 pub const CONFIG_FILE: &str = "notify.toml";
 pub const TERMINAL: &str = "terminal";
 /// Per-request timeout of a webhook POST.
@@ -45,6 +47,9 @@ pub struct NotifyArgs {
     /// Notification templates (<kind>.j2: initiation, progress, completion, failure) instead of the shipped ones.
     #[arg(long, value_name = "DIR", global = true)]
     pub templates: Option<PathBuf>,
+    /// Also trust the CA certificates of this PEM file for https:// webhooks (besides the system's CA store).
+    #[arg(long = "notify-ca", value_name = "FILE", env = ENV_CA, global = true)]
+    pub notify_ca: Option<PathBuf>,
 }
 
 /// Where a run's messages go and how they read.
@@ -53,6 +58,8 @@ pub struct NotifyConfig {
     pub webhooks: Vec<(String, String)>,
     pub templates: Templates,
     pub updates: String,
+    /// For https:// webhooks (None when there are none).
+    pub tls: Option<crate::https::TlsClient>,
 }
 
 impl std::fmt::Debug for NotifyConfig {
@@ -115,7 +122,18 @@ impl NotifyConfig {
                 .map_err(|e| crate::cli::UsageError(format!("--templates {}: {e}", d.display())))?,
             None => Templates::builtin(),
         };
+        let ca = args.notify_ca.clone().or(file.ca);
+        let tls = if ca.is_some() || urls.iter().any(|u| u.starts_with("https://")) {
+            // A CA file that cannot be used is bad input now, not a warning at every delivery later.
+            Some(
+                crate::https::TlsClient::new(ca.as_deref(), REQUEST_TIMEOUT)
+                    .map_err(|e| crate::cli::UsageError(e.to_string()))?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
+            tls,
             webhooks: urls.into_iter().map(|u| (webhook_sink(&u), u)).collect(),
             templates,
             updates: file
@@ -424,9 +442,17 @@ impl Notifier {
         let mut wait = Duration::from_secs(1);
         for (sink, url) in &self.inner.config.webhooks {
             for n in outbox.due(run_id, sink, Utc::now())? {
-                match post(client, url, &n).await {
+                match post(client, self.inner.config.tls.as_ref(), url, &n).await {
                     Ok(()) => outbox.mark_delivered(&n.id, sink, Utc::now())?,
-                    Err(why) => {
+                    Err(crate::https::PostError::Refused(why)) => {
+                        eprintln!(
+                            "warning: notification {} to {sink}: {}",
+                            n.id,
+                            self.inner.redactor.redact(&why)
+                        );
+                        outbox.mark_failed(&n.id, sink, &why)?;
+                    }
+                    Err(crate::https::PostError::Transient(why)) => {
                         let backoff = (FIRST_BACKOFF_MS << n.attempts.min(16)).min(MAX_BACKOFF_MS);
                         let retry_at = Utc::now() + chrono::Duration::milliseconds(backoff);
                         outbox.record_failure(&n.id, sink, &why, retry_at)?;
@@ -473,11 +499,12 @@ impl Notifier {
             .clone()?;
         let list = self.outbox().ok()?.list(&run_id).ok()?;
         let hooks: Vec<&Notification> = list.iter().filter(|n| n.sink != TERMINAL).collect();
-        let delivered = hooks
-            .iter()
-            .filter(|n| n.state == DeliveryState::Delivered)
-            .count();
-        Some((delivered, hooks.len() - delivered))
+        let count = |state| hooks.iter().filter(|n| n.state == state).count();
+        // Refused messages were reported when refused; "pending" means what a later command may still send.
+        Some((
+            count(DeliveryState::Delivered),
+            count(DeliveryState::Pending),
+        ))
     }
 }
 
@@ -485,7 +512,27 @@ fn load_run(state_dir: &Path, run_id: &str) -> Result<RunRecord, JournalError> {
     xorb_engine::Journal::open(state_dir)?.load_run(run_id)
 }
 
-async fn post(client: &reqwest::Client, url: &str, n: &Notification) -> Result<(), String> {
+async fn post(
+    client: &reqwest::Client,
+    tls: Option<&crate::https::TlsClient>,
+    url: &str,
+    n: &Notification,
+) -> Result<(), crate::https::PostError> {
+    use crate::https::PostError;
+    if url.starts_with("https://") {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| PostError::Refused(format!("a webhook URL does not parse: {e}")))?;
+        let Some(tls) = tls else {
+            return Err(PostError::Refused(
+                "no TLS client for an https:// webhook".into(),
+            ));
+        };
+        let body = serde_json::to_vec(&slack_payload(&n.body))
+            .map_err(|e| PostError::Refused(format!("cannot encode the message: {e}")))?;
+        return tls
+            .post_json(&parsed, &[(DELIVERY_HEADER, &n.id)], body)
+            .await;
+    }
     let r = client
         .post(url)
         .header(DELIVERY_HEADER, &n.id)
@@ -493,11 +540,14 @@ async fn post(client: &reqwest::Client, url: &str, n: &Notification) -> Result<(
         .send()
         .await
         // The error would quote the URL, which is the secret.
-        .map_err(|e| failure(&e.without_url()))?;
+        .map_err(|e| PostError::Transient(failure(&e.without_url())))?;
     if r.status().is_success() {
         Ok(())
     } else {
-        Err(format!("the webhook answered HTTP {}", r.status().as_u16()))
+        Err(PostError::Transient(format!(
+            "the webhook answered HTTP {}",
+            r.status().as_u16()
+        )))
     }
 }
 
@@ -561,6 +611,10 @@ pub fn render_listing(list: &[Notification]) -> String {
                             .map(|e| format!(" ({e})"))
                             .unwrap_or_default()
                     ),
+                    DeliveryState::Failed => format!(
+                        "FAILED, not retried ({})",
+                        n.last_error.as_deref().unwrap_or("no reason recorded")
+                    ),
                 };
                 format!("{} {state}", n.sink)
             })
@@ -583,6 +637,7 @@ pub fn render_markdown(list: &[Notification]) -> String {
         let state = match n.state {
             DeliveryState::Delivered => "delivered",
             DeliveryState::Pending => "**pending**",
+            DeliveryState::Failed => "**failed, not retried**",
         };
         let _ = writeln!(
             s,

@@ -30,6 +30,16 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start(status: u16) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        Self::serve(listener, base, status)
+    }
+
+    /// Serves the receiver on `listener` (plain TCP, or TLS in `crate::https`), reachable at `base`.
+    pub fn serve<L: axum::serve::Listener>(listener: L, base: String, status: u16) -> Receiver
+    where
+        L::Addr: std::fmt::Debug,
+    {
         use axum::http::{HeaderMap, StatusCode, Uri};
         let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
         let h = hits.clone();
@@ -49,8 +59,6 @@ impl Receiver {
                     code
                 }
             });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });

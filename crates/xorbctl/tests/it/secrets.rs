@@ -41,7 +41,7 @@ fn forms(secret: &str) -> Vec<String> {
 }
 
 /// Names (never values) of the secrets found in `bytes`, in any of their forms.
-fn leaks(bytes: &[u8], secrets: &[(&str, String)]) -> Vec<String> {
+pub fn leaks(bytes: &[u8], secrets: &[(&str, String)]) -> Vec<String> {
     let text = String::from_utf8_lossy(bytes);
     let mut found = Vec::new();
     for (name, s) in secrets {
@@ -59,7 +59,7 @@ fn leaks(bytes: &[u8], secrets: &[(&str, String)]) -> Vec<String> {
 
 /// A copy of the releases where stable's api configuration carries `XORB_PLANTED_SECRET_TOKEN=<planted>`.
 /// `releases/` sits beside a link to the project's migrations, as the release manifests expect.
-fn releases_with_planted_secret(planted: &str) -> (tempfile::TempDir, PathBuf) {
+pub fn releases_with_planted_secret(planted: &str) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("releases");
     let st = std::process::Command::new("cp")
