@@ -7,6 +7,12 @@
 //!
 //! Rendering has no side effect; [`write_reports`] writes `report.md` and `report.json` into the run's directory.
 
+pub mod escape;
+pub mod html;
+pub mod model;
+pub mod svg;
+pub mod timeline;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -128,7 +134,7 @@ pub struct Report {
     pub next: String,
 }
 
-fn ms_between(a: DateTime<Utc>, b: DateTime<Utc>) -> u64 {
+pub(crate) fn ms_between(a: DateTime<Utc>, b: DateTime<Utc>) -> u64 {
     u64::try_from((b - a).num_milliseconds()).unwrap_or(0)
 }
 
