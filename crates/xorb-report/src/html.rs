@@ -21,6 +21,21 @@ use crate::{PhaseReport, StepReport};
 
 pub const REPORT_HTML: &str = "report.html";
 
+/// The `id`s of the report's sections, in page order (the monitoring section only when a monitor ran).
+pub const SECTIONS: [&str; 11] = [
+    "verdict",
+    "summary",
+    "timeline",
+    "phases",
+    "versions",
+    "loss",
+    "checks",
+    "approvals",
+    "checklists",
+    "notifications",
+    "incidents",
+];
+
 /// The page's style: system fonts only (nothing to fetch), a print layout, states that read without colour.
 pub const STYLE: &str = include_str!("report.css");
 
@@ -416,33 +431,38 @@ impl<'a> Html<'a> {
 
     fn approvals(&self, b: &mut String, d: &Document) {
         b.push_str("<section id=\"approvals\"><h2>Approvals</h2>");
-        let Some(g) = &d.governance else {
+        let Some(gv) = &d.governance else {
+            b.push_str("<p class=\"muted\">No governance record.</p></section>\n");
+            return;
+        };
+        let g = &gv.record;
+        let Some(gate) = &g.gate else {
             b.push_str("<p class=\"muted\">No governance record (run started before governance was wired).</p></section>\n");
             return;
         };
-        match &g.severity {
+        match &gate.severity {
             None => {
                 let _ = write!(
                     b,
                     "<p>Severity: none given (no approval gate). Initiator: {}.</p>",
-                    self.t(&g.initiator)
+                    self.t(&gate.initiator)
                 );
             }
             Some(sev) => {
-                let gate = match (&g.gate_opened_at, &g.gate_opened_by) {
+                let state = match (&gate.opened_at, &gate.opened_by) {
                     (Some(at), Some(by)) => format!(
                         "<span class=\"st ok\">✓ opened</span> at {} by {} after {}",
                         ts(*at),
                         self.t(by),
-                        format_duration_ms(crate::ms_between(g.gate_created_at, *at))
+                        format_duration_ms(crate::ms_between(gate.created_at, *at))
                     ),
                     _ => "<span class=\"st wait\">‖ not open: waiting for approval</span>".into(),
                 };
                 let _ = write!(
                     b,
-                    "<p>Severity: <strong>{}</strong>. Initiator: {}. Gate: {gate}.</p>",
+                    "<p>Severity: <strong>{}</strong>. Initiator: {}. Gate: {state}.</p>",
                     self.t(sev),
-                    self.t(&g.initiator)
+                    self.t(&gate.initiator)
                 );
             }
         }
@@ -480,7 +500,7 @@ impl<'a> Html<'a> {
 
     fn checklists(&self, b: &mut String, d: &Document) {
         b.push_str("<section id=\"checklists\"><h2>Checklists</h2>");
-        let Some(g) = &d.governance else {
+        let Some(g) = d.governance.as_ref().filter(|g| g.record.gate.is_some()) else {
             b.push_str("<p class=\"muted\">No governance record.</p></section>\n");
             return;
         };
@@ -516,14 +536,16 @@ impl<'a> Html<'a> {
         }
         b.push_str("<table><thead><tr><th scope=\"col\">When</th><th scope=\"col\">Message</th><th scope=\"col\">Sink</th><th scope=\"col\">State</th><th scope=\"col\" class=\"num\">Attempts</th><th scope=\"col\">Last error</th></tr></thead><tbody>");
         for n in &d.notifications {
+            let delivered = n.state == xorb_engine::outbox::DeliveryState::Delivered;
             let _ = write!(
                 b,
-                "<tr><td>{}</td><td>{}{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td><strong>{}</strong>{}<div class=\"body\">{}</div></td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
                 ts(n.created_at),
                 self.t(&n.kind),
                 n.phase.map(|p| format!(" (phase {p})")).unwrap_or_default(),
+                self.t(&n.body),
                 self.t(&n.sink),
-                if n.delivered {
+                if delivered {
                     "<span class=\"st ok\">✓ delivered</span>"
                 } else {
                     "<span class=\"st warn\">… pending</span>"

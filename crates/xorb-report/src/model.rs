@@ -7,9 +7,9 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use xorb_engine::approvals::{ApprovalRecord, GovernanceRecord, TagRecord};
+use xorb_engine::approvals::GovernanceRecord;
 use xorb_engine::journal::RunRecord;
-use xorb_engine::outbox::{DeliveryState, Notification};
+use xorb_engine::outbox::Notification;
 use xorb_governance::checklist::{Checklist, Checklists, How, Ticker};
 
 use crate::svg::MetricChart;
@@ -32,23 +32,18 @@ pub struct ChecklistView {
     pub items: Vec<ChecklistItemView>,
 }
 
+/// The governance record as the report shows it: the journaled record (gate, approvals, ticks, tags) with the
+/// checklists' items in policy order and the items still open.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GovernanceView {
-    pub severity: Option<String>,
-    pub initiator: String,
-    pub gate_created_at: DateTime<Utc>,
-    pub gate_opened_at: Option<DateTime<Utc>>,
-    pub gate_opened_by: Option<String>,
-    pub approvals: Vec<ApprovalRecord>,
-    pub checklists: Vec<ChecklistView>,
+    #[serde(flatten)]
+    pub record: GovernanceRecord,
     pub open_items: Vec<String>,
-    pub tags: Vec<TagRecord>,
+    pub checklists: Vec<ChecklistView>,
 }
 
 impl GovernanceView {
-    /// `None` for a run without a governance record (started before governance was wired).
-    pub fn new(rec: &GovernanceRecord, policy: &Checklists, list: &Checklist) -> Option<Self> {
-        let gate = rec.gate.as_ref()?;
+    pub fn new(rec: &GovernanceRecord, policy: &Checklists, list: &Checklist) -> Self {
         let checklists = policy
             .lists
             .iter()
@@ -85,49 +80,17 @@ impl GovernanceView {
                     .collect(),
             })
             .collect();
-        Some(GovernanceView {
-            severity: gate.severity.clone(),
-            initiator: gate.initiator.clone(),
-            gate_created_at: gate.created_at,
-            gate_opened_at: gate.opened_at,
-            gate_opened_by: gate.opened_by.clone(),
-            approvals: rec.approvals.clone(),
-            checklists,
+        GovernanceView {
+            record: rec.clone(),
             open_items: list.open_items().iter().map(|i| i.id.clone()).collect(),
-            tags: rec.tags.clone(),
-        })
+            checklists,
+        }
     }
 
     /// The gate's wait on the timeline: only a run with a severity waits at a gate.
     fn gate_window(&self) -> Option<timeline::GateWindow> {
-        self.severity
-            .as_ref()
-            .map(|_| (self.gate_created_at, self.gate_opened_at))
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct NotificationView {
-    pub kind: String,
-    pub phase: Option<u8>,
-    pub sink: String,
-    pub delivered: bool,
-    pub attempts: u32,
-    pub last_error: Option<String>,
-    pub created_at: DateTime<Utc>,
-}
-
-impl From<&Notification> for NotificationView {
-    fn from(n: &Notification) -> Self {
-        NotificationView {
-            kind: n.kind.clone(),
-            phase: n.phase,
-            sink: n.sink.clone(),
-            delivered: n.state == DeliveryState::Delivered,
-            attempts: n.attempts,
-            last_error: n.last_error.clone(),
-            created_at: n.created_at,
-        }
+        let g = self.record.gate.as_ref()?;
+        g.severity.as_ref().map(|_| (g.created_at, g.opened_at))
     }
 }
 
@@ -192,7 +155,7 @@ pub struct Document {
     pub report: Report,
     pub timeline: Timeline,
     pub governance: Option<GovernanceView>,
-    pub notifications: Vec<NotificationView>,
+    pub notifications: Vec<Notification>,
     pub loss: Option<LossView>,
     /// Empty until a monitor ran (issue #13): the section is left out then.
     pub monitors: Vec<MetricChart>,
@@ -217,7 +180,7 @@ impl Document {
             report: build(record),
             timeline: timeline::build(record, gate, now),
             governance,
-            notifications: notifications.iter().map(NotificationView::from).collect(),
+            notifications: notifications.to_vec(),
             loss,
             monitors: vec![],
             warnings,

@@ -384,19 +384,7 @@ async fn html_report_of_a_resumed_successful_run() {
     );
     assert!(page.starts_with("<!DOCTYPE html>"));
     assert!(page.contains(r#"<meta http-equiv="Content-Security-Policy" content="default-src &#39;none&#39;; style-src &#39;sha256-"#), "{page}");
-    for id in [
-        "verdict",
-        "summary",
-        "timeline",
-        "phases",
-        "versions",
-        "loss",
-        "checks",
-        "approvals",
-        "checklists",
-        "notifications",
-        "incidents",
-    ] {
+    for id in xorb_report::html::SECTIONS {
         assert!(
             page.contains(&format!("<section id=\"{id}\"")),
             "section {id} missing"
@@ -455,7 +443,7 @@ async fn html_report_escapes_run_text_and_redacts_secrets() {
     });
     let policy = xorb_governance::Checklists::builtin();
     let list = xorb_governance::Checklist::new(policy.clone());
-    let view = xorb_report::model::GovernanceView::new(&gov, &policy, &list).unwrap();
+    let view = xorb_report::model::GovernanceView::new(&gov, &policy, &list);
     let red = xorb_model::redact::Redactor::with_secrets(["hunter2-planted"]);
     let page = html(&document(&record, Some(view)), &red);
     for raw in [

@@ -2,10 +2,12 @@
 //! maps their errors to exit codes (in one place: `exit_code`).
 
 mod cli;
+mod dashboard;
 mod governance;
 mod integrity;
 mod notify;
 mod output;
+mod report;
 mod rollback;
 mod sinks;
 
