@@ -5,6 +5,7 @@
 mod common;
 mod database;
 mod governance;
+mod html;
 mod infra;
 mod integrity;
 mod notify;
