@@ -301,8 +301,10 @@ pub fn timeline(t: &Timeline, phase_labels: &[(u8, String)]) -> String {
         let first = spans.clone().map(|a| a.start_ms).min();
         let last = spans.clone().map(|a| a.end_ms).max();
         if let (Some(a), Some(b)) = (first, last) {
-            let worst = spans
-                .clone()
+            // The phase's state is its steps' last attempts: a retry that succeeded leaves the phase done.
+            let worst = lanes
+                .iter()
+                .filter_map(|l| l.attempts.last())
                 .map(|a| a.end)
                 .filter(|e| !matches!(e, SpanEnd::Ok | SpanEnd::Skipped))
                 .max_by_key(|e| match e {
