@@ -82,15 +82,11 @@ impl Browser {
             "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args},
             "goog:loggingPrefs": {"performance": "ALL", "browser": "ALL"}
         }}});
-        let r: Value = http
-            .post(format!("http://127.0.0.1:{port}/session"))
-            .json(&caps)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = answer(
+            http.post(format!("http://127.0.0.1:{port}/session"))
+                .json(&caps),
+        )
+        .await;
         let session = r["value"]["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no WebDriver session: {r:#}"))
@@ -112,16 +108,7 @@ impl Browser {
     }
 
     async fn post(&self, path: &str, body: Value) -> Value {
-        let r: Value = self
-            .http
-            .post(self.url(path))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = answer(self.http.post(self.url(path)).json(&body)).await;
         if r["value"]["error"].is_string() {
             panic!("WebDriver {path}: {r:#}");
         }
@@ -157,15 +144,7 @@ impl Browser {
             .clamp(600, 12000);
         self.post("/window/rect", json!({ "width": 1280, "height": h }))
             .await;
-        let r: Value = self
-            .http
-            .get(self.url("/screenshot"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = answer(self.http.get(self.url("/screenshot"))).await;
         let png = base64::engine::general_purpose::STANDARD
             .decode(r["value"].as_str().unwrap())
             .unwrap();
@@ -176,17 +155,21 @@ impl Browser {
         path
     }
 
-    /// The URLs the page requested so far (Network.requestWillBeSent in the performance log).
-    pub async fn requests(&self) -> Vec<String> {
+    /// What pages requested so far: (the requesting document's URL, the URL requested), from
+    /// Network.requestWillBeSent in the performance log. Chromium's own pages (its new-tab page) appear too, as
+    /// chrome:// documents; callers filter on their page's URL.
+    pub async fn requests(&self) -> Vec<(String, String)> {
         self.log("performance")
             .await
             .iter()
             .filter_map(|e| serde_json::from_str::<Value>(e["message"].as_str()?).ok())
             .filter(|m| m["message"]["method"] == "Network.requestWillBeSent")
             .filter_map(|m| {
-                m["message"]["params"]["request"]["url"]
-                    .as_str()
-                    .map(String::from)
+                let p = &m["message"]["params"];
+                Some((
+                    p["documentURL"].as_str()?.to_string(),
+                    p["request"]["url"].as_str()?.to_string(),
+                ))
             })
             .collect()
     }
@@ -226,6 +209,11 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// chromedriver's JSON answer to a request.
+async fn answer(req: reqwest::RequestBuilder) -> Value {
+    req.send().await.unwrap().json().await.unwrap()
 }
 
 /// `file://` URL of a local page.
