@@ -289,6 +289,7 @@ pub fn timeline(t: &Timeline, phase_labels: &[(u8, String)]) -> String {
             "succeeded" => "ok",
             "running" => "open",
             "crashed" => "warn",
+            e if e.starts_with("waiting") => "wait",
             _ => "bad",
         };
         bar(&mut s, y, e.start_ms, e.end_ms, class, &tip, mark);
