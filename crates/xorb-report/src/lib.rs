@@ -7,6 +7,12 @@
 //!
 //! Rendering has no side effect; [`write_reports`] writes `report.md` and `report.json` into the run's directory.
 
+pub mod escape;
+pub mod html;
+pub mod model;
+pub mod svg;
+pub mod timeline;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -128,7 +134,7 @@ pub struct Report {
     pub next: String,
 }
 
-fn ms_between(a: DateTime<Utc>, b: DateTime<Utc>) -> u64 {
+pub(crate) fn ms_between(a: DateTime<Utc>, b: DateTime<Utc>) -> u64 {
     u64::try_from((b - a).num_milliseconds()).unwrap_or(0)
 }
 
@@ -470,7 +476,45 @@ fn outcome_cell(step: &StepReport) -> String {
 
 /// The report as Markdown.
 pub fn render_markdown(record: &RunRecord) -> String {
-    let r = build(record);
+    markdown(&build(record))
+}
+
+/// The whole document as Markdown: the run's report, then the data-loss account when phase 5 assessed it.
+pub fn render_markdown_document(doc: &model::Document) -> String {
+    let mut md = markdown(&doc.report);
+    if let Some(l) = &doc.loss {
+        md.push_str(&format!(
+            "\n## Data-loss account\n\n{} rows lost, {} changed, {} added since phase 3's snapshot{}.\n\n",
+            l.report.lost,
+            l.report.changed,
+            l.report.added,
+            if l.unaccounted.is_empty() {
+                "; every loss is accounted for".to_string()
+            } else {
+                format!("; NOT accounted for: {}", cell(&l.unaccounted.join("; ")))
+            }
+        ));
+        md.push_str("| Table | State | Rows before | Rows after | Lost | Changed | Added |\n|---|---|---|---|---|---|---|\n");
+        for t in &l.report.tables {
+            md.push_str(&format!(
+                "| `{}` | {} | {} | {} | {} | {} | {} |\n",
+                cell(&t.table),
+                cell(&t.state),
+                t.rows_before,
+                t.rows_after,
+                t.lost,
+                t.changed,
+                t.added
+            ));
+        }
+    }
+    for w in &doc.warnings {
+        md.push_str(&format!("\n> warning: {}\n", cell(w)));
+    }
+    md
+}
+
+fn markdown(r: &Report) -> String {
     let mut md = String::new();
     let mut line = |s: &str| {
         md.push_str(s);

@@ -333,3 +333,131 @@ async fn markdown_report_of_a_run_stopped_by_an_emergency() {
     assert!(md.contains("## Where it stopped"), "{md}");
     insta::assert_snapshot!("emergency_stopped_run_md", md);
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// The HTML report (`--format html`): the same record, drawn.
+
+fn document(
+    record: &RunRecord,
+    gov: Option<xorb_report::model::GovernanceView>,
+) -> xorb_report::model::Document {
+    xorb_report::model::Document::build(record, gov, &[], record.updated_at)
+}
+
+fn html(doc: &xorb_report::model::Document, red: &xorb_model::redact::Redactor) -> String {
+    xorb_report::html::Html::new(red).report(doc)
+}
+
+#[tokio::test]
+async fn timeline_of_a_resumed_run_has_its_retry_failure_and_resume() {
+    let record = resumed_run().await;
+    let t = document(&record, None).timeline;
+    assert_eq!(t.executions.len(), 2, "{t:#?}");
+    assert_eq!(t.executions[0].ended, "failed");
+    assert!(t.executions[1].resumed && t.executions[1].ended == "succeeded");
+    assert!(t.executions[0].end_ms <= t.executions[1].start_ms);
+    let lane = |id: &str| t.steps.iter().find(|l| l.step == id).unwrap();
+    use xorb_report::timeline::SpanEnd;
+    let ends = |id: &str| lane(id).attempts.iter().map(|a| a.end).collect::<Vec<_>>();
+    assert_eq!(ends("2.api.image"), [SpanEnd::Failed, SpanEnd::Ok]);
+    assert_eq!(ends("2.worker.image"), [SpanEnd::Failed, SpanEnd::Ok]);
+    assert_eq!(ends("5.quota"), [SpanEnd::Skipped]);
+    // To scale: every attempt inside the axis, in the order the journal has them.
+    for l in &t.steps {
+        for w in l.attempts.windows(2) {
+            assert!(w[0].end_ms <= w[1].start_ms, "{l:?}");
+        }
+        assert!(
+            l.attempts
+                .iter()
+                .all(|a| a.start_ms <= a.end_ms && a.end_ms <= t.total_ms)
+        );
+    }
+}
+
+#[tokio::test]
+async fn html_report_of_a_resumed_successful_run() {
+    let record = resumed_run().await;
+    let page = html(
+        &document(&record, None),
+        &xorb_model::redact::Redactor::new(),
+    );
+    assert!(page.starts_with("<!DOCTYPE html>"));
+    assert!(page.contains(r#"<meta http-equiv="Content-Security-Policy" content="default-src &#39;none&#39;; style-src &#39;sha256-"#), "{page}");
+    for id in xorb_report::html::SECTIONS {
+        assert!(
+            page.contains(&format!("<section id=\"{id}\"")),
+            "section {id} missing"
+        );
+    }
+    assert!(
+        !page.contains("id=\"monitors\""),
+        "no monitor ran: no monitoring section"
+    );
+    assert!(page.contains("✓</span> SUCCEEDED"), "verdict in words");
+    // Nothing to fetch: no script, no external reference (the SVG namespace is a name, not a load).
+    assert!(!page.contains("<script") && !page.contains("src=") && !page.contains("<link"));
+    assert!(!page.contains("https:"));
+    assert_eq!(
+        page.matches("http:").count(),
+        page.matches("http://www.w3.org/2000/svg").count()
+    );
+    let phases: Vec<usize> = [1, 2, 5]
+        .iter()
+        .map(|n| page.find(&format!("lane phase p{n}")).unwrap())
+        .collect();
+    assert!(
+        phases.windows(2).all(|w| w[0] < w[1]),
+        "phases in order on the timeline"
+    );
+    // The body only: the style block is not the report (its hash in the policy is checked above).
+    insta::assert_snapshot!(
+        "resumed_successful_run_html",
+        &page[page.find("<body>").unwrap()..]
+    );
+}
+
+#[tokio::test]
+async fn html_report_escapes_run_text_and_redacts_secrets() {
+    let mut record = resumed_run().await;
+    record.steps[0].spec.title = "<script>alert(1)</script>".into();
+    record.steps[1].outcome = Some(StepOutcome::Succeeded {
+        detail: "\"><img src=x onerror=alert(2)> password=hunter2-planted".into(),
+    });
+    let mut gov = xorb_engine::approvals::GovernanceRecord::default();
+    gov.gate = Some(xorb_engine::approvals::GateRecord {
+        severity: Some("P1".into()),
+        initiator: "<b onclick=x>eve</b>".into(),
+        release_repo: None,
+        push_remote: None,
+        created_at: record.created_at,
+        opened_at: Some(record.created_at),
+        opened_by: Some("mallory'><svg onload=alert(3)>".into()),
+    });
+    gov.approvals.push(xorb_engine::approvals::ApprovalRecord {
+        name: "<i>mallory</i>".into(),
+        role: "incident-commander".into(),
+        at: record.created_at,
+        reason: "because </td></tr></table><script>x</script>".into(),
+        source: "cli".into(),
+    });
+    let policy = xorb_governance::Checklists::builtin();
+    let list = xorb_governance::Checklist::new(policy.clone());
+    let view = xorb_report::model::GovernanceView::new(&gov, &policy, &list);
+    let red = xorb_model::redact::Redactor::with_secrets(["hunter2-planted"]);
+    let page = html(&document(&record, Some(view)), &red);
+    for raw in [
+        "<script>alert",
+        "<img",
+        "<b onclick",
+        "<svg onload",
+        "<i>mallory",
+        "<script>x",
+    ] {
+        assert!(!page.contains(raw), "{raw} reached the page unescaped");
+    }
+    assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(page.contains("&lt;i&gt;mallory&lt;/i&gt;"));
+    assert!(!page.contains("hunter2-planted"), "secret in the page");
+    assert_eq!(page.matches("<script").count(), 0);
+}

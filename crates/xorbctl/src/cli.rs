@@ -126,6 +126,8 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
         format: ReportFormat,
     },
+    /// A read-only live web page of this state directory's runs (loopback; elsewhere it needs a token).
+    Dashboard(crate::dashboard::DashboardArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,6 +144,8 @@ pub enum AuditCmd {
 pub enum ReportFormat {
     Md,
     Json,
+    /// One self-contained page (no script, nothing fetched): for people, e-mail and the post-incident review.
+    Html,
 }
 
 #[derive(Debug, clap::Args)]
@@ -232,6 +236,11 @@ pub fn paths(cli: &Cli) -> anyhow::Result<Paths> {
 }
 
 pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
+    // The dashboard keeps the whole command line for as long as it serves.
+    if let Command::Dashboard(a) = &cli.command {
+        let listen = a.listen.clone();
+        return crate::dashboard::run(cli, out, &listen).await;
+    }
     let state_dir = cli.state_dir.clone();
     match &cli.command {
         Command::Stack {
@@ -534,7 +543,9 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
                 ReportFormat::Md => {
                     let text = format!(
                         "{}\n{}{}",
-                        xorb_report::render_markdown(&rec),
+                        xorb_report::render_markdown_document(&crate::report::document(
+                            &cli, &rec
+                        )?),
                         crate::governance::render_markdown(&cli, &rec.id)?,
                         crate::notify::render_markdown(&crate::notify::listing(
                             &state_dir, &rec.id
@@ -543,16 +554,18 @@ pub async fn run(cli: Cli, out: &Reporter) -> anyhow::Result<ExitCode> {
                     print!("{}", crate::sinks::redactor_for(&cli).redact(&text))
                 }
                 ReportFormat::Json => {
-                    let mut doc = xorb_report::render_json(&rec);
-                    doc["governance"] = crate::governance::to_json(&cli, &rec.id)?;
-                    doc["notifications"] =
-                        serde_json::to_value(crate::notify::listing(&state_dir, &rec.id))?;
+                    let doc = serde_json::to_value(crate::report::document(&cli, &rec)?)?;
                     let doc = crate::sinks::redactor_for(&cli).redact_json(&doc);
                     println!("{}", serde_json::to_string_pretty(&doc)?)
+                }
+                ReportFormat::Html => {
+                    let red = crate::sinks::redactor_for(&cli);
+                    print!("{}", crate::report::html(&cli, &rec, &red)?)
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dashboard(_) => unreachable!("handled before the match"),
         Command::Integrity(a) => crate::integrity::integrity(&cli, out, a).await,
         Command::Loss(a) => crate::integrity::loss(&cli, out, a).await,
         Command::Status => {

@@ -940,6 +940,19 @@ pub fn to_json(cli: &Cli, run_id: &str) -> anyhow::Result<Value> {
     Ok(v)
 }
 
+/// The governance part of the report's shared model.
+pub fn view(cli: &Cli, run_id: &str) -> anyhow::Result<xorb_report::model::GovernanceView> {
+    let store = GovernanceStore::open(&cli.state_dir)?;
+    let rec = store.load(run_id)?;
+    let policies = Policies::load(cli)?;
+    let list = checklist_of(&policies, &rec);
+    Ok(xorb_report::model::GovernanceView::new(
+        &rec,
+        &policies.checklists,
+        &list,
+    ))
+}
+
 /// `xorbctl report` proves the checklist's "report generated" item before rendering, so the report shows it.
 pub fn report_written(cli: &Cli, run_id: &str) -> anyhow::Result<()> {
     let mut store = GovernanceStore::open(&cli.state_dir)?;

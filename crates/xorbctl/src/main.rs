@@ -2,12 +2,14 @@
 //! maps their errors to exit codes (in one place: `exit_code`).
 
 mod cli;
+mod dashboard;
 mod governance;
 mod https;
 mod integrity;
 mod notify;
 mod output;
 mod release_drift;
+mod report;
 mod rollback;
 mod sinks;
 mod waiting_gate;

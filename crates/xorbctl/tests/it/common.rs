@@ -272,3 +272,22 @@ impl Api {
         .await
     }
 }
+
+/// An "image" of `role` that cannot start on `release`: a wrapper of xorb-svc (in the stack's directory) that
+/// refuses exactly that role and release; pass it as XORB_SVC_BIN.
+pub fn broken_image(st: &Stack, role: &str, release: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin_dir = st.dir.join("broken-image");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let wrapper = bin_dir.join("xorb-svc");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *'--role {role} --release {release}'*) echo '{role} image is broken' >&2; exit 1;; esac\nexec '{}' \"$@\"\n",
+            svc_bin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    wrapper
+}

@@ -9,6 +9,7 @@ mod governance;
 mod hardening_input;
 mod hardening_ops;
 mod hardening_paths;
+mod html;
 mod https;
 mod infra;
 mod integrity;

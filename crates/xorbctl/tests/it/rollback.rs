@@ -413,20 +413,7 @@ fn killed_at_random_moments_inside_steps_and_resumed_ends_the_same() {
 #[test]
 fn a_failing_service_step_retries_runs_the_emergency_procedure_and_resumes_once_fixed() {
     let st = Stack::up(RC1, false);
-    // An "image" whose stable worker cannot start: a wrapper that refuses exactly that role and release.
-    let bin_dir = st.dir.join("broken-image");
-    std::fs::create_dir_all(&bin_dir).unwrap();
-    let wrapper = bin_dir.join("xorb-svc");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\ncase \"$*\" in *'--role worker --release {STABLE}'*) echo 'worker image is broken' >&2; exit 1;; esac\nexec '{}' \"$@\"\n",
-            svc_bin().display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let wrapper = broken_image(&st, "worker", STABLE);
     let out = st
         .cmd()
         .args(["rollback", "--from", RC1, "--to", STABLE, "--yes"])

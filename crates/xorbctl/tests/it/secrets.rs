@@ -206,11 +206,27 @@ async fn a_planted_secret_appears_in_nothing_the_tool_writes() {
         .collect();
     assert_eq!(logs.len(), 1, "{logs:?}");
     places.push(("run log".into(), std::fs::read(&logs[0]).unwrap()));
-    for format in ["md", "json"] {
+    for format in ["md", "json", "html"] {
         let r = st.xorbctl(&["report", "latest", "--format", format]);
         assert!(r.status.success(), "{}", text(&r));
         assert!(r.stdout.len() > 200);
         places.push((format!("report {format}"), r.stdout));
+    }
+    // The dashboard's page and JSON endpoints (what a browser on this machine reads).
+    {
+        let dash = crate::html::Dashboard::start(&st);
+        let run = shown["id"].as_str().unwrap();
+        for path in [
+            "/",
+            "/api/latest",
+            "/api/runs",
+            &format!("/run/{run}"),
+            &format!("/api/run/{run}"),
+        ] {
+            let (code, body) = dash.get(path).await;
+            assert_eq!(code, 200, "dashboard {path}: {body}");
+            places.push((format!("dashboard {path}"), body.into_bytes()));
+        }
     }
     for h in &hits {
         places.push((

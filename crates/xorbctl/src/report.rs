@@ -1,0 +1,25 @@
+//! A run's report, gathered once into the shared model (`xorb_report::model::Document`: journal, governance,
+//! notifications, loss account) and rendered by `report --format html` and the dashboard.
+
+use xorb_engine::RunRecord;
+use xorb_model::redact::Redactor;
+use xorb_report::model::Document;
+
+use crate::cli::Cli;
+
+pub fn document(cli: &Cli, rec: &RunRecord) -> anyhow::Result<Document> {
+    let gov = crate::governance::view(cli, &rec.id)?;
+    let notes = crate::notify::listing(&cli.state_dir, &rec.id);
+    Ok(Document::build(
+        rec,
+        Some(gov),
+        &notes,
+        xorb_engine::journal::now(),
+    ))
+}
+
+/// The HTML report; run text is redacted as it is rendered, and the page once more as a whole.
+pub fn html(cli: &Cli, rec: &RunRecord, red: &Redactor) -> anyhow::Result<String> {
+    let doc = document(cli, rec)?;
+    Ok(red.redact_string(&xorb_report::html::Html::new(red).report(&doc)))
+}
