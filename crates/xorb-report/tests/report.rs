@@ -1,7 +1,7 @@
 //! Report tests: a real engine run (with a retry, a failure and a resume) against a scripted target, its journal
 //! record redacted (run id, paths, timestamps → a synthetic clock) and the Markdown / JSON reports snapshotted.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Duration, Utc};
@@ -175,20 +175,18 @@ const STATE_DIR: &str = "/var/lib/xorb";
 /// measured durations become one second per step attempt.
 fn redact(record: &RunRecord, state_dir: &std::path::Path) -> RunRecord {
     let mut v = serde_json::to_value(record).unwrap();
-    let mut stamps = BTreeSet::new();
+    // Every stamp occurrence gets its own second, in time order (ties in document order): two events that fell in
+    // the same instant on a fast machine and not on a slow one then still give the same report.
+    let mut stamps = Vec::new();
     collect_stamps(&v, &mut stamps);
+    let mut order: Vec<usize> = (0..stamps.len()).collect();
+    order.sort_by(|a, b| (&stamps[*a], a).cmp(&(&stamps[*b], b)));
     let t0: DateTime<Utc> = "2025-08-14T10:15:00Z".parse().unwrap();
-    let clock: BTreeMap<String, String> = stamps
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| {
-            (
-                s,
-                (t0 + Duration::seconds(i as i64))
-                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            )
-        })
-        .collect();
+    let mut clock = vec![String::new(); stamps.len()];
+    for (rank, occurrence) in order.into_iter().enumerate() {
+        clock[occurrence] = (t0 + Duration::seconds(rank as i64))
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    }
     let log_name = record.events.iter().find_map(|e| match &e.event {
         Event::RunStarted { log_file, .. } => {
             Some(log_file.rsplit('/').next().unwrap_or_default().to_string())
@@ -197,7 +195,7 @@ fn redact(record: &RunRecord, state_dir: &std::path::Path) -> RunRecord {
     });
     rewrite(
         &mut v,
-        &clock,
+        &mut clock.into_iter(),
         &record.id,
         &state_dir.to_string_lossy(),
         log_name.as_deref().unwrap_or("?"),
@@ -213,13 +211,13 @@ const STAMP_KEYS: [&str; 5] = [
     "started_at",
 ];
 
-fn collect_stamps(v: &serde_json::Value, out: &mut BTreeSet<String>) {
+fn collect_stamps(v: &serde_json::Value, out: &mut Vec<String>) {
     match v {
         serde_json::Value::Object(m) => {
             for (k, v) in m {
                 match v {
                     serde_json::Value::String(s) if STAMP_KEYS.contains(&k.as_str()) => {
-                        out.insert(s.clone());
+                        out.push(s.clone());
                     }
                     _ => collect_stamps(v, out),
                 }
@@ -232,7 +230,7 @@ fn collect_stamps(v: &serde_json::Value, out: &mut BTreeSet<String>) {
 
 fn rewrite(
     v: &mut serde_json::Value,
-    clock: &BTreeMap<String, String>,
+    clock: &mut impl Iterator<Item = String>,
     run_id: &str,
     dir: &str,
     log: &str,
@@ -243,7 +241,7 @@ fn rewrite(
                 if STAMP_KEYS.contains(&k.as_str())
                     && let serde_json::Value::String(s) = v
                 {
-                    *s = clock[s.as_str()].clone();
+                    *s = clock.next().unwrap();
                 } else if k == "duration_ms" {
                     *v = serde_json::json!(1000);
                 } else {
