@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 
 /// Lines of a tool's output an error quotes.
 pub const EXCERPT_LINES: usize = 3;
-/// Characters kept of each quoted line.
-pub const EXCERPT_LINE_CHARS: usize = 160;
+/// Characters kept of each quoted line: enough for a long path and the diagnostic after it (promtool puts its
+/// parse error at the end of a line that starts with the file's path).
+pub const EXCERPT_LINE_CHARS: usize = 400;
 
 /// One line made safe to print: control characters (terminal escapes) become spaces, runs of blanks one space,
 /// and it is cut at [`EXCERPT_LINE_CHARS`].

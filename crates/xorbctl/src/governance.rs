@@ -942,9 +942,10 @@ pub fn to_json(cli: &Cli, run_id: &str) -> anyhow::Result<Value> {
 
 /// The governance part of the report's shared model.
 pub fn view(cli: &Cli, run_id: &str) -> anyhow::Result<xorb_report::model::GovernanceView> {
-    let store = GovernanceStore::open(&cli.state_dir)?;
+    // Read-only (a report of a read-only state directory), with the policies the run started with.
+    let store = GovernanceStore::open_read_only(&cli.state_dir)?;
     let rec = store.load(run_id)?;
-    let policies = Policies::load(cli)?;
+    let policies = Policies::for_run(cli, &store, run_id)?;
     let list = checklist_of(&policies, &rec);
     Ok(xorb_report::model::GovernanceView::new(
         &rec,

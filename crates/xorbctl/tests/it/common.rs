@@ -291,3 +291,15 @@ pub fn broken_image(st: &Stack, role: &str, release: &str) -> PathBuf {
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     wrapper
 }
+
+/// A copy of the repository's Alembic project at `to`: a releases tree made for a test holds its own, since every
+/// path a release names must stay inside the tree (a symlink out of it is refused).
+pub fn copy_migrations(to: &Path) {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(repo().join("migrations"))
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}

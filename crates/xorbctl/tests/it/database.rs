@@ -175,17 +175,17 @@ fn releases_without_rc1_scripts() -> (tempfile::TempDir, PathBuf) {
             }
         }
     }
-    for (rel, migrations) in [
-        (STABLE, stable_migrations.clone()),
-        (RC1, repo().join("migrations")),
-    ] {
+    // Every path a release names stays inside the tree holding releases/: rc1 gets its own copy of the
+    // repository's migrations there, stable the reduced one.
+    copy_dir(&repo().join("migrations"), &root.path().join("migrations"));
+    for (rel, migrations) in [(STABLE, "stable-migrations"), (RC1, "migrations")] {
         copy_dir(&repo().join("releases").join(rel), &releases.join(rel));
         let toml = releases.join(rel).join("release.toml");
         let text = std::fs::read_to_string(&toml).unwrap();
         assert!(text.contains("migrations = \"../../migrations\""));
         let text = text.replace(
             "migrations = \"../../migrations\"",
-            &format!("migrations = \"{}\"", migrations.display()),
+            &format!("migrations = \"../../{migrations}\""),
         );
         std::fs::write(&toml, text).unwrap();
     }
@@ -313,10 +313,7 @@ async fn backup_compatibility_and_critical_check() {
     let t = std::fs::read_to_string(&rc1_toml).unwrap();
     std::fs::write(
         &rc1_toml,
-        t.replace(
-            &repo().join("migrations").display().to_string(),
-            &own.display().to_string(),
-        ),
+        t.replace("\"../../migrations\"", "\"../../rc1-migrations\""),
     )
     .unwrap();
     let r2 = runner(&stack, &fake, STABLE);

@@ -247,7 +247,7 @@ fn with_the_api_down_the_emergency_stops_nothing_and_a_resume_over_changed_relea
         .unwrap();
     assert!(cp.success());
     // release.toml names its Alembic project as ../../migrations.
-    std::os::unix::fs::symlink(repo().join("migrations"), work.path().join("migrations")).unwrap();
+    copy_migrations(&work.path().join("migrations"));
     let broken = broken_svc(&work.path().join("bin"), "api", STABLE);
     let out = st
         .cmd()

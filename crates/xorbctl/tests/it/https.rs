@@ -320,6 +320,11 @@ async fn https_webhooks_are_delivered_with_their_ca_and_refused_without_retry_ot
             "--only",
             "api",
             "--yes",
+            // A gate as strict as the run already waiting at its own (a weaker one is refused first).
+            "--severity",
+            "P1",
+            "--as",
+            "alice",
             "--notify-ca",
             bad_ca.to_str().unwrap(),
         ],
