@@ -276,9 +276,13 @@ impl Api {
 /// An "image" of `role` that cannot start on `release`: a wrapper of xorb-svc (in the stack's directory) that
 /// refuses exactly that role and release; pass it as XORB_SVC_BIN.
 pub fn broken_image(st: &Stack, role: &str, release: &str) -> PathBuf {
+    broken_image_in(&st.dir.join("broken-image"), role, release)
+}
+
+/// [`broken_image`] written into `bin_dir`.
+pub fn broken_image_in(bin_dir: &Path, role: &str, release: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
-    let bin_dir = st.dir.join("broken-image");
-    std::fs::create_dir_all(&bin_dir).unwrap();
+    std::fs::create_dir_all(bin_dir).unwrap();
     let wrapper = bin_dir.join("xorb-svc");
     std::fs::write(
         &wrapper,

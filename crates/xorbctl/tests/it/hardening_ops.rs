@@ -2,8 +2,6 @@
 //! emergency procedure that must not make things worse, a resume over changed release files, and an approval
 //! gate that a plain rollback must not sidestep.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -55,22 +53,6 @@ fn service_pid(st: &Stack, name: &str) -> i64 {
         .unwrap()["proc"]["pid"]
         .as_i64()
         .unwrap()
-}
-
-/// An `xorb-svc` that cannot start `role` on `release` (the local equivalent of an image that does not run).
-fn broken_svc(dir: &Path, role: &str, release: &str) -> std::path::PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let wrapper = dir.join("xorb-svc");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\ncase \"$*\" in *'--role {role} --release {release}'*) echo '{role} image is broken' >&2; exit 1;; esac\nexec '{}' \"$@\"\n",
-            svc_bin().display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    wrapper
 }
 
 #[test]
@@ -248,7 +230,7 @@ fn with_the_api_down_the_emergency_stops_nothing_and_a_resume_over_changed_relea
     assert!(cp.success());
     // release.toml names its Alembic project as ../../migrations.
     copy_migrations(&work.path().join("migrations"));
-    let broken = broken_svc(&work.path().join("bin"), "api", STABLE);
+    let broken = broken_image_in(&work.path().join("bin"), "api", STABLE);
     let out = st
         .cmd()
         .args(["rollback", "--from", RC1, "--to", STABLE, "--yes"])
