@@ -18,9 +18,9 @@ impl StepRunner for Noop {
         Ok(Probe::NotDone)
     }
     async fn run(&self, step: &StepSpec, _ctx: &StepContext<'_>) -> Result<StepOutcome, StepError> {
-        Ok(StepOutcome::Succeeded {
-            detail: std::hint::black_box(step.id.len()).to_string(),
-        })
+        Ok(StepOutcome::succeeded(
+            std::hint::black_box(step.id.len()).to_string(),
+        ))
     }
     async fn emergency(
         &self,

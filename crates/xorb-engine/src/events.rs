@@ -398,9 +398,7 @@ mod tests {
                 index: 1,
                 step: "2.api.image".into(),
                 attempt: 1,
-                outcome: StepOutcome::Succeeded {
-                    detail: "api on v2025.07-stable".into(),
-                },
+                outcome: StepOutcome::succeeded("api on v2025.07-stable"),
                 duration_ms: 1200,
             },
         };

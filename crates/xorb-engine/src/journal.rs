@@ -1069,9 +1069,7 @@ mod tests {
         assert_eq!(rec.steps[0].attempts, 1);
         assert!(rec.steps[0].started_at.is_some() && rec.steps[0].finished_at.is_none());
 
-        let ok = StepOutcome::Succeeded {
-            detail: "captured".into(),
-        };
+        let ok = StepOutcome::succeeded("captured");
         j.record_outcome(
             "r1",
             0,

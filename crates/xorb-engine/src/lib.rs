@@ -23,7 +23,7 @@
 //!         Ok(Probe::Unknown { why: "no probe yet".into() })
 //!     }
 //!     async fn run(&self, step: &StepSpec, _ctx: &StepContext<'_>) -> Result<StepOutcome, StepError> {
-//!         Ok(StepOutcome::Succeeded { detail: format!("did {}", step.action) })
+//!         Ok(StepOutcome::succeeded(format!("did {}", step.action)))
 //!     }
 //!     async fn emergency(&self, p: EmergencyProcedure, _ctx: &StepContext<'_>) -> Result<String, StepError> {
 //!         Ok(format!("applied {}", p.name()))

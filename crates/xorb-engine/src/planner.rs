@@ -29,6 +29,9 @@ pub struct LiveState {
     /// The database, when the target adapter could observe it (None: phase 3 cannot be planned).
     #[serde(default)]
     pub database: Option<xorb_model::schema::LiveDatabase>,
+    /// The JetStream streams that exist, when the target could list them (None: not looked at).
+    #[serde(default)]
+    pub streams: Option<Vec<String>>,
 }
 
 /// What part of the stack a run touches (`--only`).
@@ -221,13 +224,22 @@ pub fn plan_with(
             },
             Safety::Idempotent,
         );
+        // What NATS has, when it was looked at: a stream that exists is kept as it is, not "created".
+        let exists = |n: &String| live.streams.as_ref().is_some_and(|l| l.contains(n));
         s.changes = expand
             .iter()
             .map(|n| Change {
                 kind: ChangeKind::Stream,
                 subject: n.clone(),
-                before: None,
-                after: Some("ensure present".into()),
+                before: exists(n).then(|| "present".to_string()),
+                after: Some(
+                    if exists(n) {
+                        "present (kept)"
+                    } else {
+                        "ensure present"
+                    }
+                    .into(),
+                ),
             })
             .collect();
         steps.push(s);
@@ -1038,6 +1050,7 @@ mod tests {
                 revision: revision.into(),
                 revisions: revisions(),
             }),
+            streams: None,
         }
     }
 

@@ -93,9 +93,10 @@ impl StepRunner for Fake {
             }
         }
         self.done.lock().unwrap().insert(step.id.clone());
-        Ok(StepOutcome::Succeeded {
-            detail: format!("{} done (attempt {})", step.id, ctx.attempt),
-        })
+        Ok(StepOutcome::succeeded(format!(
+            "{} done (attempt {})",
+            step.id, ctx.attempt
+        )))
     }
 
     async fn emergency(

@@ -125,9 +125,7 @@ pub fn journal_bytes() -> &'static [u8] {
             j.create_run(run, &plan, &run_dir, chrono::Utc::now(), started)
                 .expect("journal the fixture run");
             for (index, outcome) in [
-                StepOutcome::Succeeded {
-                    detail: "captured".into(),
-                },
+                StepOutcome::succeeded("captured"),
                 StepOutcome::Failed {
                     error: "api did not come up".into(),
                     retryable: true,
@@ -175,8 +173,7 @@ pub fn journal_bytes() -> &'static [u8] {
 fn journal_rows_seed() -> Vec<u8> {
     let plan = serde_json::to_string(&fixture_plan()).expect("a plan serialises");
     let status = serde_json::to_string(&RunStatus::Running).expect("a status serialises");
-    let outcome =
-        serde_json::to_string(&StepOutcome::Succeeded { detail: "d".into() }).expect("serialises");
+    let outcome = serde_json::to_string(&StepOutcome::succeeded("d")).expect("serialises");
     let ts = "2026-01-01T00:00:00.000000Z";
     let event = r#"{"type":"run_finished","status":{"state":"succeeded"}}"#;
     [

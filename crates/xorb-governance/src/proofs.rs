@@ -4,7 +4,7 @@
 //! Step ids follow the planner's shape `<phase>.<subject>.<what>[.<revision>]`; the subjects below are the ones it
 //! uses; a new planner subject must be added here.
 
-use xorb_model::policy::KNOWN_CHECKS;
+use xorb_model::check::Check;
 use xorb_model::release::SERVICE_ORDER;
 
 /// Notification events (`notify::Event::kind`).
@@ -39,7 +39,7 @@ const WHAT: [(&str, &[&str]); 9] = [
 ];
 
 fn check_name(name: &str) -> bool {
-    name != "none" && KNOWN_CHECKS.contains(&name)
+    Check::parse(name).is_some()
 }
 
 fn segment_ok(s: &str) -> bool {
@@ -92,12 +92,7 @@ pub(crate) fn check(proof: &str) -> Result<(), String> {
 }
 
 fn checks_list() -> String {
-    KNOWN_CHECKS
-        .iter()
-        .filter(|c| **c != "none")
-        .copied()
-        .collect::<Vec<_>>()
-        .join(", ")
+    Check::names()
 }
 
 /// A step id or a prefix pattern of step ids (`2.*`, `2.api.*`).

@@ -1,21 +1,20 @@
-//! The `local` target: the whole XORB stack on one machine, with private PostgreSQL, Redis, NATS and Prometheus
-//! servers on 127.0.0.1 that we start ourselves under a state directory.
+//! The `local` target: the whole XORB stack on one machine, with private PostgreSQL, Redis, NATS, Prometheus and
+//! Alertmanager servers on 127.0.0.1 that we start ourselves under a state directory. This crate supervises
+//! processes (`stack up/down/status`, in-place restarts) and implements the adapters' `Target` trait for them;
+//! every step that talks to a server goes through `xorb-adapters`.
 
-pub mod database;
-pub mod deps;
-pub mod evidence;
-pub mod infra;
 pub mod pidfiles;
 pub mod process;
 pub mod restart;
-pub mod rollback;
-pub mod safety;
 pub mod servers;
+pub mod services;
 pub mod stack;
-pub mod toolout;
-pub mod verify;
+pub mod state;
+pub mod target;
 
 use std::path::PathBuf;
+
+use xorb_adapters::AdapterError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
@@ -31,8 +30,6 @@ pub enum LocalError {
         what: String,
         source: tokio_postgres::Error,
     },
-    #[error("NATS: {what}: {why}")]
-    Nats { what: String, why: String },
     #[error("{0}")]
     Config(String),
     #[error("no stack in {0}: run `xorbctl stack up --release RELEASE` first")]
@@ -45,8 +42,6 @@ pub enum LocalError {
         running: String,
         wanted: String,
     },
-    #[error("alembic {what} failed: {why}")]
-    Alembic { what: String, why: String },
     #[error("{service} did not become healthy within {secs} s: {why}")]
     Unhealthy {
         service: String,
@@ -56,7 +51,7 @@ pub enum LocalError {
     #[error(transparent)]
     Release(#[from] xorb_model::release::ReleaseError),
     #[error(transparent)]
-    Dep(#[from] deps::DepError),
+    Adapter(#[from] AdapterError),
 }
 
 impl LocalError {
@@ -70,12 +65,6 @@ impl LocalError {
         Self::Db {
             what: what.into(),
             source,
-        }
-    }
-    pub fn nats(what: impl Into<String>, e: impl std::fmt::Display) -> Self {
-        Self::Nats {
-            what: what.into(),
-            why: e.to_string(),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::LocalError;
 use crate::process::ProcRecord;
-use crate::servers::{mkdir, write_private};
+use xorb_adapters::files::{mkdir, write_private};
 
 /// The servers in the order they stop after the services (the database last: the others write to it).
 const SERVERS: [&str; 5] = ["prometheus", "alertmanager", "nats", "redis", "postgres"];

@@ -14,7 +14,8 @@ use nix::sys::signal::Signal;
 use crate::LocalError;
 use crate::process::ProcRecord;
 use crate::servers;
-use crate::stack::{self, Paths, Secrets, StackState};
+use crate::services;
+use crate::state::{Paths, Secrets, StackState};
 
 /// What is not running in the stack, by name (servers first, then services).
 pub fn missing(st: &StackState) -> Vec<String> {
@@ -107,27 +108,30 @@ pub async fn restart_missing(paths: &Paths, state_dir: &Path) -> Result<Vec<Stri
     // A service whose server came back may not reconnect by itself (its Redis connection stays broken): one that
     // does not answer healthy is restarted too, on its recorded release and configuration.
     let servers_restarted = !done.is_empty();
-    let http = crate::deps::http_client();
+    let http = xorb_adapters::deps::http_client();
     for i in 0..st.services.len() {
         let svc = st.services[i].clone();
         if let Some(p) = svc.proc.as_ref().filter(|p| p.is_alive()) {
             if !servers_restarted
-                || stack::probe_service(&http, svc.port)
-                    .await
-                    .is_ok_and(|h| h.healthy)
+                || xorb_adapters::services::probe_service(
+                    &http,
+                    &format!("http://127.0.0.1:{}", svc.port),
+                )
+                .await
+                .is_ok_and(|h| h.healthy)
             {
                 continue;
             }
             tokio::task::block_in_place(|| p.stop(Signal::SIGTERM, Duration::from_secs(20)));
         }
-        let proc = stack::start_service(paths, state_dir, &st, &secrets, &svc)?;
+        let proc = services::start_service(paths, state_dir, &st, &secrets, &svc)?;
         st.services[i].proc = Some(proc);
         st.save(state_dir)?;
-        stack::wait_healthy(
+        services::wait_healthy(
             state_dir,
             &st.services[i],
             &svc.release,
-            stack::HEALTH_TIMEOUT,
+            services::HEALTH_TIMEOUT,
         )
         .await?;
         done.push(svc.name.clone());

@@ -5,10 +5,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use xorb_model::release::{Release, Retention, Storage, StreamDef};
+use xorb_model::release::Release;
 
+use crate::LocalError;
 use crate::process::{ProcRecord, free_port, poll_until, spawn_detached};
-use crate::{LocalError, deps};
+use xorb_adapters::files::{mkdir, write_file, write_private};
+use xorb_adapters::pg::PgConn;
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -43,86 +45,6 @@ fn chown_to_postgres(path: &Path) -> Result<(), LocalError> {
             .map_err(|e| LocalError::io(format!("cannot chown {}", path.display()), e))?;
     }
     Ok(())
-}
-
-pub fn mkdir(path: &Path, mode: u32) -> Result<(), LocalError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(path)
-        .map_err(|e| LocalError::io(format!("cannot create {}", path.display()), e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| LocalError::io(format!("cannot set mode of {}", path.display()), e))
-}
-
-pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), LocalError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| LocalError::io(format!("cannot write {}", path.display()), e))?;
-    f.write_all(contents)
-        .map_err(|e| LocalError::io(format!("cannot write {}", path.display()), e))
-}
-
-pub fn write_file(path: &Path, contents: &str) -> Result<(), LocalError> {
-    std::fs::write(path, contents)
-        .map_err(|e| LocalError::io(format!("cannot write {}", path.display()), e))
-}
-
-/// Connection parameters of the stack's database (the password is a secret: never print a URL from here).
-#[derive(Debug, Clone)]
-pub struct PgConn {
-    pub port: u16,
-    pub user: String,
-    pub password: String,
-    pub dbname: String,
-}
-
-impl PgConn {
-    pub fn url(&self) -> String {
-        format!(
-            "postgres://{}:{}@127.0.0.1:{}/{}",
-            self.user, self.password, self.port, self.dbname
-        )
-    }
-
-    pub fn config(&self) -> tokio_postgres::Config {
-        let mut c = tokio_postgres::Config::new();
-        c.host("127.0.0.1")
-            .port(self.port)
-            .user(&self.user)
-            .password(&self.password)
-            .dbname(&self.dbname)
-            .connect_timeout(Duration::from_secs(5));
-        c
-    }
-
-    pub fn with_db(&self, dbname: &str) -> Self {
-        Self {
-            dbname: dbname.to_string(),
-            ..self.clone()
-        }
-    }
-
-    /// Connects within [`deps::CONNECT`], authentication included: the driver's own connect timeout covers only
-    /// the TCP handshake, which a stopped server's kernel still completes.
-    pub async fn connect(&self) -> Result<tokio_postgres::Client, LocalError> {
-        let what = format!("connect to database {}", self.dbname);
-        let (client, conn) = deps::call(
-            &deps::Dep::postgres(self.port),
-            &what,
-            deps::CONNECT,
-            self.config().connect(tokio_postgres::NoTls),
-        )
-        .await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
-    }
 }
 
 /// Initialises (first time only) and starts PostgreSQL under `dir`, then makes sure the `xorb` database exists.
@@ -178,6 +100,7 @@ pub async fn start_postgres_on(
     chown_to_postgres(&log)?;
     let proc = spawn_detached(as_postgres(cmd), &log)?;
     let conn = PgConn {
+        host: "127.0.0.1".into(),
         port,
         user: "xorb".into(),
         password: password.into(),
@@ -246,7 +169,7 @@ pub async fn restart_redis(dir: &Path, port: u16, password: &str) -> Result<Serv
         if !proc.is_alive() {
             return Some(false);
         }
-        redis_ping(&url).await.then_some(true)
+        xorb_adapters::redis::ping(&url).await.then_some(true)
     })
     .await;
     if ready != Some(true) {
@@ -257,19 +180,6 @@ pub async fn restart_redis(dir: &Path, port: u16, password: &str) -> Result<Serv
         });
     }
     Ok(Server { port, proc, log })
-}
-
-pub async fn redis_ping(url: &str) -> bool {
-    let Ok(client) = redis::Client::open(url) else {
-        return false;
-    };
-    let Ok(mut con) = client.get_multiplexed_async_connection().await else {
-        return false;
-    };
-    redis::cmd("PING")
-        .query_async::<String>(&mut con)
-        .await
-        .is_ok()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -322,83 +232,16 @@ pub async fn restart_nats(dir: &Path, old: &NatsServer) -> Result<NatsServer, Lo
     })
 }
 
-pub fn stream_config(def: &StreamDef) -> async_nats::jetstream::stream::Config {
-    use async_nats::jetstream::stream::{Config, RetentionPolicy, StorageType};
-    Config {
-        name: def.name.clone(),
-        description: def.description.clone(),
-        subjects: def.subjects.clone(),
-        retention: match def.retention {
-            Retention::Limits => RetentionPolicy::Limits,
-            Retention::Interest => RetentionPolicy::Interest,
-            Retention::Workqueue => RetentionPolicy::WorkQueue,
-        },
-        storage: match def.storage {
-            Storage::File => StorageType::File,
-            Storage::Memory => StorageType::Memory,
-        },
-        max_age: Duration::from_secs(def.max_age_secs),
-        max_messages: def.max_msgs,
-        max_bytes: def.max_bytes,
-        num_replicas: def.replicas as usize,
-        ..Default::default()
-    }
-}
-
-/// Creates every stream the release defines that does not exist yet. Returns the names created.
-pub async fn ensure_streams(nats_url: &str, defs: &[StreamDef]) -> Result<Vec<String>, LocalError> {
-    let client = async_nats::connect(nats_url)
-        .await
-        .map_err(|e| LocalError::nats("connect", e))?;
-    let js = async_nats::jetstream::new(client);
-    let mut created = Vec::new();
-    for def in defs {
-        if js.get_stream(&def.name).await.is_ok() {
-            continue;
-        }
-        js.create_stream(stream_config(def))
-            .await
-            .map_err(|e| LocalError::nats(format!("create stream {}", def.name), e))?;
-        created.push(def.name.clone());
-    }
-    Ok(created)
-}
-
-pub async fn list_streams(nats_url: &str) -> Result<Vec<String>, LocalError> {
-    use futures::TryStreamExt;
-    let client = async_nats::connect(nats_url)
-        .await
-        .map_err(|e| LocalError::nats("connect", e))?;
-    let js = async_nats::jetstream::new(client);
-    let mut names: Vec<String> = js
-        .stream_names()
-        .try_collect()
-        .await
-        .map_err(|e| LocalError::nats("list streams", e))?;
-    names.sort();
-    Ok(names)
-}
-
-/// Writes the local Prometheus configuration from the release's: each scrape job's targets become the local port
-/// of the service of the same name (`xorb-api` → api); jobs of services the stack does not run are dropped, and so
-/// is `alerting` (no Alertmanager runs locally, and its k8s host name must never be resolved from here).
-/// JSON is valid YAML, so we write JSON.
-pub fn local_prometheus_config(
+/// The local Prometheus configuration from the release's: each scrape job's targets become the local port of the
+/// service of the same name (`xorb-api` → api); jobs of services the stack does not run are dropped; `alerting`
+/// points at the stack's own Alertmanager when it runs one (the release's k8s host name is never resolved from
+/// here); rule files are named as read from `rules_dir`. JSON is valid YAML, so it is kept as JSON.
+pub fn prometheus_config(
     release: &Release,
-    dir: &Path,
-    service_ports: &std::collections::BTreeMap<String, u16>,
-) -> Result<PathBuf, LocalError> {
-    local_prometheus_config_alerting(release, dir, service_ports, None)
-}
-
-/// As [`local_prometheus_config`], but with `alerting` pointed at the stack's own Alertmanager when it runs one
-/// (the release's k8s host name is never resolved from here).
-pub fn local_prometheus_config_alerting(
-    release: &Release,
-    dir: &Path,
+    rules_dir: &Path,
     service_ports: &std::collections::BTreeMap<String, u16>,
     alertmanager_port: Option<u16>,
-) -> Result<PathBuf, LocalError> {
+) -> Result<serde_json::Value, LocalError> {
     let src = release.path(&release.manifest.monitoring.prometheus);
     let text = std::fs::read_to_string(&src)
         .map_err(|e| LocalError::io(format!("cannot read {}", src.display()), e))?;
@@ -414,17 +257,14 @@ pub fn local_prometheus_config_alerting(
             serde_json::json!({"alertmanagers": [{"static_configs": [{"targets": [format!("127.0.0.1:{port}")]}]}]}),
         );
     }
-    let mut rule_files = Vec::new();
-    for rule in &release.manifest.monitoring.rules {
-        let name = rule
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let dest = dir.join(&name);
-        std::fs::copy(release.path(rule), &dest)
-            .map_err(|e| LocalError::io("cannot copy alert rules", e))?;
-        rule_files.push(serde_json::Value::String(dest.display().to_string()));
-    }
+    let rule_files: Vec<serde_json::Value> = release
+        .manifest
+        .monitoring
+        .rules
+        .iter()
+        .filter_map(|rule| rule.file_name())
+        .map(|name| serde_json::Value::String(rules_dir.join(name).display().to_string()))
+        .collect();
     obj.insert("rule_files".into(), serde_json::Value::Array(rule_files));
     if let Some(jobs) = obj.get_mut("scrape_configs").and_then(|v| v.as_array_mut()) {
         jobs.retain_mut(|job| {
@@ -442,6 +282,24 @@ pub fn local_prometheus_config_alerting(
                 serde_json::json!([{ "targets": [format!("127.0.0.1:{port}")] }]);
             true
         });
+    }
+    Ok(cfg)
+}
+
+/// Writes [`prometheus_config`] and the release's rule files into `dir`, as `stack up` starts Prometheus.
+pub fn write_prometheus_config(
+    release: &Release,
+    dir: &Path,
+    service_ports: &std::collections::BTreeMap<String, u16>,
+    alertmanager_port: Option<u16>,
+) -> Result<PathBuf, LocalError> {
+    let cfg = prometheus_config(release, dir, service_ports, alertmanager_port)?;
+    for rule in &release.manifest.monitoring.rules {
+        let Some(name) = rule.file_name() else {
+            continue;
+        };
+        std::fs::copy(release.path(rule), dir.join(name))
+            .map_err(|e| LocalError::io("cannot copy alert rules", e))?;
     }
     let out = dir.join("prometheus.yml");
     write_file(

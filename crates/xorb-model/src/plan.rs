@@ -739,8 +739,12 @@ impl Plan {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum StepOutcome {
-    /// The step ran and did what it should.
-    Succeeded { detail: String },
+    /// The step ran and did what it should. `checks`: the gates that ran after its action, each passed.
+    Succeeded {
+        detail: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        checks: Vec<crate::check::CheckRun>,
+    },
     /// The step was found already done (by a probe on resume, or confirmed by a person) and was not repeated.
     AlreadyDone { detail: String },
     /// The step had nothing to do or does not apply on this target.
@@ -750,6 +754,22 @@ pub enum StepOutcome {
 }
 
 impl StepOutcome {
+    /// Succeeded, with no gate check run.
+    pub fn succeeded(detail: impl Into<String>) -> Self {
+        StepOutcome::Succeeded {
+            detail: detail.into(),
+            checks: Vec::new(),
+        }
+    }
+
+    /// The gate checks that ran after the step's action (none unless it succeeded).
+    pub fn checks_run(&self) -> &[crate::check::CheckRun] {
+        match self {
+            StepOutcome::Succeeded { checks, .. } => checks,
+            _ => &[],
+        }
+    }
+
     /// Succeeded, already done or skipped: the run may go on to the next step.
     pub fn is_success(&self) -> bool {
         !matches!(self, StepOutcome::Failed { .. })
@@ -767,7 +787,7 @@ impl StepOutcome {
     /// The detail, reason or error text.
     pub fn text(&self) -> &str {
         match self {
-            StepOutcome::Succeeded { detail } | StepOutcome::AlreadyDone { detail } => detail,
+            StepOutcome::Succeeded { detail, .. } | StepOutcome::AlreadyDone { detail } => detail,
             StepOutcome::Skipped { reason } => reason,
             StepOutcome::Failed { error, .. } => error,
         }
@@ -777,7 +797,7 @@ impl StepOutcome {
 impl fmt::Display for StepOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (label, text) = match self {
-            StepOutcome::Succeeded { detail } => ("succeeded", detail),
+            StepOutcome::Succeeded { detail, .. } => ("succeeded", detail),
             StepOutcome::AlreadyDone { detail } => ("already done", detail),
             StepOutcome::Skipped { reason } => ("skipped", reason),
             StepOutcome::Failed { error, .. } => ("FAILED", error),
@@ -1086,9 +1106,7 @@ mod tests {
         assert_eq!(back, plan);
 
         let outcomes = [
-            StepOutcome::Succeeded {
-                detail: "ok".into(),
-            },
+            StepOutcome::succeeded("ok"),
             StepOutcome::AlreadyDone {
                 detail: "probe".into(),
             },

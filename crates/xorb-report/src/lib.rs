@@ -176,7 +176,7 @@ fn step_report(step: &StepRecord, events: &[EventRecord]) -> StepReport {
 
 fn check_result(step: &StepRecord) -> (&'static str, String) {
     match (&step.outcome, step.state) {
-        (Some(StepOutcome::Succeeded { detail }), _)
+        (Some(StepOutcome::Succeeded { detail, .. }), _)
         | (Some(StepOutcome::AlreadyDone { detail }), _) => ("passed", detail.clone()),
         (Some(StepOutcome::Skipped { reason }), _) => ("skipped", reason.clone()),
         (Some(StepOutcome::Failed { error, .. }), _) => ("failed", error.clone()),
@@ -260,19 +260,23 @@ pub fn build(record: &RunRecord) -> Report {
 
     let mut checks = Vec::new();
     for step in &record.steps {
-        let (result, detail) = check_result(step);
-        let mut names: Vec<String> = step.spec.checks.clone();
-        if let Action::Check { name } = &step.spec.action
-            && !names.contains(name)
-        {
-            names.insert(0, name.clone());
-        }
-        for name in names {
+        // Only what ran, with its own result: a phase-5 check is its step; a gate after a service step is listed
+        // when the runner says it ran (a step found already done, or that failed, ran none of its gates).
+        if let Action::Check { name } = &step.spec.action {
+            let (result, detail) = check_result(step);
             checks.push(CheckReport {
-                name,
+                name: name.clone(),
                 step: step.spec.id.clone(),
                 result: result.into(),
-                detail: detail.clone(),
+                detail,
+            });
+        }
+        for run in step.outcome.iter().flat_map(|o| o.checks_run()) {
+            checks.push(CheckReport {
+                name: run.check.clone(),
+                step: step.spec.id.clone(),
+                result: if run.passed { "passed" } else { "failed" }.into(),
+                detail: run.detail.clone(),
             });
         }
     }

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, Duration, Utc};
 use xorb_engine::*;
+use xorb_model::check::CheckRun;
 use xorb_model::plan::*;
 
 /// Fails the listed steps once each (retryable or not), succeeds otherwise; the quota check is skipped.
@@ -24,19 +25,28 @@ impl StepRunner for Scripted {
                 retryable,
             });
         }
-        Ok(match &step.action {
-            Action::Check { name } if name == "quota" => StepOutcome::Skipped {
-                reason: format!("no quota system on {}", ctx.to),
-            },
+        let detail = match &step.action {
+            Action::Check { name } if name == "quota" => {
+                return Ok(StepOutcome::Skipped {
+                    reason: format!("no quota system on {}", ctx.to),
+                });
+            }
             Action::SetImage {
                 service, release, ..
-            } => StepOutcome::Succeeded {
-                detail: format!("{service} reports {release}"),
-            },
-            _ => StepOutcome::Succeeded {
-                detail: "ok".into(),
-            },
-        })
+            } => format!("{service} reports {release}"),
+            _ => "ok".to_string(),
+        };
+        // As the real runner does: the step's gate checks run after its action, each with its own result.
+        let checks = step
+            .checks
+            .iter()
+            .map(|c| CheckRun {
+                check: c.clone(),
+                passed: true,
+                detail: detail.clone(),
+            })
+            .collect();
+        Ok(StepOutcome::Succeeded { detail, checks })
     }
     async fn emergency(
         &self,
@@ -419,9 +429,9 @@ async fn html_report_of_a_resumed_successful_run() {
 async fn html_report_escapes_run_text_and_redacts_secrets() {
     let mut record = resumed_run().await;
     record.steps[0].spec.title = "<script>alert(1)</script>".into();
-    record.steps[1].outcome = Some(StepOutcome::Succeeded {
-        detail: "\"><img src=x onerror=alert(2)> password=hunter2-planted".into(),
-    });
+    record.steps[1].outcome = Some(StepOutcome::succeeded(
+        "\"><img src=x onerror=alert(2)> password=hunter2-planted",
+    ));
     let mut gov = xorb_engine::approvals::GovernanceRecord::default();
     gov.gate = Some(xorb_engine::approvals::GateRecord {
         severity: Some("P1".into()),

@@ -538,8 +538,19 @@ fn proofs_of(run: &RunRecord) -> Vec<(String, DateTime<Utc>)> {
         }
         let Some(at) = s.finished_at else { continue };
         out.push((s.spec.id.clone(), at));
-        for c in &s.spec.checks {
-            out.push((format!("check.{c}"), at));
+        // Only checks that ran and passed: a phase-5 check step that succeeded, and the gates the runner says ran.
+        if let (xorb_model::plan::Action::Check { name }, StepState::Succeeded) =
+            (&s.spec.action, s.state)
+        {
+            out.push((format!("check.{name}"), at));
+        }
+        for c in s
+            .outcome
+            .iter()
+            .flat_map(|o| o.checks_run())
+            .filter(|c| c.passed)
+        {
+            out.push((format!("check.{}", c.check), at));
         }
     }
     for (n, (all_done, at)) in phases {
@@ -1196,7 +1207,12 @@ pub async fn assess(cli: &Cli, out: &Reporter, args: &AssessArgs) -> anyhow::Res
         let why = if !alive {
             Some("process not running".to_string())
         } else {
-            match xorb_local::stack::probe_service(&http, s.port).await {
+            match xorb_adapters::services::probe_service(
+                &http,
+                &format!("http://127.0.0.1:{}", s.port),
+            )
+            .await
+            {
                 Ok(h) if h.healthy => None,
                 Ok(h) => Some(format!("unhealthy: {}", h.detail)),
                 Err(e) => Some(format!("/api/v1/health: {e}")),
@@ -1233,7 +1249,7 @@ pub async fn assess(cli: &Cli, out: &Reporter, args: &AssessArgs) -> anyhow::Res
     // Functionality: phase 5's checks that make sense on a live stack, exactly as a rollback runs them.
     let paths = crate::cli::paths(cli)?;
     let release = xorb_model::release::Release::load_named(&paths.releases_root, &st.release)?;
-    let runner = xorb_local::rollback::LocalRunner::new(state_dir, paths, release);
+    let runner = xorb_local::target::runner(state_dir, paths, release);
     let scratch = tempfile_dir(state_dir)?;
     for name in ["health", "smoke", "tenant-isolation"] {
         let res =
@@ -1253,7 +1269,7 @@ pub async fn assess(cli: &Cli, out: &Reporter, args: &AssessArgs) -> anyhow::Res
     let _ = std::fs::remove_dir_all(&scratch);
 
     // Monitoring, latency and error rate: Prometheus, "no data" being evidence too.
-    match xorb_local::stack::prometheus_targets(&http, &prom).await {
+    match xorb_adapters::monitoring::prometheus_targets(&http, &prom).await {
         Err(e) => ev
             .monitoring_issues
             .push(format!("Prometheus does not answer: {e}")),
@@ -1337,7 +1353,7 @@ fn tempfile_dir(state_dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 async fn prom_get(http: &reqwest::Client, url: &str, params: &[(&str, String)]) -> Option<Value> {
-    use xorb_local::deps::{self, Dep};
+    use xorb_adapters::deps::{self, Dep};
     let dep = Dep::http("Prometheus", url);
     let url =
         reqwest::Url::parse_with_params(url, params.iter().map(|(k, v)| (*k, v.as_str()))).ok()?;

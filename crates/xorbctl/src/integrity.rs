@@ -73,7 +73,7 @@ fn options(parallelism: Option<usize>, tables: &[String]) -> ScanOptions {
     o
 }
 
-fn stack_db(state_dir: &Path) -> anyhow::Result<xorb_local::servers::PgConn> {
+fn stack_db(state_dir: &Path) -> anyhow::Result<xorb_adapters::pg::PgConn> {
     let st = StackState::load(state_dir)?;
     let secrets = Secrets::load(state_dir)?;
     Ok(st.pg(&secrets))
@@ -103,7 +103,9 @@ fn print_report_path(out: &Reporter, path: &Path) {
 pub async fn integrity(cli: &Cli, out: &Reporter, a: &IntegrityArgs) -> anyhow::Result<ExitCode> {
     let state_dir = &cli.state_dir;
     if a.critical {
-        let r = xorb_local::database::critical_check(state_dir).await?;
+        let r =
+            xorb_adapters::pg::critical_check(&stack_db(state_dir)?, &state_dir.join("evidence"))
+                .await?;
         out.result(&r, |r| format!("{}\n", r.summary()));
         if a.report {
             print_report_path(out, &write_report(state_dir, "critical", &r)?);

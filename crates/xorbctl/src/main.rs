@@ -71,14 +71,12 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             return match le {
                 L::Config(_) | L::Release(_) => 2,
                 L::NoStack(_) | L::OtherReleaseRunning { .. } => 3,
-                L::Io { .. }
-                | L::Start { .. }
-                | L::Db { .. }
-                | L::Nats { .. }
-                | L::Alembic { .. }
-                | L::Unhealthy { .. }
-                | L::Dep(_) => 4,
+                L::Adapter(a) => adapter_exit(a),
+                L::Io { .. } | L::Start { .. } | L::Db { .. } | L::Unhealthy { .. } => 4,
             };
+        }
+        if let Some(a) = cause.downcast_ref::<xorb_adapters::AdapterError>() {
+            return adapter_exit(a);
         }
         if let Some(pe) = cause.downcast_ref::<P>() {
             return match pe {
@@ -146,4 +144,12 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         }
     }
     1
+}
+
+fn adapter_exit(a: &xorb_adapters::AdapterError) -> u8 {
+    use xorb_adapters::AdapterError as A;
+    match a {
+        A::Config(_) | A::Release(_) => 2,
+        A::Io { .. } | A::Db { .. } | A::Nats { .. } | A::Alembic { .. } | A::Dep(_) => 4,
+    }
 }

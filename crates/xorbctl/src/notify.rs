@@ -553,7 +553,7 @@ async fn post(
 
 /// Why a POST failed, in words an on-call engineer acts on ("error sending request" alone says nothing).
 fn failure(e: &reqwest::Error) -> String {
-    use xorb_local::deps::{Cause, chain, classify};
+    use xorb_adapters::deps::{Cause, chain, classify};
     if e.is_timeout() {
         return format!(
             "the webhook did not answer within {} s",

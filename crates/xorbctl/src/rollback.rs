@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use xorb_engine::planner::{self, PlanOptions, Scope};
 use xorb_engine::{Confirmation, Engine, ResumeOptions, RollbackLock, RunEnd};
-use xorb_local::rollback::{LocalRunner, observe};
+use xorb_local::target::{LocalRunner, observe};
 use xorb_model::plan::{Plan, RunStatus};
 use xorb_model::policy::Policy;
 use xorb_model::release::Release;
@@ -51,17 +51,25 @@ pub async fn compute_plan(cli: &Cli, a: &PlanArgs) -> anyhow::Result<(Plan, Rele
         .unwrap_or(Scope::All);
     let mut live = observe(&cli.state_dir)?;
     if matches!(scope, Scope::All | Scope::Database) {
-        xorb_local::database::check_migrations_dir(&from_rel)?;
-        let db = xorb_local::database::observe_database(&cli.state_dir, &paths, &from_rel)
+        xorb_adapters::pg::check_migrations_dir(&from_rel)?;
+        let db = xorb_adapters::pg::observe_database(&stack_pg(&cli.state_dir)?, &paths, &from_rel)
             .await
             .map_err(|e| planner::PlanError::NoDatabase(e.to_string()))?;
         live.database = Some(db);
+    }
+    // The streams NATS has now, so that the plan says which the rollback creates (an unreachable NATS leaves the
+    // plan as it would be without looking; the run itself reports it).
+    if let Ok(ep) = xorb_adapters::Target::endpoints(&xorb_local::target::LocalTarget::new(
+        &cli.state_dir,
+        paths.clone(),
+    )) {
+        live.streams = xorb_adapters::nats::list_streams(&ep.nats).await.ok();
     }
     let opts = PlanOptions {
         scope: Some(scope),
         to_revision: a.to_revision.clone(),
         migration: a.migration.clone(),
-        reimport_from: xorb_local::database::pending_reimports(&cli.state_dir),
+        reimport_from: xorb_adapters::pg::pending_reimports(&cli.state_dir),
     };
     let mut plan = planner::plan_with(&live, &from_rel, &to_rel, &policy, &opts)?;
     plan.release_digests = crate::release_drift::digests(&[&from_rel, &to_rel])
@@ -171,7 +179,7 @@ async fn execute(
     let redactor = crate::sinks::redactor(&cli.state_dir, Some(&paths.releases_root), &urls);
     let config = crate::notify::NotifyConfig::load(&cli.state_dir, &cli.notify, urls)?;
     let notifier = crate::notify::Notifier::new(&cli.state_dir, config, redactor.clone());
-    let runner = LocalRunner::new(&cli.state_dir, paths, to);
+    let runner = xorb_local::target::runner(&cli.state_dir, paths, to);
     let sink = crate::sinks::RunSink::new(
         out.format,
         &cli.state_dir,
@@ -281,4 +289,11 @@ pub async fn resume(
     print_end(out, &end);
     crate::governance::after_run(cli, out, &end.run_id)?;
     Ok(end_code(&end))
+}
+
+/// The stack's database connection (its password stays inside this process).
+fn stack_pg(state_dir: &std::path::Path) -> anyhow::Result<xorb_adapters::pg::PgConn> {
+    let st = xorb_local::stack::StackState::load(state_dir)?;
+    let secrets = xorb_local::stack::Secrets::load(state_dir)?;
+    Ok(st.pg(&secrets))
 }

@@ -58,9 +58,7 @@ impl StepRunner for EffectsTarget {
         f.write_all(format!("{}\n", step.id).as_bytes())
             .map_err(|e| StepError::fatal(e.to_string()))?;
         tokio::time::sleep(Duration::from_millis(self.sleep_ms - self.sleep_ms / 2)).await;
-        Ok(StepOutcome::Succeeded {
-            detail: format!("{} applied", step.id),
-        })
+        Ok(StepOutcome::succeeded(format!("{} applied", step.id)))
     }
 
     async fn emergency(

@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use xorb_adapters::pg::{self as database, MigrateStep};
 use xorb_engine::runner::{Probe, StepContext};
-use xorb_local::database::{self, MigrateStep};
-use xorb_local::rollback::LocalRunner;
 use xorb_local::stack::Paths;
+use xorb_local::target::LocalRunner;
 use xorb_model::plan::{MigrationDirection, Preserve};
 use xorb_model::release::Release;
 
@@ -18,7 +18,7 @@ const RC1: &str = "v2025.08-rc1";
 const STABLE: &str = "v2025.07-stable";
 
 fn runner(stack: &Stack, releases_root: &Path, to: &str) -> LocalRunner {
-    LocalRunner::new(
+    xorb_local::target::runner(
         &stack.dir,
         Paths {
             releases_root: releases_root.to_path_buf(),
@@ -327,7 +327,9 @@ async fn backup_compatibility_and_critical_check() {
     );
 
     // Critical data: fine on the demo data; one flipped byte in one evidence file is named.
-    let ok = database::critical_check(&stack.dir).await.unwrap();
+    let ok = database::critical_check(&stack_conn(&stack), &stack.dir.join("evidence"))
+        .await
+        .unwrap();
     assert!(ok.ok, "{}", ok.summary());
     assert!(
         ok.tenants >= 2 && ok.sessions >= 4 && ok.findings > 0,
@@ -354,7 +356,9 @@ async fn backup_compatibility_and_critical_check() {
     let mut b = std::fs::read(&file).unwrap();
     b[10] ^= 0x01;
     std::fs::write(&file, &b).unwrap();
-    let bad = database::critical_check(&stack.dir).await.unwrap();
+    let bad = database::critical_check(&stack_conn(&stack), &stack.dir.join("evidence"))
+        .await
+        .unwrap();
     assert!(!bad.ok);
     assert!(
         bad.problems.iter().any(|p| p.contains(&victim)),
@@ -600,7 +604,9 @@ async fn downgrade_step_by_step_preserves_then_reimport_brings_it_back() {
             &live_records.join(format!("{id}.sig"))
         ));
     }
-    let crit = database::critical_check(&stack.dir).await.unwrap();
+    let crit = database::critical_check(&stack_conn(&stack), &stack.dir.join("evidence"))
+        .await
+        .unwrap();
     assert!(crit.ok, "{}", crit.summary());
     // Idempotent: a second re-import inserts nothing and changes nothing.
     let d2 = database::reimport(&rf, "db-down", &[], &fctx)
@@ -664,4 +670,10 @@ async fn downgrade_uses_the_from_release_scripts_when_the_target_lacks_them() {
     }
     assert_eq!(revision(&stack).await, "1a5be11");
     database::verify(&r, "1a5be11", &ctx).await.unwrap();
+}
+
+/// The stack's database connection, as the runner uses it.
+fn stack_conn(stack: &Stack) -> database::PgConn {
+    let st = xorb_local::stack::StackState::load(&stack.dir).unwrap();
+    st.pg(&xorb_local::stack::Secrets::load(&stack.dir).unwrap())
 }

@@ -16,8 +16,8 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use xorb_engine::pause::{PAUSE_ENV, paused_marker, release_marker};
 use xorb_engine::runner::{Probe, StepContext};
-use xorb_local::rollback::LocalRunner;
 use xorb_local::stack::{Paths, StackState};
+use xorb_local::target::LocalRunner;
 use xorb_model::release::Release;
 
 use crate::common::*;
@@ -282,7 +282,7 @@ fn runner(st: &Stack) -> LocalRunner {
         venv: venv(),
         svc_bin: svc_bin(),
     };
-    LocalRunner::new(&st.dir, paths, Release::load_named(&root, STABLE).unwrap())
+    xorb_local::target::runner(&st.dir, paths, Release::load_named(&root, STABLE).unwrap())
 }
 
 struct Row {
@@ -407,15 +407,15 @@ async fn every_dependency_killed_or_stalled_inside_its_steps_stops_the_run_and_r
     for (what, probe) in [
         (
             "NATS",
-            xorb_local::infra::probe_nats_apply(&r, STABLE, &ctx).await,
+            xorb_adapters::nats::probe_nats_apply(&r, STABLE, &ctx).await,
         ),
         (
             "Redis",
-            xorb_local::infra::probe_redis_apply(&r, STABLE, &ctx).await,
+            xorb_adapters::redis::probe_redis_apply(&r, STABLE, &ctx).await,
         ),
         (
             "monitoring",
-            xorb_local::infra::probe_monitoring_apply(&r, STABLE, &ctx).await,
+            xorb_adapters::monitoring::probe_monitoring_apply(&r, STABLE, &ctx).await,
         ),
     ] {
         assert!(
@@ -423,9 +423,9 @@ async fn every_dependency_killed_or_stalled_inside_its_steps_stops_the_run_and_r
             "{what} is as {STABLE} defines it: {probe:?}"
         );
     }
-    let groups = xorb_local::infra::live_rule_groups(
+    let groups = xorb_adapters::monitoring::live_rule_groups(
         &reqwest::Client::new(),
-        &StackState::load(&st.dir).unwrap(),
+        &StackState::load(&st.dir).unwrap().prometheus_url(),
     )
     .await
     .unwrap();

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::Value;
+use xorb_adapters::{monitoring, nats, redis as redis_steps};
 use xorb_engine::runner::{Probe, StepContext};
-use xorb_local::infra;
-use xorb_local::rollback::LocalRunner;
 use xorb_local::stack::{Paths, StackState};
+use xorb_local::target::LocalRunner;
 use xorb_model::release::Release;
 
 use crate::common::*;
@@ -27,7 +27,7 @@ fn runner(st: &Stack, releases_root: &Path) -> LocalRunner {
         svc_bin: svc_bin(),
     };
     let to = Release::load_named(releases_root, TO).unwrap();
-    LocalRunner::new(&st.dir, paths, to)
+    xorb_local::target::runner(&st.dir, paths, to)
 }
 
 fn run_dir(st: &Stack, name: &str) -> PathBuf {
@@ -75,7 +75,7 @@ async fn stream_info(
 
 async fn live_stream_names(st: &Stack) -> Vec<String> {
     let s = StackState::load(&st.dir).unwrap();
-    xorb_local::servers::list_streams(&s.nats_url())
+    xorb_adapters::nats::list_streams(&s.nats_url())
         .await
         .unwrap()
 }
@@ -119,7 +119,7 @@ async fn infra_nats_save_then_apply_leaves_stable_streams_and_every_message_save
     let r = runner(&st, &repo().join("releases"));
     // Without a save, apply refuses to delete anything.
     let unsaved = run_dir(&st, "unsaved");
-    let err = infra::nats_apply(&r, TO, &ctx(&unsaved))
+    let err = nats::nats_apply(&r, TO, &ctx(&unsaved))
         .await
         .unwrap_err()
         .to_string();
@@ -133,12 +133,12 @@ async fn infra_nats_save_then_apply_leaves_stable_streams_and_every_message_save
     let run = run_dir(&st, "nats");
     let c = ctx(&run);
     assert_eq!(
-        infra::probe_nats_apply(&r, TO, &c).await.unwrap(),
+        nats::probe_nats_apply(&r, TO, &c).await.unwrap(),
         Probe::NotDone
     );
-    let saved = infra::nats_save(&r, TO, &c).await.unwrap();
+    let saved = nats::nats_save(&r, TO, &c).await.unwrap();
     assert!(saved.contains("xorb-tenant-streams"), "{saved}");
-    let applied = infra::nats_apply(&r, TO, &c).await.unwrap();
+    let applied = nats::nats_apply(&r, TO, &c).await.unwrap();
     eprintln!("nats save: {saved}\nnats apply: {applied}");
     assert!(applied.contains("removed xorb-tenant-streams"), "{applied}");
 
@@ -152,7 +152,7 @@ async fn infra_nats_save_then_apply_leaves_stable_streams_and_every_message_save
     assert_eq!(live_stream_names(&st).await, want_names);
     for def in &want.streams {
         let cfg = stream_info(&js, &def.name).await.config;
-        let expected = xorb_local::servers::stream_config(def);
+        let expected = xorb_adapters::streams::stream_config(def);
         assert_eq!(cfg.subjects, expected.subjects, "{}", def.name);
         assert_eq!(cfg.retention, expected.retention, "{}", def.name);
         assert_eq!(cfg.storage, expected.storage, "{}", def.name);
@@ -210,16 +210,16 @@ async fn infra_nats_save_then_apply_leaves_stable_streams_and_every_message_save
 
     // Run twice: the probe says done, the save keeps what it has, apply changes nothing.
     assert!(matches!(
-        infra::probe_nats_apply(&r, TO, &c).await.unwrap(),
+        nats::probe_nats_apply(&r, TO, &c).await.unwrap(),
         Probe::Done { .. }
     ));
-    let again = infra::nats_save(&r, TO, &c).await.unwrap();
+    let again = nats::nats_save(&r, TO, &c).await.unwrap();
     assert!(again.contains("already removed"), "{again}");
     assert_eq!(
         std::fs::read_to_string(&file).unwrap().lines().count() as u64,
         before.state.messages
     );
-    let again = infra::nats_apply(&r, TO, &c).await.unwrap();
+    let again = nats::nats_apply(&r, TO, &c).await.unwrap();
     assert!(
         again.contains("removed none; created none; updated none"),
         "{again}"
@@ -272,7 +272,7 @@ async fn infra_redis_backup_passes_redis_check_rdb_and_apply_flushes_rc1_databas
     let run = run_dir(&st, "redis");
     let c = ctx(&run);
 
-    let detail = infra::redis_backup(&r, &c).await.unwrap();
+    let detail = redis_steps::redis_backup(&r, &c).await.unwrap();
     assert!(!detail.contains(&st.secret("redis-password")));
     let rdb = run.join("redis/dump.rdb");
     assert_eq!(mode(&run.join("redis")), 0o700);
@@ -294,14 +294,14 @@ async fn infra_redis_backup_passes_redis_check_rdb_and_apply_flushes_rc1_databas
             "{meta}"
         );
     }
-    let again = infra::redis_backup(&r, &c).await.unwrap();
+    let again = redis_steps::redis_backup(&r, &c).await.unwrap();
     assert!(again.starts_with("kept the valid backup"), "{again}");
 
     assert_eq!(
-        infra::probe_redis_apply(&r, TO, &c).await.unwrap(),
+        redis_steps::probe_redis_apply(&r, TO, &c).await.unwrap(),
         Probe::NotDone
     );
-    let applied = infra::redis_apply(&r, TO, &c).await.unwrap();
+    let applied = redis_steps::redis_apply(&r, TO, &c).await.unwrap();
     eprintln!("redis backup: {detail}\nredis apply: {applied}");
     assert!(applied.contains("skipped"), "{applied}");
     assert!(applied.contains("databases"), "{applied}");
@@ -335,10 +335,10 @@ async fn infra_redis_backup_passes_redis_check_rdb_and_apply_flushes_rc1_databas
     );
 
     assert!(matches!(
-        infra::probe_redis_apply(&r, TO, &c).await.unwrap(),
+        redis_steps::probe_redis_apply(&r, TO, &c).await.unwrap(),
         Probe::Done { .. }
     ));
-    infra::redis_apply(&r, TO, &c).await.unwrap();
+    redis_steps::redis_apply(&r, TO, &c).await.unwrap();
     let kept: Option<String> = redis::cmd("GET")
         .arg("it:keep")
         .query_async(&mut con)
@@ -460,7 +460,7 @@ async fn infra_monitoring_apply_makes_prometheus_and_alertmanager_serve_stable()
     let r = runner(&st, &repo().join("releases"));
     let run = run_dir(&st, "monitoring");
     let c = ctx(&run);
-    let v = infra::monitoring_validate(&r, TO, &c).await.unwrap();
+    let v = monitoring::monitoring_validate(&r, TO, &c).await.unwrap();
     assert!(v.contains("promtool accepts"), "{v}");
     assert_eq!(
         m.config_yaml().await,
@@ -468,12 +468,14 @@ async fn infra_monitoring_apply_makes_prometheus_and_alertmanager_serve_stable()
         "validate touched Prometheus"
     );
     assert_eq!(
-        infra::probe_monitoring_apply(&r, TO, &c).await.unwrap(),
+        monitoring::probe_monitoring_apply(&r, TO, &c)
+            .await
+            .unwrap(),
         Probe::NotDone
     );
 
     let am_before = m.am_reload_time().await;
-    let detail = infra::monitoring_apply(&r, TO, &c).await.unwrap();
+    let detail = monitoring::monitoring_apply(&r, TO, &c).await.unwrap();
     eprintln!("monitoring validate: {v}\nmonitoring apply: {detail}");
     assert!(detail.contains("Alertmanager reloaded"), "{detail}");
     assert!(detail.contains("1 written"), "{detail}");
@@ -538,11 +540,13 @@ async fn infra_monitoring_apply_makes_prometheus_and_alertmanager_serve_stable()
 
     // Twice: the probe says done and a second apply changes nothing that Prometheus serves.
     assert!(matches!(
-        infra::probe_monitoring_apply(&r, TO, &c).await.unwrap(),
+        monitoring::probe_monitoring_apply(&r, TO, &c)
+            .await
+            .unwrap(),
         Probe::Done { .. }
     ));
     let served = m.config_yaml().await;
-    let again = infra::monitoring_apply(&r, TO, &c).await.unwrap();
+    let again = monitoring::monitoring_apply(&r, TO, &c).await.unwrap();
     assert!(again.contains("0 written"), "{again}");
     assert_eq!(m.config_yaml().await, served);
     assert_eq!(m.group_names().await, stable_groups);
@@ -588,7 +592,7 @@ async fn infra_invalid_target_rules_fail_validation_and_leave_prometheus_untouch
     let r = runner(&st, &root);
     let run = run_dir(&st, "monitoring-broken");
     let c = ctx(&run);
-    let err = infra::monitoring_validate(&r, TO, &c)
+    let err = monitoring::monitoring_validate(&r, TO, &c)
         .await
         .unwrap_err()
         .to_string();
@@ -601,7 +605,7 @@ async fn infra_invalid_target_rules_fail_validation_and_leave_prometheus_untouch
         "{err}"
     );
 
-    let err = infra::monitoring_apply(&r, TO, &c)
+    let err = monitoring::monitoring_apply(&r, TO, &c)
         .await
         .unwrap_err()
         .to_string();

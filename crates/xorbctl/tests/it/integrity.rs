@@ -25,7 +25,8 @@ impl Pg {
         let server = xorb_local::servers::start_postgres(&dir.join("pg"), &password)
             .await
             .unwrap();
-        let conn = xorb_local::servers::PgConn {
+        let conn = xorb_adapters::pg::PgConn {
+            host: "127.0.0.1".into(),
             port: server.port,
             user: "xorb".into(),
             password,

@@ -207,7 +207,7 @@ async fn a_full_rollback_from_rc1_accounts_for_every_row_and_a_roll_forward_brin
 
     // NATS streams are the stable release's.
     let s = xorb_local::stack::StackState::load(&st.dir).unwrap();
-    let mut live = xorb_local::servers::list_streams(&s.nats_url())
+    let mut live = xorb_adapters::nats::list_streams(&s.nats_url())
         .await
         .unwrap();
     live.sort();

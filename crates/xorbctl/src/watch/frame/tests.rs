@@ -101,9 +101,7 @@ fn finish(rec: &mut RunRecord, i: usize, from: i64, to: i64, seq: i64) {
     let s = &mut rec.steps[i];
     s.state = StepState::Succeeded;
     s.finished_at = Some(t(to));
-    let outcome = StepOutcome::Succeeded {
-        detail: String::new(),
-    };
+    let outcome = StepOutcome::succeeded(String::new());
     s.outcome = Some(outcome.clone());
     let e = Event::StepFinished {
         index: i,

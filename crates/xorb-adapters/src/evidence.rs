@@ -11,7 +11,8 @@ use ed25519_dalek::pkcs8::DecodePublicKey;
 use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest, Sha256};
 
-use crate::LocalError;
+use crate::AdapterError;
+pub use crate::files::{read, sha256, sha256_file};
 
 pub const PUBLIC_KEY_FILE: &str = "signing-key.pub.pem";
 pub const RECORDS_DIR: &str = "records";
@@ -25,14 +26,15 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    pub fn from_pem_file(path: &Path) -> Result<Self, LocalError> {
+    pub fn from_pem_file(path: &Path) -> Result<Self, AdapterError> {
         let pem = std::fs::read_to_string(path).map_err(|e| {
-            LocalError::io(
+            AdapterError::io(
                 format!("cannot read the evidence public key {}", path.display()),
                 e,
             )
         })?;
-        Self::from_pem(&pem).map_err(|why| LocalError::Config(format!("{}: {why}", path.display())))
+        Self::from_pem(&pem)
+            .map_err(|why| AdapterError::Config(format!("{}: {why}", path.display())))
     }
 
     pub fn from_pem(pem: &str) -> Result<Self, String> {
@@ -71,15 +73,20 @@ pub struct RecordFiles {
 
 /// The records of a directory by id (`<id>.json`, `<id>.sig`). Hidden files are the platform's temporaries
 /// (`.tmp-…`, written then renamed) and are not records.
-pub fn list_records(dir: &Path) -> Result<BTreeMap<String, RecordFiles>, LocalError> {
+pub fn list_records(dir: &Path) -> Result<BTreeMap<String, RecordFiles>, AdapterError> {
     let mut out: BTreeMap<String, RecordFiles> = BTreeMap::new();
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(LocalError::io(format!("cannot list {}", dir.display()), e)),
+        Err(e) => {
+            return Err(AdapterError::io(
+                format!("cannot list {}", dir.display()),
+                e,
+            ));
+        }
     };
     for e in rd {
-        let e = e.map_err(|e| LocalError::io(format!("cannot list {}", dir.display()), e))?;
+        let e = e.map_err(|e| AdapterError::io(format!("cannot list {}", dir.display()), e))?;
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') {
             continue;
@@ -107,7 +114,7 @@ pub struct DirCheck {
 }
 
 /// Verifies every record of `dir` with `v`.
-pub fn verify_dir(dir: &Path, v: &Verifier) -> Result<DirCheck, LocalError> {
+pub fn verify_dir(dir: &Path, v: &Verifier) -> Result<DirCheck, AdapterError> {
     let records = list_records(dir)?;
     let mut check = DirCheck {
         records: records.len(),
@@ -141,33 +148,6 @@ pub fn verify_dir(dir: &Path, v: &Verifier) -> Result<DirCheck, LocalError> {
         }
     }
     Ok(check)
-}
-
-pub fn read(path: &Path) -> Result<Vec<u8>, LocalError> {
-    std::fs::read(path).map_err(|e| LocalError::io(format!("cannot read {}", path.display()), e))
-}
-
-/// Hex SHA-256 of a file, read in blocks (dumps can be large).
-pub fn sha256_file(path: &Path) -> Result<String, LocalError> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| LocalError::io(format!("cannot open {}", path.display()), e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| LocalError::io(format!("cannot read {}", path.display()), e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
-pub fn sha256(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 /// PostgreSQL's text form of bytea (`\x0a1b…`, as `row_to_json` writes it) back to bytes.

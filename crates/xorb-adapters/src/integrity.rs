@@ -10,9 +10,10 @@ use xorb_engine::runner::{StepContext, StepError};
 use xorb_integrity::{LossReport, ScanOptions, TableState};
 use xorb_model::plan::Preserve;
 
-use crate::database::Manifest;
-use crate::rollback::{LocalRunner, failed};
-use crate::servers::{mkdir, write_file};
+use crate::context::{TargetRunner, failed};
+use crate::files::{mkdir, write_file};
+use crate::pg::Manifest;
+use crate::target::Target;
 
 /// `<run>/db/snapshot`: the row snapshot (outside the database) the loss assessment compares with.
 pub fn snapshot_dir(run_dir: &Path) -> PathBuf {
@@ -26,7 +27,10 @@ pub fn full_report_path(run_dir: &Path) -> PathBuf {
 
 /// Takes the full scan and the row snapshot, unless a complete one is there (a resumed run must keep the one
 /// taken before the first downgrade: a new one would hide what the downgrades destroyed).
-pub async fn snapshot(r: &LocalRunner, ctx: &StepContext<'_>) -> Result<String, StepError> {
+pub async fn snapshot<T: Target>(
+    r: &TargetRunner<T>,
+    ctx: &StepContext<'_>,
+) -> Result<String, StepError> {
     let dir = snapshot_dir(ctx.run_dir);
     let report_path = full_report_path(ctx.run_dir);
     if report_path.exists() && dir.join("manifest.json").exists() {
@@ -39,8 +43,7 @@ pub async fn snapshot(r: &LocalRunner, ctx: &StepContext<'_>) -> Result<String, 
     // Written beside, renamed into place when complete: a crash never leaves a half snapshot that looks whole.
     let tmp = ctx.run_dir.join("db").join("snapshot.partial");
     let _ = std::fs::remove_dir_all(&tmp);
-    let st = r.stack()?;
-    let cfg = st.pg(&r.secrets()?).config();
+    let cfg = r.pg()?.config();
     let opts = ScanOptions {
         snapshot_dir: Some(tmp.clone()),
         ..ScanOptions::default()
@@ -211,7 +214,10 @@ pub fn assess(report: LossReport, run_dir: &Path) -> LossAssessment {
 }
 
 /// Phase 5's `loss` check: writes `<run>/loss.json`; fails on any loss nothing accounts for.
-pub async fn check_loss(r: &LocalRunner, ctx: &StepContext<'_>) -> Result<String, StepError> {
+pub async fn check_loss<T: Target>(
+    r: &TargetRunner<T>,
+    ctx: &StepContext<'_>,
+) -> Result<String, StepError> {
     let dir = snapshot_dir(ctx.run_dir);
     if !dir.join("manifest.json").exists() {
         return Err(StepError::fatal(format!(
@@ -219,8 +225,7 @@ pub async fn check_loss(r: &LocalRunner, ctx: &StepContext<'_>) -> Result<String
             dir.display()
         )));
     }
-    let st = r.stack()?;
-    let cfg = st.pg(&r.secrets()?).config();
+    let cfg = r.pg()?.config();
     let report = xorb_integrity::loss(&cfg, &dir, &ScanOptions::default())
         .await
         .map_err(failed)?;
@@ -245,4 +250,123 @@ pub async fn check_loss(r: &LocalRunner, ctx: &StepContext<'_>) -> Result<String
         detail.push_str("; no rows lost");
     }
     Ok(detail)
+}
+
+/// Phase 5's `integrity-full` check: every table checksummed again (`<run>/db/integrity-after-full.json`) and
+/// compared with phase 3's full scan. A table the target schema keeps must not hold fewer rows than it did; tables
+/// the downgrades dropped, and changed checksums, are reported (the `loss` check accounts for them).
+pub async fn check_full<T: Target>(
+    r: &TargetRunner<T>,
+    ctx: &StepContext<'_>,
+) -> Result<String, StepError> {
+    let before_path = full_report_path(ctx.run_dir);
+    let before: xorb_integrity::FullReport = std::fs::read(&before_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| {
+            StepError::fatal(format!(
+                "{} is missing: phase 3's full scan did not run, so there is nothing to compare with",
+                before_path.display()
+            ))
+        })?;
+    let cfg = r.pg()?.config();
+    let after = xorb_integrity::full(&cfg, &ScanOptions::default())
+        .await
+        .map_err(failed)?;
+    write_file(
+        &ctx.run_dir.join("db").join("integrity-after-full.json"),
+        &serde_json::to_string_pretty(&after).unwrap_or_default(),
+    )
+    .map_err(failed)?;
+    let c = compare_full(&before, &after);
+    if !c.lost.is_empty() {
+        return Err(StepError::fatal(format!(
+            "rows lost since phase 3's full scan: {}",
+            c.lost.join(", ")
+        )));
+    }
+    let rows: u64 = after.tables.iter().map(|t| t.rows).sum();
+    let mut detail = format!(
+        "{} tables, {rows} rows checksummed; {} unchanged since phase 3",
+        after.tables.len(),
+        c.unchanged
+    );
+    if !c.changed.is_empty() {
+        detail.push_str(&format!("; changed: {}", c.changed.join(", ")));
+    }
+    if !c.dropped.is_empty() {
+        detail.push_str(&format!("; dropped: {}", c.dropped.join(", ")));
+    }
+    Ok(detail)
+}
+
+/// How two full scans differ, table by table.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FullComparison {
+    pub unchanged: usize,
+    /// Tables with the same or more rows and another checksum.
+    pub changed: Vec<String>,
+    /// Tables with fewer rows ("table: before → after").
+    pub lost: Vec<String>,
+    /// Tables of the first scan absent from the second.
+    pub dropped: Vec<String>,
+}
+
+pub fn compare_full(
+    before: &xorb_integrity::FullReport,
+    after: &xorb_integrity::FullReport,
+) -> FullComparison {
+    let mut c = FullComparison::default();
+    for b in &before.tables {
+        match after.tables.iter().find(|a| a.table == b.table) {
+            None => c.dropped.push(b.table.clone()),
+            Some(a) if a.rows < b.rows => {
+                c.lost.push(format!("{}: {} → {}", b.table, b.rows, a.rows))
+            }
+            Some(a) if a.checksum == b.checksum && a.columns == b.columns => c.unchanged += 1,
+            Some(_) => c.changed.push(b.table.clone()),
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xorb_integrity::{FullReport, TableChecksum};
+
+    fn scan(tables: &[(&str, u64, &str)]) -> FullReport {
+        FullReport {
+            taken_at: String::new(),
+            parallelism: 1,
+            tables: tables
+                .iter()
+                .map(|(t, rows, sum)| TableChecksum {
+                    table: t.to_string(),
+                    rows: *rows,
+                    checksum: sum.to_string(),
+                    columns: 3,
+                    primary_key: vec!["id".into()],
+                })
+                .collect(),
+            snapshot_dir: None,
+            elapsed_ms: 0,
+        }
+    }
+
+    #[test]
+    fn full_scans_compare_table_by_table() {
+        let before = scan(&[
+            ("a", 3, "x"),
+            ("b", 5, "y"),
+            ("c", 2, "z"),
+            ("evidence", 4, "e"),
+        ]);
+        let after = scan(&[("a", 3, "x"), ("b", 6, "y2"), ("c", 1, "z2")]);
+        let c = compare_full(&before, &after);
+        assert_eq!(c.unchanged, 1);
+        assert_eq!(c.changed, vec!["b"]);
+        assert_eq!(c.lost, vec!["c: 2 → 1"]);
+        assert_eq!(c.dropped, vec!["evidence"]);
+    }
 }

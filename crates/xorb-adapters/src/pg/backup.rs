@@ -1,0 +1,184 @@
+//! Phase 3's backup: `pg_dump` in custom format, proven readable by `pg_restore --list`, kept once valid.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use xorb_engine::runner::{StepContext, StepError};
+use xorb_model::release::Release;
+
+use super::scripts::alembic;
+use super::*;
+use crate::context::{TargetRunner, failed};
+use crate::evidence::sha256_file;
+use crate::files::{mkdir, write_private};
+use crate::target::Target;
+
+/// Where the phase-3 dump of a run is.
+pub fn backup_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("db").join("xorb.dump")
+}
+
+/// `<run>/db/backup.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupRecord {
+    pub file: String,
+    pub sha256: String,
+    pub bytes: u64,
+    /// alembic_version when the dump was taken.
+    pub revision: Option<String>,
+    pub created_at: String,
+    /// Entries `pg_restore --list` found in it.
+    pub entries: usize,
+    pub list: String,
+    pub pg_dump: String,
+}
+
+/// The dump is intact (its SHA-256 is the recorded one) and `pg_restore --list` reads it; returns the listing.
+pub(crate) async fn check_dump(dump: &Path, rec: &BackupRecord) -> Result<String, String> {
+    let sha = tokio::task::block_in_place(|| sha256_file(dump)).map_err(|e| e.to_string())?;
+    if sha != rec.sha256 {
+        return Err(format!(
+            "{} has SHA-256 {sha}, not the recorded {}",
+            dump.display(),
+            rec.sha256
+        ));
+    }
+    pg_restore_list(dump).await
+}
+
+pub(crate) async fn pg_restore_list(dump: &Path) -> Result<String, String> {
+    let mut cmd = tokio::process::Command::new(pg_tool("pg_restore"));
+    cmd.arg("--list").arg(dump);
+    let out = output(cmd, "pg_restore --list")
+        .await
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "pg_restore --list {} failed: {}",
+            dump.display(),
+            last_line(&String::from_utf8_lossy(&out.stderr))
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub(crate) fn list_entries(list: &str) -> usize {
+    list.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with(';'))
+        .count()
+}
+
+pub async fn backup<T: Target>(
+    r: &TargetRunner<T>,
+    ctx: &StepContext<'_>,
+) -> Result<String, StepError> {
+    let dir = ctx.run_dir.join("db");
+    mkdir(&dir, 0o700).map_err(failed)?;
+    let dump = backup_path(ctx.run_dir);
+    let record_path = dir.join("backup.json");
+    let conn = r.pg()?;
+    let revision = live_revision(&conn).await?;
+
+    if let Some(rec) = std::fs::read(&record_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<BackupRecord>(&b).ok())
+    {
+        match check_dump(&dump, &rec).await {
+            Ok(_) => {
+                return Ok(format!(
+                    "kept the existing backup {} (SHA-256 {} still matches, pg_restore --list reads {} entries; taken at revision {})",
+                    dump.display(),
+                    short(&rec.sha256),
+                    rec.entries,
+                    rec.revision.as_deref().unwrap_or("none")
+                ));
+            }
+            // Re-dumping now would record the *migrated* database as the pre-rollback backup.
+            Err(why) if rec.revision != revision => {
+                return Err(fatal(format!(
+                    "the pre-rollback backup is damaged ({why}) and the database has moved on since it was taken \
+                     (alembic_version {} then, {} now): a new dump would not be a pre-rollback backup. \
+                     Keep {} for inspection and restore from another backup",
+                    rec.revision.as_deref().unwrap_or("none"),
+                    revision.as_deref().unwrap_or("none"),
+                    dir.display()
+                )));
+            }
+            Err(_) => {}
+        }
+    }
+
+    let partial = dir.join("xorb.dump.partial");
+    let _ = std::fs::remove_file(&partial);
+    let mut cmd = tokio::process::Command::new(pg_tool("pg_dump"));
+    cmd.arg("--format=custom")
+        .arg("--no-password")
+        .arg("--file")
+        .arg(&partial);
+    conn.env(&mut cmd);
+    let out = output(cmd, "pg_dump").await?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&partial);
+        return Err(failed(format!(
+            "pg_dump of database {} on 127.0.0.1:{} failed: {}",
+            conn.dbname,
+            conn.port,
+            last_line(&conn.redact(&String::from_utf8_lossy(&out.stderr)))
+        )));
+    }
+    set_private(&partial)?;
+    let sha = tokio::task::block_in_place(|| sha256_file(&partial)).map_err(failed)?;
+    let bytes = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    let list = pg_restore_list(&partial).await.map_err(failed)?;
+    let list_path = dir.join("xorb.dump.list");
+    write_private(&list_path, list.as_bytes()).map_err(failed)?;
+    let version = {
+        let mut cmd = tokio::process::Command::new(pg_tool("pg_dump"));
+        cmd.arg("--version");
+        output(cmd, "pg_dump --version")
+            .await
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let rec = BackupRecord {
+        file: "xorb.dump".into(),
+        sha256: sha.clone(),
+        bytes,
+        revision: revision.clone(),
+        created_at: now(),
+        entries: list_entries(&list),
+        list: "xorb.dump.list".into(),
+        pg_dump: version,
+    };
+    // The record first, then the dump into place: a crash in between leaves a record whose dump is missing,
+    // which the next attempt redoes (the schema cannot have moved: migrations run after this step).
+    write_json(&record_path, &rec)?;
+    std::fs::rename(&partial, &dump)
+        .map_err(|e| failed(format!("cannot rename {}: {e}", partial.display())))?;
+
+    // What alembic itself says, with the scripts that know the live revision (the release rolled back from).
+    let from = Release::load_named(&r.paths.releases_root, ctx.from).map_err(fatal)?;
+    let migrations = from.migrations_dir();
+    let (current, _) = alembic(&r.paths, &migrations, &conn, &["current"], None).await?;
+    write_private(&dir.join("alembic-current.txt"), current.as_bytes()).map_err(failed)?;
+    let (history, _) = alembic(
+        &r.paths,
+        &migrations,
+        &conn,
+        &["history", "--verbose"],
+        None,
+    )
+    .await?;
+    write_private(&dir.join("alembic-history.txt"), history.as_bytes()).map_err(failed)?;
+
+    Ok(format!(
+        "pg_dump (custom format) into {}: {} bytes, SHA-256 {}, {} entries readable by pg_restore --list; alembic current: {}",
+        dump.display(),
+        bytes,
+        short(&sha),
+        rec.entries,
+        last_line(&current).trim()
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
