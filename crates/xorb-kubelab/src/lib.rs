@@ -561,6 +561,48 @@ impl KubeLab {
         self.children.iter().map(|c| c.info.clone()).collect()
     }
 
+    /// Mints a bearer token for the ServiceAccount `namespace/name` (which must exist) with the TokenRequest API,
+    /// valid for `ttl` (the API server may shorten it; at least 10 minutes). Bind Roles to
+    /// `system:serviceaccount:NAMESPACE:NAME`, or to the ServiceAccount as a subject.
+    pub fn mint_service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<String, LabError> {
+        let body = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": ttl.as_secs().max(600)},
+        });
+        let path = format!("/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token");
+        let body = serde_json::to_vec(&body).unwrap_or_default();
+        let r = self.request(
+            "POST",
+            &path,
+            LabUser::Admin,
+            Some(("application/json", &body)),
+        )?;
+        if r.status != 201 && r.status != 200 {
+            return Err(LabError::Request(format!(
+                "POST {path}: {} {}",
+                r.status,
+                r.text().trim()
+            )));
+        }
+        r.json()
+            .and_then(|v| v["status"]["token"].as_str().map(str::to_string))
+            .ok_or_else(|| LabError::Request(format!("POST {path}: no status.token in the answer")))
+    }
+
+    /// Writes a kubeconfig (0600) for this lab with `token` as `user`'s bearer token, for a child process (a
+    /// token minted by [`KubeLab::mint_service_account_token`], say).
+    pub fn write_kubeconfig(&self, path: &Path, user: &str, token: &str) -> Result<(), LabError> {
+        let ca_pem = fs::read_to_string(&self.ca_path)
+            .map_err(|e| LabError::io(format!("cannot read {}", self.ca_path.display()), e))?;
+        write_private(path, &kubeconfig(&self.server_url, &ca_pem, user, token))
+    }
+
     /// The last `lines` lines of each process's log, for a failing test to print.
     pub fn log_tails(&self, lines: usize) -> String {
         self.children

@@ -166,7 +166,7 @@ fn deployment_controller_creates_a_replicaset_and_observes_the_generation() {
 }
 
 #[test]
-fn restricted_token_is_refused_before_any_role_and_files_stay_private() {
+fn restricted_token_is_refused_until_a_role_is_bound_and_files_stay_private() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let lab = start(dir.path());
@@ -193,6 +193,90 @@ fn restricted_token_is_refused_before_any_role_and_files_stay_private() {
     create.args(["create", "configmap", "x", "--from-literal=a=b"]);
     let (ok, _, err) = run(create, None);
     assert!(!ok && err.contains("(Forbidden)"), "{err}");
+
+    // Bound later to a Role, the restricted user may do what the Role says, and nothing else.
+    let mut role = lab.kubectl();
+    role.args([
+        "create",
+        "role",
+        "pod-reader",
+        "--verb=get,list",
+        "--resource=pods",
+    ]);
+    let (ok, _, err) = run(role, None);
+    assert!(ok, "{err}");
+    let mut bind = lab.kubectl();
+    bind.args([
+        "create",
+        "rolebinding",
+        "restricted-reads-pods",
+        "--role=pod-reader",
+        "--user=restricted",
+    ]);
+    let (ok, _, err) = run(bind, None);
+    assert!(ok, "{err}");
+    eventually(&lab, Duration::from_secs(30), || {
+        let r = lab
+            .get("/api/v1/namespaces/default/pods", LabUser::Restricted)
+            .unwrap();
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(format!("still {} after the binding", r.status))
+        }
+    });
+    let mut create = lab.kubectl_as(LabUser::Restricted);
+    create.args(["create", "configmap", "x", "--from-literal=a=b"]);
+    let (ok, _, err) = run(create, None);
+    assert!(!ok && err.contains("(Forbidden)"), "{err}");
+
+    // A minted ServiceAccount token: authenticated as the ServiceAccount, allowed nothing before a binding.
+    let mut sa = lab.kubectl();
+    sa.args(["create", "serviceaccount", "xorb-operator"]);
+    let (ok, _, err) = run(sa, None);
+    assert!(ok, "{err}");
+    let token = lab
+        .mint_service_account_token("default", "xorb-operator", Duration::from_secs(3600))
+        .unwrap();
+    let sa_kubeconfig = dir.path().join("xorb-operator.kubeconfig");
+    lab.write_kubeconfig(&sa_kubeconfig, "xorb-operator", &token)
+        .unwrap();
+    let mode = std::fs::metadata(&sa_kubeconfig)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let mut who = Command::new(&lab.binaries().kubectl);
+    who.arg("--kubeconfig")
+        .arg(&sa_kubeconfig)
+        .args(["get", "pods"]);
+    let (ok, _, err) = run(who, None);
+    assert!(
+        !ok && err.contains("system:serviceaccount:default:xorb-operator")
+            && err.contains("(Forbidden)"),
+        "{err}"
+    );
+    let mut bind = lab.kubectl();
+    bind.args([
+        "create",
+        "rolebinding",
+        "operator-reads-pods",
+        "--role=pod-reader",
+        "--serviceaccount=default:xorb-operator",
+    ]);
+    let (ok, _, err) = run(bind, None);
+    assert!(ok, "{err}");
+    eventually(&lab, Duration::from_secs(30), || {
+        let mut get = Command::new(&lab.binaries().kubectl);
+        get.arg("--kubeconfig")
+            .arg(&sa_kubeconfig)
+            .args(["get", "pods"]);
+        match run(get, None) {
+            (true, _, _) => Ok(()),
+            (false, _, err) => Err(err),
+        }
+    });
 
     // No token on any command line; the files that hold one are 0600.
     for p in lab.processes() {
