@@ -13,6 +13,7 @@
 //! Nothing runs Pods yet (no kubelet, no scheduler): the controllers create ReplicaSets and Pods, which stay
 //! Pending. Design: docs/design/kubernetes-lab.md.
 
+pub mod agent;
 mod http;
 mod pki;
 mod process;
