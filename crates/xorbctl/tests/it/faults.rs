@@ -11,6 +11,12 @@
 //! faults, which need a run and a stack each ([`MONITORING`]). A stalled dependency must stop the run within the
 //! bounded calls' limits, never hang it.
 //!
+//! xorbctl's own state turning read-only mid-run (the journal, the audit trail, the lock, `runs/`; exactly its
+//! files, the servers' data stays writable: [`OwnStateFs`]) inside 4.nats.apply: the run stops at once with an
+//! error naming the journal and the read-only file system; nothing is half-done (the journal is consistent and
+//! ends at the step's intent, the audit trail verifies, a resume while read-only refuses and changes nothing); after
+//! remounting, `resume` finds the step's change made and ends as an uninterrupted run does.
+//!
 //! A webhook receiver down or stalled never fails the run: its messages stay owed, are reported, and are delivered
 //! once it is back. Figures (cases, seconds) are printed, not asserted.
 
@@ -616,6 +622,282 @@ async fn prometheus_or_alertmanager_killed_or_stalled_inside_the_monitoring_step
         rows.len(),
         wall.elapsed().as_secs_f64()
     );
+}
+
+/// The directories of a stack's state directory that its servers write (crates/xorb-local/src/stack.rs,
+/// `fresh_up`): PostgreSQL's, Redis's, NATS's, Prometheus's and Alertmanager's data, the services' evidence and
+/// logs. Everything else there is xorbctl's own: the journal (journal.sqlite, with its -wal and -shm), the audit
+/// trail (audit/), rollback.lock, runs/, and the records `stack up` and `stack down` keep (stack.json, pids/,
+/// secrets/).
+const SERVER_DIRS: [&str; 7] = [
+    "postgres",
+    "redis",
+    "nats",
+    "prometheus",
+    "alertmanager",
+    "evidence",
+    "services",
+];
+
+/// xorbctl's own state on a file system of its own, which the test turns read-only the way the kernel does when a
+/// disk fails under it (ext4's `errors=remount-ro`): from then on every write fails with EROFS, through descriptors
+/// opened before as well.
+///
+/// Why not a read-only bind mount or a tmpfs over the paths, as for `runs/` in the matrix: a bind mount made
+/// read-only only refuses new opens (the journal's SQLite connection, opened before the fault, would go on writing
+/// through its descriptors, and the journal would never be read-only at all), and a tmpfs cannot be remounted
+/// read-only while a file on it is open for writing. Why the whole state directory rather than a mount per path:
+/// SQLite creates journal.sqlite-wal and -shm beside the journal, in the state directory itself.
+///
+/// So the state directory is an ext4 image on a loop device, turned read-only with `mount -o remount,abort` (what
+/// ext4 does on an I/O error), and the servers' directories ([`SERVER_DIRS`]) are symlinks to a directory on the
+/// ordinary disk: the servers never notice, exactly xorbctl's own files turn read-only. Healing is what an
+/// operator does after such an event: unmount (plainly, not lazily: that also proves nothing but the xorbctl that
+/// stopped held those files) and mount again; the file system's journal replays, so what was fsynced before the
+/// fault is there, and nothing else is.
+struct OwnStateFs {
+    /// Holds the image, the mount point and the servers' directories.
+    root: PathBuf,
+    image: PathBuf,
+    /// The stack's state directory: the mount point.
+    state: PathBuf,
+}
+
+impl OwnStateFs {
+    fn create() -> OwnStateFs {
+        use std::os::unix::fs::PermissionsExt;
+        let root = Stack::new_dir();
+        // PostgreSQL runs as its own user: it must get through to its directory.
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711)).unwrap();
+        let image = root.join("xorbctl-state.ext4");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(256 << 20)
+            .unwrap();
+        let state = root.join("state");
+        std::fs::create_dir(&state).unwrap();
+        let out = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mkfs.ext4: {}", text(&out));
+        let fs = OwnStateFs { root, image, state };
+        fs.mount();
+        // An empty state directory, as `stack up` expects one.
+        std::fs::remove_dir(fs.state.join("lost+found")).unwrap();
+        let servers = fs.root.join("servers");
+        std::fs::create_dir(&servers).unwrap();
+        std::fs::set_permissions(&servers, std::fs::Permissions::from_mode(0o711)).unwrap();
+        for d in SERVER_DIRS {
+            std::fs::create_dir(servers.join(d)).unwrap();
+            std::os::unix::fs::symlink(servers.join(d), fs.state.join(d)).unwrap();
+        }
+        fs
+    }
+
+    fn mount(&self) {
+        let out = Command::new("mount")
+            .args(["-t", "ext4", "-o", "loop"])
+            .arg(&self.image)
+            .arg(&self.state)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "this test needs root, loop devices and mount(8) for an ext4 image: {}",
+            text(&out)
+        );
+    }
+
+    /// Flushes everything written to the file system so far to the image (`sync -f`: syncfs(2)).
+    fn sync(&self) {
+        let out = Command::new("sync")
+            .arg("-f")
+            .arg(&self.state)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "sync -f: {}", text(&out));
+    }
+
+    /// Every write to xorbctl's files fails from now on, through open descriptors too.
+    fn read_only(&self) {
+        let out = Command::new("mount")
+            .args(["-o", "remount,abort"])
+            .arg(&self.state)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "remount,abort: {}", text(&out));
+        let e = std::fs::write(self.state.join("probe"), "").unwrap_err();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(nix::errno::Errno::EROFS as i32),
+            "{e}"
+        );
+    }
+
+    /// Unmount and mount again: read-write, with what was on disk before the fault.
+    fn remount(&self) {
+        let out = Command::new("umount").arg(&self.state).output().unwrap();
+        assert!(
+            out.status.success(),
+            "unmounting xorbctl's state (nothing may hold it once xorbctl has stopped): {}",
+            text(&out)
+        );
+        self.mount();
+    }
+}
+
+impl Drop for OwnStateFs {
+    /// Stops the stack first (its records are on this file system: once it is gone, nothing would know the
+    /// servers), then unmounts and removes everything.
+    fn drop(&mut self) {
+        let _ = Command::new(xorbctl_bin())
+            .args(["stack", "down"])
+            .env("XORB_STATE_DIR", &self.state)
+            .output();
+        let _ = Command::new("umount").arg("-l").arg(&self.state).status();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn audit_verify(st: &Stack) -> String {
+    let out = st.xorbctl(&["audit", "verify"]);
+    let o = text(&out);
+    assert!(
+        out.status.success() && o.contains("audit log OK"),
+        "the audit trail verifies: {o}"
+    );
+    o
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn xorbctl_s_state_turning_read_only_mid_run_stops_it_cleanly_and_resume_after_remounting_ends_it()
+ {
+    let wall = Instant::now();
+    let fs = OwnStateFs::create();
+    let st = Stack::up_in(fs.state.clone(), RC1, false);
+    // `stack up` leaves its records (stack.json, secrets/) to the kernel's writeback; a real fault comes long after
+    // they reached the disk, not within its 30 s.
+    fs.sync();
+    let pauses = Stack::new_dir();
+    // A destructive phase-4 step that writes nothing of xorbctl's own while it acts: the change to NATS happens,
+    // and it is the journal that cannot record it.
+    let step_id = "4.nats.apply";
+    let child = start_paused(
+        &st,
+        &["rollback", "--from", RC1, "--to", STABLE, "--yes"],
+        step_id,
+        &pauses,
+    )
+    .await;
+    assert_eq!(step(&show(&st), step_id)["state"], "in_flight");
+    fs.read_only();
+    std::fs::write(release_marker(&pauses, step_id), "").unwrap();
+    let t = Instant::now();
+    let out = finish(child, STOPS_WITHIN).await;
+    let secs = t.elapsed().as_secs_f64();
+
+    // Stopped at once, not by a panic, with an error that says what could not be done, where, and why.
+    let o = text(&out);
+    let code = out.status.code();
+    assert!(
+        matches!(code, Some(c) if c != 0 && c != 101) && !o.contains("panicked"),
+        "the run stops with an error ({code:?}):\n{o}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let journal = st.dir.join("journal.sqlite");
+    for want in [
+        "rollback journal",
+        &journal.display().to_string(),
+        "Read-only file system",
+    ] {
+        assert!(stderr.contains(want), "the error says {want:?}:\n{o}");
+    }
+
+    // While the state is read-only, what only reads works and tells the truth: the step is in flight (its intent
+    // was on disk before the fault; its outcome never got there), the run interrupted, the audit trail whole.
+    // A resume refuses, naming the file it cannot write, and changes nothing.
+    let before = show(&st);
+    assert_eq!(
+        before["status"]["state"], "running",
+        "{:#}",
+        before["status"]
+    );
+    assert_eq!(step(&before, step_id)["state"], "in_flight");
+    let last = before["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["event"].as_str(), last["step"].as_str()),
+        (Some("step_started"), Some(step_id)),
+        "the journal ends at the step's intent: {last:#}"
+    );
+    let runs = st.xorbctl(&["runs"]);
+    assert!(
+        text(&runs).contains("interrupted"),
+        "`runs` says so: {}",
+        text(&runs)
+    );
+    audit_verify(&st);
+    let refused = st.xorbctl(&["resume", "latest"]);
+    assert_eq!(refused.status.code(), Some(3), "{}", text(&refused));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("Read-only file system") && err.contains(&st.dir.display().to_string()),
+        "names the file it cannot write and why: {err}"
+    );
+    assert_eq!(show(&st), before, "a refused resume changes nothing");
+
+    // Remounted: nothing half-done. The journal is a consistent database holding what it held, the audit trail
+    // verifies (its recorded checkpoint included) and has no torn line set aside.
+    fs.remount();
+    let conn =
+        rusqlite::Connection::open_with_flags(&journal, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    drop(conn);
+    assert_eq!(show(&st), before, "the journal holds what it held");
+    let verified = audit_verify(&st);
+    assert!(verified.contains("checkpoint"), "{verified}");
+    let torn: Vec<String> = std::fs::read_dir(st.dir.join("audit"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("torn"))
+        .collect();
+    assert!(torn.is_empty(), "{torn:?}");
+
+    // The resume finds the step's change made (its probe), records it done, and ends as an uninterrupted run.
+    let out = finish(
+        {
+            let mut cmd = st.cmd();
+            cmd.args(["resume", "latest"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0);
+            cmd.spawn().unwrap()
+        },
+        STOPS_WITHIN,
+    )
+    .await;
+    assert!(out.status.success(), "the resume: {}", text(&out));
+    let (run, _) = assert_as_uninterrupted(&st).await;
+    assert_eq!(step(&run, step_id)["state"], "already_done", "{run:#}");
+    let after = audit_verify(&st);
+    assert!(!after.contains("torn"), "{after}");
+
+    println!(
+        "xorbctl's state read-only inside {step_id}: stopped after {secs:.1} s with {code:?}: {}",
+        stderr.lines().next().unwrap_or("")
+    );
+    println!(
+        "xorbctl's state read-only: wall time {:.0} s (stack up, the rollback, the fault, remount, resume)",
+        wall.elapsed().as_secs_f64()
+    );
+    st.xorbctl(&["stack", "down"]);
+    drop(fs);
+    let _ = std::fs::remove_dir_all(&pauses);
 }
 
 /// A Slack-compatible webhook receiver as a process of its own (so that it can be stopped and killed like a real
