@@ -63,7 +63,8 @@ pub enum JournalError {
         source: rusqlite::Error,
         /// Why the journal's directory refuses writes, when SQLite's error was an I/O one and it does (see
         /// [`JournalError::sql`]).
-        refusal: Option<String>,
+        /// (Boxed: a `String` would make every `Result<_, JournalError>` larger than clippy's bound.)
+        refusal: Option<Box<str>>,
     },
     #[error(
         "no rollback state in {0}: there is no journal.sqlite there (no run was ever started in it); check \
@@ -93,7 +94,7 @@ impl JournalError {
     /// unwritable): after an I/O error the journal's directory is asked, and the error says why it refuses writes.
     pub(crate) fn sql(path: &Path, op: &'static str, source: rusqlite::Error) -> JournalError {
         JournalError::Sql {
-            refusal: write_refusal(path, &source),
+            refusal: write_refusal(path, &source).map(String::into_boxed_str),
             path: path.to_path_buf(),
             op,
             source,
