@@ -236,11 +236,7 @@ impl GovernanceStore {
     }
 
     fn sql(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> JournalError + '_ {
-        move |source| JournalError::Sql {
-            path: self.path.clone(),
-            op,
-            source,
-        }
+        move |source| JournalError::sql(&self.path, op, source)
     }
 
     fn parse_ts(&self, what: &str, s: &str) -> Result<DateTime<Utc>, JournalError> {

@@ -747,6 +747,25 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
                     },
                 }
             };
+            // What the step wrote (its artifacts in the run directory, the stack's records) is on disk before the
+            // journal says it is done: a crash after the outcome's commit must not find a backup the journal
+            // vouches for missing or empty.
+            let outcome = match outcome {
+                StepOutcome::Failed { .. } => outcome,
+                done => {
+                    match crate::private::sync_file_systems(&[&active.run_dir, &self.state_dir]) {
+                        Ok(()) => done,
+                        Err((path, e)) => StepOutcome::Failed {
+                            error: format!(
+                                "acted, but what it wrote cannot be flushed to disk (syncfs of the file system of {}: \
+                             {e}); check that disk before resuming",
+                                path.display()
+                            ),
+                            retryable: false,
+                        },
+                    }
+                }
+            };
             // OUTCOME
             self.journal_outcome(active, index, attempt, outcome.clone(), ms_since(started))?;
             let StepOutcome::Failed { error, retryable } = outcome else {

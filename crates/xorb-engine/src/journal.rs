@@ -53,11 +53,18 @@ pub enum JournalError {
         found: i64,
         known: i64,
     },
-    #[error("rollback journal {path}: could not {op}: {source}")]
+    #[error(
+        "rollback journal {path}: could not {op}: {source}{}",
+        refusal.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+    )]
     Sql {
         path: PathBuf,
         op: &'static str,
         source: rusqlite::Error,
+        /// Why the journal's directory refuses writes, when SQLite's error was an I/O one and it does (see
+        /// [`JournalError::sql`]).
+        /// (Boxed: a `String` would make every `Result<_, JournalError>` larger than clippy's bound.)
+        refusal: Option<Box<str>>,
     },
     #[error(
         "no rollback state in {0}: there is no journal.sqlite there (no run was ever started in it); check \
@@ -79,6 +86,56 @@ pub enum JournalError {
         what: String,
         message: String,
     },
+}
+
+impl JournalError {
+    /// A failed operation on the journal at `path`. SQLite reports any failed write as "disk I/O error", which sends
+    /// an operator after a failing disk when the file system turned read-only (or the directory became
+    /// unwritable): after an I/O error the journal's directory is asked, and the error says why it refuses writes.
+    pub(crate) fn sql(path: &Path, op: &'static str, source: rusqlite::Error) -> JournalError {
+        JournalError::Sql {
+            refusal: write_refusal(path, &source).map(String::into_boxed_str),
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
+    }
+}
+
+/// Why the directory of the journal at `path` refuses a new file, if it does and `e` is an I/O error. Asked with
+/// an unnamed temporary file (O_TMPFILE: nothing to clean up), never by opening the journal's own files: closing
+/// a descriptor of the database would drop the locks SQLite holds on it.
+fn write_refusal(path: &Path, e: &rusqlite::Error) -> Option<String> {
+    use rusqlite::ErrorCode as C;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !matches!(
+        e.sqlite_error_code(),
+        Some(C::SystemIoFailure | C::ReadOnly | C::CannotOpen)
+    ) {
+        return None;
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let refused = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_TMPFILE)
+        .mode(0o600)
+        .open(dir)
+        .err()?;
+    // A file system without unnamed temporary files tells nothing either way.
+    let unsupported = [nix::libc::EOPNOTSUPP, nix::libc::EISDIR, nix::libc::EINVAL];
+    if refused
+        .raw_os_error()
+        .is_some_and(|c| unsupported.contains(&c))
+    {
+        return None;
+    }
+    Some(format!(
+        "its directory {} refuses writes: {refused}",
+        dir.display()
+    ))
 }
 
 /// A read-only connection to `<state_dir>/journal.sqlite`. Where the directory is read-only and the journal's
@@ -390,11 +447,7 @@ impl Journal {
     }
 
     fn sql(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> JournalError + '_ {
-        move |source| JournalError::Sql {
-            path: self.path.clone(),
-            op,
-            source,
-        }
+        move |source| JournalError::sql(&self.path, op, source)
     }
 
     fn corrupt(&self, what: impl Into<String>, message: impl ToString) -> JournalError {
@@ -475,11 +528,7 @@ impl Journal {
         f: impl FnOnce(&Transaction<'_>) -> Result<T, rusqlite::Error>,
     ) -> Result<T, JournalError> {
         let path = self.path.clone();
-        let err = |source| JournalError::Sql {
-            path: path.clone(),
-            op,
-            source,
-        };
+        let err = |source| JournalError::sql(&path, op, source);
         let tx = Transaction::new(&mut self.conn, TransactionBehavior::Immediate).map_err(err)?;
         let value = f(&tx).map_err(err)?;
         tx.commit().map_err(err)?;
@@ -1247,5 +1296,39 @@ mod tests {
             matches!(err, JournalError::NewerSchema { found: 99, .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_io_error_says_why_the_journal_s_directory_refuses_writes() {
+        let io = || {
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_WRITE),
+                Some("disk I/O error".into()),
+            )
+        };
+        // A directory that takes new files: SQLite's words alone.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(JOURNAL_FILE);
+        let e = JournalError::sql(&path, "journal the step's outcome", io());
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "rollback journal {}: could not journal the step's outcome: disk I/O error",
+                path.display()
+            )
+        );
+        // One that refuses them (here: gone; a read-only file system in tests/it/faults.rs): why, and where.
+        let gone = dir.path().join("gone").join(JOURNAL_FILE);
+        let msg = JournalError::sql(&gone, "journal the step's outcome", io()).to_string();
+        assert!(
+            msg.ends_with(&format!(
+                "disk I/O error (its directory {} refuses writes: No such file or directory (os error 2))",
+                dir.path().join("gone").display()
+            )),
+            "{msg}"
+        );
+        // Not an I/O error: the directory is not asked.
+        let e = JournalError::sql(&gone, "read the run", rusqlite::Error::QueryReturnedNoRows);
+        assert!(matches!(e, JournalError::Sql { refusal: None, .. }), "{e}");
     }
 }

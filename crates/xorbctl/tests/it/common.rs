@@ -61,7 +61,11 @@ impl Stack {
     /// Brings up a private stack and arms a watchdog that stops it and removes its directory once this test
     /// process is gone (the Rust test harness has no global teardown).
     pub fn up(release: &str, demo: bool) -> Stack {
-        let dir = Self::new_dir();
+        Self::up_in(Self::new_dir(), release, demo)
+    }
+
+    /// As [`Stack::up`], in a state directory the test prepared (an empty directory, maybe a mount point).
+    pub fn up_in(dir: PathBuf, release: &str, demo: bool) -> Stack {
         let stack = Stack {
             dir,
             release: release.to_string(),

@@ -3,6 +3,20 @@
 //! at a known point through the `XORB_PAUSE_IN_STEP` hook (the step is journaled as started, the process waits for
 //! a release file): the run must stop (exit 6) with a message naming the dependency and the cause, the journal must
 //! record the step as failed, and once the dependency is back `resume` must end as an uninterrupted run does.
+//!
+//! Covered: PostgreSQL (stalled in 3.db.backup, killed in a G8 downgrade), NATS (stalled in 4.nats.save, killed in
+//! 4.nats.apply), Redis (stalled in 4.redis.backup, killed in 4.redis.apply), Prometheus (stalled and killed in
+//! 4.monitoring.apply), Alertmanager (killed and stalled in 4.monitoring.apply), and `runs/` full (3.db.snapshot)
+//! and read-only (4.redis.backup): one run resumed case after case ([`MATRIX`]), except the monitoring step's
+//! faults, which need a run and a stack each ([`MONITORING`]). A stalled dependency must stop the run within the
+//! bounded calls' limits, never hang it.
+//!
+//! xorbctl's own state turning read-only mid-run (the journal, the audit trail, the lock, `runs/`; exactly its
+//! files, the servers' data stays writable: [`OwnStateFs`]) inside 4.nats.apply: the run stops at once with an
+//! error naming the journal and the read-only file system; nothing is half-done (the journal is consistent and
+//! ends at the step's intent, the audit trail verifies, a resume while read-only refuses and changes nothing); after
+//! remounting, `resume` finds the step's change made and ends as an uninterrupted run does.
+//!
 //! A webhook receiver down or stalled never fails the run: its messages stay owed, are reported, and are delivered
 //! once it is back. Figures (cases, seconds) are printed, not asserted.
 
@@ -173,7 +187,7 @@ async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 
 /// Stops or kills the whole process group: a PostgreSQL whose postmaster alone is stopped still serves through
 /// its backends, which is not the outage we mean.
-async fn inject(st: &Stack, c: &Case, fs: &Tmpfs) {
+async fn inject(st: &Stack, c: &Case, fs: Option<&Tmpfs>) {
     match c.fault {
         Fault::Kill => {
             let pid = server_pid(st, c.server);
@@ -191,14 +205,14 @@ async fn inject(st: &Stack, c: &Case, fs: &Tmpfs) {
             })
             .await;
         }
-        Fault::DiskFull => fs.fill(),
-        Fault::ReadOnly => fs.read_only(),
+        Fault::DiskFull => fs.expect("a disk fault needs the tmpfs").fill(),
+        Fault::ReadOnly => fs.expect("a disk fault needs the tmpfs").read_only(),
     }
 }
 
 /// Brings the dependency back the way an operator would: SIGCONT, `stack up` (which restarts what died in place),
 /// freeing space, remounting read-write.
-fn heal(st: &Stack, c: &Case, fs: &Tmpfs) {
+fn heal(st: &Stack, c: &Case, fs: Option<&Tmpfs>) {
     match c.fault {
         Fault::Stall => {
             killpg(Pid::from_raw(server_pid(st, c.server)), Signal::SIGCONT).unwrap();
@@ -214,8 +228,8 @@ fn heal(st: &Stack, c: &Case, fs: &Tmpfs) {
                 text(&out)
             );
         }
-        Fault::DiskFull => std::fs::remove_file(fs.filler()).unwrap(),
-        Fault::ReadOnly => fs.writable(),
+        Fault::DiskFull => std::fs::remove_file(fs.expect("the tmpfs").filler()).unwrap(),
+        Fault::ReadOnly => fs.expect("the tmpfs").writable(),
     }
 }
 
@@ -254,10 +268,61 @@ async fn start_paused(st: &Stack, args: &[&str], step: &str, dir: &Path) -> Chil
     child
 }
 
-async fn finish(child: Child) -> Output {
-    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap()
+/// Waits for the command to end, at most `within`: a command still running then is a hang, and is killed (its
+/// whole process group) before the test fails saying so.
+async fn finish(child: Child, within: Duration) -> Output {
+    let pid = child.id() as i32;
+    let waiting = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
+    match tokio::time::timeout(within, waiting).await {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            panic!("xorbctl (pid {pid}) was still running after {within:?}: it hangs");
+        }
+    }
+}
+
+/// How long a run may take to stop once the fault is in: the calls to a dependency are bounded (10 s each), so a
+/// stop takes a few of them at most (two attempts and a probe in between); anything longer is a hang.
+const STOPS_WITHIN: Duration = Duration::from_secs(180);
+
+/// The run stopped on the fault (exit 6) and both what it printed and what the journal holds for the step (failed)
+/// name the dependency and the cause. Returns the journaled message.
+fn assert_stopped(st: &Stack, c: &Case, out: &Output) -> String {
+    let o = text(out);
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{} {:?} in {}: the run stops on the failure\n{o}",
+        c.name,
+        c.fault,
+        c.step
+    );
+    let run = show(st);
+    let s = step(&run, c.step);
+    assert_eq!(s["state"], "failed", "{} {:?}: {s:#}", c.name, c.fault);
+    let recorded = s.to_string();
+    let stopped = run["status"].to_string();
+    for (what, text) in [("the output", &o), ("the journal", &recorded)] {
+        assert!(
+            text.contains(c.name),
+            "{what} names {} ({:?} in {}):\n{text}\n{stopped}",
+            c.name,
+            c.fault,
+            c.step
+        );
+        assert!(
+            cause_words(c.fault).iter().any(|w| text.contains(w)),
+            "{what} gives the cause of {} {:?} ({:?}):\n{text}",
+            c.name,
+            c.fault,
+            cause_words(c.fault)
+        );
+    }
+    run["status"]["error"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or(stopped)
 }
 
 fn show(st: &Stack) -> Value {
@@ -285,92 +350,11 @@ fn runner(st: &Stack) -> LocalRunner {
     xorb_local::target::runner(&st.dir, paths, Release::load_named(&root, STABLE).unwrap())
 }
 
-struct Row {
-    name: &'static str,
-    fault: Fault,
-    step: &'static str,
-    secs: f64,
-    message: String,
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn every_dependency_killed_or_stalled_inside_its_steps_stops_the_run_and_resume_ends_it_as_if_uninterrupted()
- {
-    let wall = Instant::now();
-    let st = Stack::up(RC1, true);
-    let evidence_before: i64 = st
-        .pg()
-        .await
-        .query_one("SELECT count(*) FROM evidence", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let fs = Tmpfs::mount(&st.dir.join("runs"));
-    let pauses = Stack::new_dir();
-    let mut rows = Vec::new();
-    for (i, c) in MATRIX.iter().enumerate() {
-        let args: &[&str] = if i == 0 {
-            &["rollback", "--from", RC1, "--to", STABLE, "--yes"]
-        } else {
-            &["resume", "latest"]
-        };
-        let dir = pauses.join(i.to_string());
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = start_paused(&st, args, c.step, &dir).await;
-        inject(&st, c, &fs).await;
-        std::fs::write(release_marker(&dir, c.step), "").unwrap();
-        let t = Instant::now();
-        let out = finish(child).await;
-        let secs = t.elapsed().as_secs_f64();
-        let o = text(&out);
-        assert_eq!(
-            out.status.code(),
-            Some(6),
-            "{} {:?} in {}: the run stops on the failure\n{o}",
-            c.name,
-            c.fault,
-            c.step
-        );
-        let run = show(&st);
-        let s = step(&run, c.step);
-        assert_eq!(s["state"], "failed", "{} {:?}: {s:#}", c.name, c.fault);
-        let recorded = s.to_string();
-        let stopped = run["status"].to_string();
-        for (what, text) in [("the output", &o), ("the journal", &recorded)] {
-            assert!(
-                text.contains(c.name),
-                "{what} names {} ({:?} in {}):\n{text}\n{stopped}",
-                c.name,
-                c.fault,
-                c.step
-            );
-            assert!(
-                cause_words(c.fault).iter().any(|w| text.contains(w)),
-                "{what} gives the cause of {} {:?} ({:?}):\n{text}",
-                c.name,
-                c.fault,
-                cause_words(c.fault)
-            );
-        }
-        let message = run["status"]["error"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or(stopped);
-        heal(&st, c, &fs);
-        rows.push(Row {
-            name: c.name,
-            fault: c.fault,
-            step: c.step,
-            secs,
-            message,
-        });
-    }
-    let out = st.xorbctl(&["resume", "latest"]);
-    assert!(out.status.success(), "the last resume: {}", text(&out));
-
-    // The end state is an uninterrupted run's: every step done, the stack on stable in every respect, and every
-    // row the downgrades destroyed accounted for.
-    let run = show(&st);
+/// The end state of an uninterrupted rollback from rc1 to stable: the latest run succeeded with every step done,
+/// and the stack is on stable in every respect (schema, services, streams, Redis, monitoring). Returns the run and
+/// its directory.
+async fn assert_as_uninterrupted(st: &Stack) -> (Value, PathBuf) {
+    let run = show(st);
     assert_eq!(run["status"]["state"], "succeeded", "{:#}", run["status"]);
     for s in run["steps"].as_array().unwrap() {
         assert!(
@@ -394,7 +378,7 @@ async fn every_dependency_killed_or_stalled_inside_its_steps_stops_the_run_and_r
         .collect();
     want.sort_by_key(|v| v.to_string());
     assert_eq!(status["streams"], Value::Array(want), "{status:#}");
-    let r = runner(&st);
+    let r = runner(st);
     let run_dir = st.dir.join("runs").join(run["id"].as_str().unwrap());
     let ctx = StepContext {
         run_id: run["id"].as_str().unwrap(),
@@ -430,6 +414,61 @@ async fn every_dependency_killed_or_stalled_inside_its_steps_stops_the_run_and_r
     .await
     .unwrap();
     assert!(!groups.is_empty());
+    (run, run_dir)
+}
+
+struct Row {
+    name: &'static str,
+    fault: Fault,
+    step: &'static str,
+    secs: f64,
+    message: String,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_dependency_killed_or_stalled_inside_its_steps_stops_the_run_and_resume_ends_it_as_if_uninterrupted()
+ {
+    let wall = Instant::now();
+    let st = Stack::up(RC1, true);
+    let evidence_before: i64 = st
+        .pg()
+        .await
+        .query_one("SELECT count(*) FROM evidence", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let fs = Tmpfs::mount(&st.dir.join("runs"));
+    let pauses = Stack::new_dir();
+    let mut rows = Vec::new();
+    for (i, c) in MATRIX.iter().enumerate() {
+        let args: &[&str] = if i == 0 {
+            &["rollback", "--from", RC1, "--to", STABLE, "--yes"]
+        } else {
+            &["resume", "latest"]
+        };
+        let dir = pauses.join(i.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = start_paused(&st, args, c.step, &dir).await;
+        inject(&st, c, Some(&fs)).await;
+        std::fs::write(release_marker(&dir, c.step), "").unwrap();
+        let t = Instant::now();
+        let out = finish(child, STOPS_WITHIN).await;
+        let secs = t.elapsed().as_secs_f64();
+        let message = assert_stopped(&st, c, &out);
+        heal(&st, c, Some(&fs));
+        rows.push(Row {
+            name: c.name,
+            fault: c.fault,
+            step: c.step,
+            secs,
+            message,
+        });
+    }
+    let out = st.xorbctl(&["resume", "latest"]);
+    assert!(out.status.success(), "the last resume: {}", text(&out));
+
+    // The end state is an uninterrupted run's, and every row the downgrades destroyed is accounted for.
+    let (_, run_dir) = assert_as_uninterrupted(&st).await;
     let loss: Value =
         serde_json::from_slice(&std::fs::read(run_dir.join("loss.json")).unwrap()).unwrap();
     assert_eq!(
@@ -454,6 +493,410 @@ async fn every_dependency_killed_or_stalled_inside_its_steps_stops_the_run_and_r
     drop(fs);
     st.xorbctl(&["stack", "down"]);
     let _ = std::fs::remove_dir_all(&st.dir);
+    let _ = std::fs::remove_dir_all(&pauses);
+}
+
+/// The monitoring step's faults, one run on a stack of its own each: once Prometheus and Alertmanager are back
+/// (a restart reads the files the step wrote; both releases share alertmanager.yml), the step's probe finds it
+/// done, so a second fault in the same run would never be reached. Prometheus stalled is in [`MATRIX`].
+const MONITORING: [Case; 3] = [
+    case(
+        "prometheus",
+        "Prometheus",
+        "4.monitoring.apply",
+        Fault::Kill,
+    ),
+    case(
+        "alertmanager",
+        "Alertmanager",
+        "4.monitoring.apply",
+        Fault::Kill,
+    ),
+    case(
+        "alertmanager",
+        "Alertmanager",
+        "4.monitoring.apply",
+        Fault::Stall,
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_or_alertmanager_killed_or_stalled_inside_the_monitoring_step_stops_the_run_and_resume_ends_it()
+ {
+    let wall = Instant::now();
+    let mut rows = Vec::new();
+    for c in &MONITORING {
+        let t0 = Instant::now();
+        let st = Stack::up(RC1, false);
+        let pauses = Stack::new_dir();
+        let pid = server_pid(&st, c.server);
+        let child = start_paused(
+            &st,
+            &["rollback", "--from", RC1, "--to", STABLE, "--yes"],
+            c.step,
+            &pauses,
+        )
+        .await;
+        inject(&st, c, None).await;
+        std::fs::write(release_marker(&pauses, c.step), "").unwrap();
+        let t = Instant::now();
+        let out = finish(child, STOPS_WITHIN).await;
+        let secs = t.elapsed().as_secs_f64();
+        let message = assert_stopped(&st, c, &out);
+        // Nothing after the failed step ran: phase 5 waits for the monitoring.
+        let run = show(&st);
+        for s in run["steps"].as_array().unwrap() {
+            if s["spec"]["id"].as_str().unwrap().starts_with("5.") {
+                assert_eq!(s["state"], "pending", "{s:#}");
+            }
+        }
+        // Still down while the run is stopped: what is asserted above is the fault's doing, not a race with a
+        // restart.
+        match c.fault {
+            Fault::Kill => assert!(matches!(proc_state(pid), None | Some('Z'))),
+            _ => assert_eq!(proc_state(pid), Some('T'), "{} stays stopped", c.server),
+        }
+        heal(&st, c, None);
+        let out = finish(
+            {
+                let mut cmd = st.cmd();
+                cmd.args(["resume", "latest"])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .process_group(0);
+                cmd.spawn().unwrap()
+            },
+            STOPS_WITHIN,
+        )
+        .await;
+        assert!(
+            out.status.success(),
+            "{} {:?}: the resume after healing: {}",
+            c.name,
+            c.fault,
+            text(&out)
+        );
+        let (run, _) = assert_as_uninterrupted(&st).await;
+        let s = step(&run, c.step);
+        assert!(
+            ["succeeded", "already_done"].contains(&s["state"].as_str().unwrap()),
+            "{s:#}"
+        );
+        let now = server_pid(&st, c.server);
+        match c.fault {
+            // Restarted in place by `stack up`: a new process, on its old port.
+            Fault::Kill => assert_ne!(now, pid, "{} was restarted", c.server),
+            // The same process, running again.
+            _ => {
+                assert_eq!(now, pid);
+                assert_ne!(proc_state(pid), Some('T'));
+            }
+        }
+        rows.push(Row {
+            name: c.name,
+            fault: c.fault,
+            step: c.step,
+            secs,
+            message,
+        });
+        st.xorbctl(&["stack", "down"]);
+        let _ = std::fs::remove_dir_all(&st.dir);
+        let _ = std::fs::remove_dir_all(&pauses);
+        println!(
+            "{} {:?} in {}: case wall time {:.0} s",
+            c.name,
+            c.fault,
+            c.step,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    println!("| dependency | fault | step | stopped after | message |");
+    for r in &rows {
+        println!(
+            "| {} | {:?} | {} | {:.1} s | {} |",
+            r.name, r.fault, r.step, r.secs, r.message
+        );
+    }
+    println!(
+        "monitoring faults: {} cases, one stack each, wall time {:.0} s",
+        rows.len(),
+        wall.elapsed().as_secs_f64()
+    );
+}
+
+/// The directories of a stack's state directory that its servers write (crates/xorb-local/src/stack.rs,
+/// `fresh_up`): PostgreSQL's, Redis's, NATS's, Prometheus's and Alertmanager's data, the services' evidence and
+/// logs. Everything else there is xorbctl's own: the journal (journal.sqlite, with its -wal and -shm), the audit
+/// trail (audit/), rollback.lock, runs/, and the records `stack up` and `stack down` keep (stack.json, pids/,
+/// secrets/).
+const SERVER_DIRS: [&str; 7] = [
+    "postgres",
+    "redis",
+    "nats",
+    "prometheus",
+    "alertmanager",
+    "evidence",
+    "services",
+];
+
+/// xorbctl's own state on a file system of its own, which the test turns read-only the way the kernel does when a
+/// disk fails under it (ext4's `errors=remount-ro`): from then on every write fails with EROFS, through descriptors
+/// opened before as well.
+///
+/// Why not a read-only bind mount or a tmpfs over the paths, as for `runs/` in the matrix: a bind mount made
+/// read-only only refuses new opens (the journal's SQLite connection, opened before the fault, would go on writing
+/// through its descriptors, and the journal would never be read-only at all), and a tmpfs cannot be remounted
+/// read-only while a file on it is open for writing. Why the whole state directory rather than a mount per path:
+/// SQLite creates journal.sqlite-wal and -shm beside the journal, in the state directory itself.
+///
+/// So the state directory is an ext4 image on a loop device, turned read-only with `mount -o remount,abort` (what
+/// ext4 does on an I/O error), and the servers' directories ([`SERVER_DIRS`]) are symlinks to a directory on the
+/// ordinary disk: the servers never notice, exactly xorbctl's own files turn read-only. Healing is what an
+/// operator does after such an event: unmount (plainly, not lazily: that also proves nothing but the xorbctl that
+/// stopped held those files) and mount again; the file system's journal replays, so what was fsynced before the
+/// fault is there, and nothing else is.
+struct OwnStateFs {
+    /// Holds the image, the mount point and the servers' directories.
+    root: PathBuf,
+    image: PathBuf,
+    /// The stack's state directory: the mount point.
+    state: PathBuf,
+}
+
+impl OwnStateFs {
+    fn create() -> OwnStateFs {
+        use std::os::unix::fs::PermissionsExt;
+        let root = Stack::new_dir();
+        // PostgreSQL runs as its own user: it must get through to its directory.
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711)).unwrap();
+        let image = root.join("xorbctl-state.ext4");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(256 << 20)
+            .unwrap();
+        let state = root.join("state");
+        std::fs::create_dir(&state).unwrap();
+        let out = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mkfs.ext4: {}", text(&out));
+        let fs = OwnStateFs { root, image, state };
+        fs.mount();
+        // An empty state directory, as `stack up` expects one.
+        std::fs::remove_dir(fs.state.join("lost+found")).unwrap();
+        let servers = fs.root.join("servers");
+        std::fs::create_dir(&servers).unwrap();
+        std::fs::set_permissions(&servers, std::fs::Permissions::from_mode(0o711)).unwrap();
+        for d in SERVER_DIRS {
+            std::fs::create_dir(servers.join(d)).unwrap();
+            std::os::unix::fs::symlink(servers.join(d), fs.state.join(d)).unwrap();
+        }
+        fs
+    }
+
+    fn mount(&self) {
+        let out = Command::new("mount")
+            .args(["-t", "ext4", "-o", "loop"])
+            .arg(&self.image)
+            .arg(&self.state)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "this test needs root, loop devices and mount(8) for an ext4 image: {}",
+            text(&out)
+        );
+    }
+
+    /// Flushes everything written to the file system so far to the image (`sync -f`: syncfs(2)).
+    fn sync(&self) {
+        let out = Command::new("sync")
+            .arg("-f")
+            .arg(&self.state)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "sync -f: {}", text(&out));
+    }
+
+    /// Every write to xorbctl's files fails from now on, through open descriptors too.
+    fn read_only(&self) {
+        let out = Command::new("mount")
+            .args(["-o", "remount,abort"])
+            .arg(&self.state)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "remount,abort: {}", text(&out));
+        let e = std::fs::write(self.state.join("probe"), "").unwrap_err();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(nix::errno::Errno::EROFS as i32),
+            "{e}"
+        );
+    }
+
+    /// Unmount and mount again: read-write, with what was on disk before the fault.
+    fn remount(&self) {
+        let out = Command::new("umount").arg(&self.state).output().unwrap();
+        assert!(
+            out.status.success(),
+            "unmounting xorbctl's state (nothing may hold it once xorbctl has stopped): {}",
+            text(&out)
+        );
+        self.mount();
+    }
+}
+
+impl Drop for OwnStateFs {
+    /// Stops the stack first (its records are on this file system: once it is gone, nothing would know the
+    /// servers), then unmounts and removes everything.
+    fn drop(&mut self) {
+        let _ = Command::new(xorbctl_bin())
+            .args(["stack", "down"])
+            .env("XORB_STATE_DIR", &self.state)
+            .output();
+        let _ = Command::new("umount").arg("-l").arg(&self.state).status();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn audit_verify(st: &Stack) -> String {
+    let out = st.xorbctl(&["audit", "verify"]);
+    let o = text(&out);
+    assert!(
+        out.status.success() && o.contains("audit log OK"),
+        "the audit trail verifies: {o}"
+    );
+    o
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn xorbctl_s_state_turning_read_only_mid_run_stops_it_cleanly_and_resume_after_remounting_ends_it()
+ {
+    let wall = Instant::now();
+    let fs = OwnStateFs::create();
+    let st = Stack::up_in(fs.state.clone(), RC1, false);
+    // `stack up` leaves its records (stack.json, secrets/) to the kernel's writeback; a real fault comes long after
+    // they reached the disk, not within its 30 s.
+    fs.sync();
+    let pauses = Stack::new_dir();
+    // A destructive phase-4 step that writes nothing of xorbctl's own while it acts: the change to NATS happens,
+    // and it is the journal that cannot record it.
+    let step_id = "4.nats.apply";
+    let child = start_paused(
+        &st,
+        &["rollback", "--from", RC1, "--to", STABLE, "--yes"],
+        step_id,
+        &pauses,
+    )
+    .await;
+    assert_eq!(step(&show(&st), step_id)["state"], "in_flight");
+    fs.read_only();
+    std::fs::write(release_marker(&pauses, step_id), "").unwrap();
+    let t = Instant::now();
+    let out = finish(child, STOPS_WITHIN).await;
+    let secs = t.elapsed().as_secs_f64();
+
+    // Stopped at once, not by a panic, with an error that says what could not be done, where, and why.
+    let o = text(&out);
+    let code = out.status.code();
+    assert!(
+        matches!(code, Some(c) if c != 0 && c != 101) && !o.contains("panicked"),
+        "the run stops with an error ({code:?}):\n{o}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let journal = st.dir.join("journal.sqlite");
+    for want in [
+        "rollback journal",
+        &journal.display().to_string(),
+        "Read-only file system",
+    ] {
+        assert!(stderr.contains(want), "the error says {want:?}:\n{o}");
+    }
+
+    // While the state is read-only, what only reads works and tells the truth: the step is in flight (its intent
+    // was on disk before the fault; its outcome never got there), the run interrupted, the audit trail whole.
+    // A resume refuses, naming the file it cannot write, and changes nothing.
+    let before = show(&st);
+    assert_eq!(
+        before["status"]["state"], "running",
+        "{:#}",
+        before["status"]
+    );
+    assert_eq!(step(&before, step_id)["state"], "in_flight");
+    let last = before["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["event"].as_str(), last["step"].as_str()),
+        (Some("step_started"), Some(step_id)),
+        "the journal ends at the step's intent: {last:#}"
+    );
+    let runs = st.xorbctl(&["runs"]);
+    assert!(
+        text(&runs).contains("interrupted"),
+        "`runs` says so: {}",
+        text(&runs)
+    );
+    audit_verify(&st);
+    let refused = st.xorbctl(&["resume", "latest"]);
+    assert_eq!(refused.status.code(), Some(3), "{}", text(&refused));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("Read-only file system") && err.contains(&st.dir.display().to_string()),
+        "names the file it cannot write and why: {err}"
+    );
+    assert_eq!(show(&st), before, "a refused resume changes nothing");
+
+    // Remounted: nothing half-done. The journal is a consistent database holding what it held, the audit trail
+    // verifies (its recorded checkpoint included) and has no torn line set aside.
+    fs.remount();
+    let conn =
+        rusqlite::Connection::open_with_flags(&journal, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    drop(conn);
+    assert_eq!(show(&st), before, "the journal holds what it held");
+    let verified = audit_verify(&st);
+    assert!(verified.contains("checkpoint"), "{verified}");
+    let torn: Vec<String> = std::fs::read_dir(st.dir.join("audit"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("torn"))
+        .collect();
+    assert!(torn.is_empty(), "{torn:?}");
+
+    // The resume finds the step's change made (its probe), records it done, and ends as an uninterrupted run.
+    let out = finish(
+        {
+            let mut cmd = st.cmd();
+            cmd.args(["resume", "latest"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0);
+            cmd.spawn().unwrap()
+        },
+        STOPS_WITHIN,
+    )
+    .await;
+    assert!(out.status.success(), "the resume: {}", text(&out));
+    let (run, _) = assert_as_uninterrupted(&st).await;
+    assert_eq!(step(&run, step_id)["state"], "already_done", "{run:#}");
+    let after = audit_verify(&st);
+    assert!(!after.contains("torn"), "{after}");
+
+    println!(
+        "xorbctl's state read-only inside {step_id}: stopped after {secs:.1} s with {code:?}: {}",
+        stderr.lines().next().unwrap_or("")
+    );
+    println!(
+        "xorbctl's state read-only: wall time {:.0} s (stack up, the rollback, the fault, remount, resume)",
+        wall.elapsed().as_secs_f64()
+    );
+    st.xorbctl(&["stack", "down"]);
+    drop(fs);
     let _ = std::fs::remove_dir_all(&pauses);
 }
 
@@ -606,7 +1049,7 @@ async fn a_webhook_receiver_stalled_then_killed_mid_run_never_fails_the_run_and_
 
     // Back on its port: every owed message arrives, and the run succeeded all along.
     receiver = Receiver::start(port, &scratch.join("hits")).await;
-    let out = finish(child).await;
+    let out = finish(child, Duration::from_secs(300)).await;
     assert!(out.status.success(), "{}", text(&out));
     let o = text(&out);
     assert!(!o.contains(&url), "the URL never appears: {o}");
