@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use xorb_adapters::files::{write_atomic, write_file, write_private};
 use xorb_adapters::context::failed;
+use xorb_adapters::files::{write_atomic, write_file, write_private};
 use xorb_adapters::target::{ConfigSet, Endpoints, Instance, RedisEndpoint, Target};
 use xorb_engine::planner::{LiveService, LiveState};
 use xorb_engine::runner::StepError;

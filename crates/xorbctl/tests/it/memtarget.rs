@@ -304,11 +304,23 @@ impl Target for MemTarget {
             .map(|n| rules_dir.join(n).display().to_string())
             .collect();
         let am = self.endpoints.alertmanager.as_deref().unwrap_or("");
+        // One job per workload of the release this target runs (Prometheus drops an empty list when it loads).
+        let jobs: Vec<serde_json::Value> = {
+            let w = self.workloads.lock().unwrap();
+            release
+                .services
+                .iter()
+                .filter_map(|s| w.get(&s.name).map(|w| (s.name.clone(), w.port)))
+                .map(|(name, port)| {
+                    json!({"job_name": format!("xorb-{name}"), "static_configs": [{"targets": [format!("127.0.0.1:{port}")]}]})
+                })
+                .collect()
+        };
         Ok(json!({
             "global": {"scrape_interval": "15s"},
             "rule_files": rule_files,
             "alerting": {"alertmanagers": [{"static_configs": [{"targets": [am.trim_start_matches("http://")]}]}]},
-            "scrape_configs": [],
+            "scrape_configs": jobs,
         }))
     }
 
