@@ -81,6 +81,23 @@ pub enum JournalError {
     },
 }
 
+impl JournalError {
+    /// This error's exit code (`docs/exit-codes.md`).
+    pub fn exit(&self) -> xorb_model::exit::Exit {
+        use xorb_model::exit::Exit;
+        match self {
+            JournalError::RunNotFound(_) | JournalError::Ambiguous { .. } => Exit::BadInput,
+            JournalError::NoJournal(_) => Exit::Refused,
+            JournalError::StateDir { .. }
+            | JournalError::Open { .. }
+            | JournalError::NotWal { .. }
+            | JournalError::NewerSchema { .. }
+            | JournalError::Sql { .. }
+            | JournalError::Corrupt { .. } => Exit::Other,
+        }
+    }
+}
+
 /// A read-only connection to `<state_dir>/journal.sqlite`. Where the directory is read-only and the journal's
 /// `-shm` file is gone (its last writer closed it cleanly, checkpointing the WAL into the database file), a WAL
 /// reader cannot create the `-shm` it needs: the journal is then opened as immutable, which reads the database

@@ -2,6 +2,7 @@
 //! No I/O beyond reading the files a caller names; nothing here has side effects.
 
 pub mod contained;
+pub mod exit;
 pub mod limits;
 pub mod plan;
 pub mod policy;
