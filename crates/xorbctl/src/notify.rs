@@ -22,10 +22,12 @@ use xorb_governance::notify::{Common, Event as Msg, Templates, slack_payload};
 use xorb_model::plan::{Phase, RunStatus};
 use xorb_model::redact::Redactor;
 
+use crate::errors::UsageError;
+use crate::settings::NotifySettings;
+
 /// Header carrying a message's deterministic id, so receivers can drop a message delivered twice.
 pub const DELIVERY_HEADER: &str = "X-Xorb-Delivery-Id";
 pub const ENV_URLS: &str = "XORB_NOTIFY_URLS";
-pub const ENV_CA: &str = "XORB_NOTIFY_CA";
 pub const CONFIG_FILE: &str = "notify.toml";
 pub const TERMINAL: &str = "terminal";
 /// Per-request timeout of a webhook POST.
@@ -37,20 +39,6 @@ const FIRST_BACKOFF_MS: i64 = 250;
 const MAX_BACKOFF_MS: i64 = 30_000;
 /// How long the command waits for pending deliveries once the run has ended (`XORB_NOTIFY_GRACE_SECS`).
 const DEFAULT_GRACE: Duration = Duration::from_secs(5);
-
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct NotifyArgs {
-    /// Post the run's notifications to this Slack-compatible incoming webhook (repeatable). The URL is a secret
-    /// and is visible in `ps` here: prefer XORB_NOTIFY_URLS or <state-dir>/notify.toml.
-    #[arg(long = "notify", value_name = "URL", global = true)]
-    pub notify: Vec<String>,
-    /// Notification templates (<kind>.j2: initiation, progress, completion, failure) instead of the shipped ones.
-    #[arg(long, value_name = "DIR", global = true)]
-    pub templates: Option<PathBuf>,
-    /// Also trust the CA certificates of this PEM file for https:// webhooks (besides the system's CA store).
-    #[arg(long = "notify-ca", value_name = "FILE", env = ENV_CA, global = true)]
-    pub notify_ca: Option<PathBuf>,
-}
 
 /// Where a run's messages go and how they read.
 pub struct NotifyConfig {
@@ -80,8 +68,8 @@ pub fn webhook_sink(url: &str) -> String {
 
 /// Every webhook URL configured for this invocation (flag, environment, state directory's file), in that order,
 /// without duplicates. Read before the redactor is built, so that it knows them.
-pub fn webhook_urls(state_dir: &Path, args: &NotifyArgs) -> anyhow::Result<Vec<String>> {
-    let mut urls: Vec<String> = args.notify.clone();
+pub fn webhook_urls(state_dir: &Path, args: &NotifySettings) -> anyhow::Result<Vec<String>> {
+    let mut urls: Vec<String> = args.urls.clone();
     if let Ok(v) = std::env::var(ENV_URLS) {
         urls.extend(
             v.split(|c: char| c.is_whitespace() || c == ',')
@@ -95,7 +83,7 @@ pub fn webhook_urls(state_dir: &Path, args: &NotifyArgs) -> anyhow::Result<Vec<S
     for u in &urls {
         if !(u.starts_with("http://") || u.starts_with("https://")) {
             // Never quote the value: it is a secret, and a mistyped one is still most of one.
-            anyhow::bail!(crate::cli::UsageError(format!(
+            anyhow::bail!(UsageError(format!(
                 "a notification webhook ({}) is not an http:// or https:// URL",
                 webhook_sink(u)
             )));
@@ -114,20 +102,24 @@ fn config_file(state_dir: &Path) -> anyhow::Result<NotifyFile> {
 }
 
 impl NotifyConfig {
-    pub fn load(state_dir: &Path, args: &NotifyArgs, urls: Vec<String>) -> anyhow::Result<Self> {
+    pub fn load(
+        state_dir: &Path,
+        args: &NotifySettings,
+        urls: Vec<String>,
+    ) -> anyhow::Result<Self> {
         let file = config_file(state_dir)?;
         let dir = args.templates.clone().or(file.templates);
         let templates = match &dir {
             Some(d) => Templates::from_dir(d)
-                .map_err(|e| crate::cli::UsageError(format!("--templates {}: {e}", d.display())))?,
+                .map_err(|e| UsageError(format!("--templates {}: {e}", d.display())))?,
             None => Templates::builtin(),
         };
-        let ca = args.notify_ca.clone().or(file.ca);
+        let ca = args.ca.clone().or(file.ca);
         let tls = if ca.is_some() || urls.iter().any(|u| u.starts_with("https://")) {
             // A CA file that cannot be used is bad input now, not a warning at every delivery later.
             Some(
                 crate::https::TlsClient::new(ca.as_deref(), REQUEST_TIMEOUT)
-                    .map_err(|e| crate::cli::UsageError(e.to_string()))?,
+                    .map_err(|e| UsageError(e.to_string()))?,
             )
         } else {
             None
@@ -553,7 +545,7 @@ async fn post(
 
 /// Why a POST failed, in words an on-call engineer acts on ("error sending request" alone says nothing).
 fn failure(e: &reqwest::Error) -> String {
-    use xorb_local::deps::{Cause, chain, classify};
+    use crate::target::{Cause, classify, error_chain as chain};
     if e.is_timeout() {
         return format!(
             "the webhook did not answer within {} s",

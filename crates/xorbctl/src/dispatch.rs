@@ -1,0 +1,31 @@
+//! The dispatcher: builds the invocation's one redactor (`crate::redaction`) and hands each command its settings.
+
+use xorb_model::exit::Exit;
+
+use crate::cmd;
+use crate::output::Reporter;
+use crate::settings::{CommandSettings, Settings};
+
+pub async fn run(settings: Settings, out: &Reporter) -> anyhow::Result<Exit> {
+    let red = crate::redaction::redactor(&settings.redaction);
+    match &settings.command {
+        CommandSettings::StackUp(s) => cmd::stack::up(s, out).await,
+        CommandSettings::StackDown(s) => cmd::stack::down(s, out).await,
+        CommandSettings::Status(s) => cmd::status::run(s, out).await,
+        CommandSettings::Integrity(s) => cmd::integrity::run(s, out).await,
+        CommandSettings::Loss(s) => cmd::loss::run(s, out).await,
+        CommandSettings::Plan(s) => cmd::plan::run(s, out, &red).await,
+        CommandSettings::Rollback(s) => cmd::rollback::run(s, out, &red).await,
+        CommandSettings::Assess(s) => cmd::assess::run(s, out).await,
+        CommandSettings::Approve(s) => cmd::approve::run(s, out, &red).await,
+        CommandSettings::Check(s) => cmd::check::run(s, out),
+        CommandSettings::Resume(s) => cmd::resume::run(s, out, &red).await,
+        CommandSettings::Abort(s) => cmd::abort::run(s, out),
+        CommandSettings::Runs(s) => cmd::runs::run(s, out),
+        CommandSettings::Show(s) => cmd::show::run(s, out, &red),
+        CommandSettings::Watch(s) => cmd::watch::run(s, out, &red).await,
+        CommandSettings::AuditVerify(s) => cmd::audit::verify(s, out),
+        CommandSettings::Report(s) => cmd::report::run(s, &red),
+        CommandSettings::Dashboard(s) => cmd::dashboard::run(s, out, &red).await,
+    }
+}
