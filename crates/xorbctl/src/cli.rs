@@ -1,5 +1,6 @@
 //! The command line as clap parses it (the "low-level" arguments): definitions only. `settings::resolve` turns a
-//! parsed [`Cli`] into each command's settings.
+//! parsed [`Cli`] into each command's settings; `xorbctl completions` and `xorbctl man` are generated from these
+//! same definitions.
 
 use std::path::PathBuf;
 
@@ -124,6 +125,19 @@ pub enum Command {
     },
     /// A read-only live web page of this state directory's runs (loopback; elsewhere it needs a token).
     Dashboard(DashboardArgs),
+    /// Print a shell completion script: `source <(xorbctl completions bash)`, or save it where your shell loads
+    /// completions from.
+    Completions {
+        /// The shell: bash, zsh, fish (also elvish, powershell).
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to standard output: `xorbctl man | man -l -`. With a command, that command's
+    /// page (`xorbctl man rollback`, `xorbctl man stack up`).
+    Man {
+        /// A command (and its subcommand) whose page to print instead of xorbctl's.
+        command: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,6 +7,12 @@ use crate::output::Reporter;
 use crate::settings::{CommandSettings, Settings};
 
 pub async fn run(settings: Settings, out: &Reporter) -> anyhow::Result<Exit> {
+    // Commands that read no state need no redactor.
+    match &settings.command {
+        CommandSettings::Completions(shell) => return cmd::completions::run(*shell),
+        CommandSettings::Man(path) => return cmd::man::run(path),
+        _ => {}
+    }
     let red = crate::redaction::redactor(&settings.redaction);
     match &settings.command {
         CommandSettings::StackUp(s) => cmd::stack::up(s, out).await,
@@ -27,5 +33,8 @@ pub async fn run(settings: Settings, out: &Reporter) -> anyhow::Result<Exit> {
         CommandSettings::AuditVerify(s) => cmd::audit::verify(s, out),
         CommandSettings::Report(s) => cmd::report::run(s, &red),
         CommandSettings::Dashboard(s) => cmd::dashboard::run(s, out, &red).await,
+        CommandSettings::Completions(_) | CommandSettings::Man(_) => {
+            unreachable!("handled before the redactor is built")
+        }
     }
 }

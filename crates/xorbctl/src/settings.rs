@@ -126,6 +126,8 @@ pub enum CommandSettings {
     AuditVerify(AuditVerify),
     Report(Report),
     Dashboard(Dashboard),
+    Completions(clap_complete::Shell),
+    Man(Vec<String>),
 }
 
 /// A command that needs only the state directory.
@@ -473,6 +475,8 @@ pub fn resolve(cli: Cli) -> Settings {
             view,
             listen: a.listen,
         }),
+        Command::Completions { shell } => CommandSettings::Completions(shell),
+        Command::Man { command } => CommandSettings::Man(command),
     };
     Settings {
         output: cli.output,
