@@ -130,7 +130,7 @@ pub async fn resume(
     for st in mark_done {
         opts = opts.confirm(st.clone(), Confirmation::MarkDone);
     }
-    let trail = Trail::new(state_dir);
+    let trail = Trail::new(state_dir, redactor);
     if let Some(code) = gate_for_resume(&s.policies, &trail, out, &record.id)? {
         return Ok(code);
     }

@@ -194,10 +194,3 @@ pub fn classify(e: &(dyn std::error::Error + 'static)) -> Cause {
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     xorb_local::deps::chain(e)
 }
-
-/// The stack's own secrets (database and Redis passwords, tenant tokens); none when there is no stack.
-pub fn stack_secrets(state_dir: &Path) -> Vec<String> {
-    xorb_local::stack::Secrets::load(state_dir)
-        .map(|s| s.values())
-        .unwrap_or_default()
-}

@@ -1,17 +1,18 @@
 //! `xorbctl abort RUN --by NAME`: give a run up (it cannot be resumed afterwards), on the signed record.
 
 use xorb_model::exit::Exit;
+use xorb_model::redact::Redactor;
 
 use crate::governance::trail::Trail;
 use crate::output::Reporter;
 use crate::settings::Abort;
 
-pub fn run(s: &Abort, out: &Reporter) -> anyhow::Result<Exit> {
+pub fn run(s: &Abort, out: &Reporter, red: &Redactor) -> anyhow::Result<Exit> {
     let (state_dir, run, by) = (&s.state_dir, s.id.as_str(), s.by.as_str());
     let before = xorb_engine::load_run(state_dir, run)?.status;
     let r = xorb_engine::abort_run(state_dir, run, by)?;
     if r.aborted {
-        Trail::new(state_dir).abort(&r.run_id, by, &before);
+        Trail::new(state_dir, red).abort(&r.run_id, by, &before);
     }
     out.result(&r, |r| {
         if r.aborted {

@@ -17,7 +17,7 @@ use crate::settings::Approve;
 
 pub async fn run(a: &Approve, out: &Reporter, red: &Redactor) -> anyhow::Result<Exit> {
     let state_dir = &a.run.locations.state_dir;
-    let trail = Trail::new(state_dir);
+    let trail = Trail::new(state_dir, red);
     let run = xorb_engine::load_run(state_dir, &a.id)?;
     let run_id = run.id.clone();
     if run.status.is_final() {

@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use xorb_governance::{Assessment, Comparison, Evidence, FailedCheck, ServiceDown};
 use xorb_model::exit::Exit;
+use xorb_model::redact::Redactor;
 
 use crate::errors::bad;
 use crate::governance::clock::now;
@@ -33,10 +34,10 @@ struct AssessReport {
 
 const OBSERVED_DOWN: &str = "governance/observed-down.json";
 
-pub async fn run(args: &Assess, out: &Reporter) -> anyhow::Result<Exit> {
+pub async fn run(args: &Assess, out: &Reporter, red: &Redactor) -> anyhow::Result<Exit> {
     let policies = Policies::load(&args.policies)?;
     let state_dir = &args.locations.state_dir;
-    let trail = Trail::new(state_dir);
+    let trail = Trail::new(state_dir, red);
     let st = target::stack_state(state_dir)?;
     let at = now()?;
     let http = reqwest::Client::builder()

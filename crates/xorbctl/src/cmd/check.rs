@@ -4,6 +4,7 @@ use serde_json::json;
 use xorb_engine::approvals::{GovernanceStore, TickRecord};
 use xorb_governance::{Operators, Ticker};
 use xorb_model::exit::Exit;
+use xorb_model::redact::Redactor;
 
 use crate::errors::{bad, refused};
 use crate::governance::checklists::checklist_of;
@@ -35,9 +36,9 @@ fn check_operator(operators: &Operators, by: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(s: &Check, out: &Reporter) -> anyhow::Result<Exit> {
+pub fn run(s: &Check, out: &Reporter, red: &Redactor) -> anyhow::Result<Exit> {
     let (item, by) = (s.item.as_str(), s.by.as_str());
-    let trail = Trail::new(&s.state_dir);
+    let trail = Trail::new(&s.state_dir, red);
     let rec = xorb_engine::load_run(&s.state_dir, &s.id)?;
     let mut store = GovernanceStore::open(&s.state_dir)?;
     let policies = Policies::for_run(&s.policies, &store, &rec.id)?;

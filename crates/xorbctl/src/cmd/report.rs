@@ -16,7 +16,7 @@ pub fn run(s: &Report, red: &Redactor) -> anyhow::Result<Exit> {
     let rec = xorb_engine::load_run(state_dir, &s.id)?;
     // Recording the "report written" tick is a write; a report of a read-only state directory is
     // still a report, without that tick.
-    if let Err(e) = report_written(&s.view.policies, &Trail::new(state_dir), &rec.id) {
+    if let Err(e) = report_written(&s.view.policies, &Trail::new(state_dir, red), &rec.id) {
         eprintln!(
             "note: the checklist item proved by this report was not recorded ({e:#}); the report follows"
         );

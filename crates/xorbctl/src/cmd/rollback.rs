@@ -39,7 +39,7 @@ pub async fn run(s: &Rollback, out: &Reporter, red: &Redactor) -> anyhow::Result
     let mut lock = RollbackLock::acquire(state_dir, None)?;
     let (plan, to_rel) = compute_plan(&s.run.locations, &s.request).await?;
     // Approvals, policies and the release repository are checked before anything is journaled.
-    let trail = Trail::new(state_dir);
+    let trail = Trail::new(state_dir, red);
     let gov = RollbackGov::prepare(state_dir, &s.run.policies, trail.clone(), &s.gov, &plan)?;
     if !confirm(out, &plan, s.yes)? {
         out.line("Not confirmed: nothing was done.");

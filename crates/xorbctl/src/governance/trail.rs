@@ -15,7 +15,9 @@ pub fn user() -> String {
         .unwrap_or_else(|_| "xorbctl".into())
 }
 
-/// The audit trail of a state directory, appended through a redactor.
+/// The audit trail of a state directory, appended through the invocation's one redactor
+/// (`crate::redaction::redactor`), so governance's entries hide what the run's entries hide: the stack's secrets,
+/// configuration secrets, webhook URLs.
 #[derive(Clone)]
 pub struct Trail {
     state_dir: PathBuf,
@@ -23,13 +25,10 @@ pub struct Trail {
 }
 
 impl Trail {
-    /// Governance's own redactor: the stack's secrets only.
-    pub fn new(state_dir: &Path) -> Trail {
-        let redactor = Redactor::new();
-        redactor.add_all(crate::target::stack_secrets(state_dir));
+    pub fn new(state_dir: &Path, redactor: &Redactor) -> Trail {
         Trail {
             state_dir: state_dir.to_path_buf(),
-            redactor,
+            redactor: redactor.clone(),
         }
     }
 
