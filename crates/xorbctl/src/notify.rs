@@ -563,6 +563,27 @@ fn failure(e: &reqwest::Error) -> String {
     }
 }
 
+/// The checklist proofs a run's deliveries make: `notify.KIND` (initiation, progress, completion, failure) once a
+/// message of that kind was delivered to every webhook it was queued for, at the last of those deliveries. The
+/// terminal is no stakeholder: a run without webhooks proves none (its messages were only printed), and a message
+/// still pending or refused on one webhook proves nothing.
+pub fn delivery_proofs(list: &[Notification]) -> Vec<(String, chrono::DateTime<Utc>)> {
+    let mut by_id: BTreeMap<&str, Vec<&Notification>> = BTreeMap::new();
+    for n in list.iter().filter(|n| n.sink != TERMINAL) {
+        by_id.entry(&n.id).or_default().push(n);
+    }
+    let mut out: Vec<(String, chrono::DateTime<Utc>)> = by_id
+        .values()
+        .filter(|rows| rows.iter().all(|n| n.state == DeliveryState::Delivered))
+        .filter_map(|rows| {
+            let at = rows.iter().filter_map(|n| n.delivered_at).max()?;
+            Some((format!("notify.{}", rows[0].kind), at))
+        })
+        .collect();
+    out.sort_by_key(|(_, at)| *at);
+    out
+}
+
 /// A run's notifications for `show` and the report, grouped by message.
 pub fn listing(state_dir: &Path, run_id: &str) -> Vec<Notification> {
     if !state_dir.join(xorb_engine::journal::JOURNAL_FILE).exists() {
@@ -641,4 +662,51 @@ pub fn render_markdown(list: &[Notification]) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, kind: &str, sink: &str, state: DeliveryState, at: i64) -> Notification {
+        let t = chrono::DateTime::from_timestamp(at, 0).unwrap();
+        Notification {
+            id: id.into(),
+            run_id: "r".into(),
+            kind: kind.into(),
+            phase: None,
+            sink: sink.into(),
+            body: String::new(),
+            state,
+            attempts: 1,
+            last_error: None,
+            created_at: t,
+            delivered_at: (state == DeliveryState::Delivered).then_some(t),
+            next_attempt_at: t,
+        }
+    }
+
+    #[test]
+    fn a_message_proves_its_kind_once_every_webhook_has_it() {
+        use DeliveryState::{Delivered, Failed, Pending};
+        let list = [
+            row("r/initiation", "initiation", TERMINAL, Delivered, 1),
+            row("r/initiation", "initiation", "webhook:a", Delivered, 3),
+            row("r/initiation", "initiation", "webhook:b", Delivered, 2),
+            row("r/completion", "completion", TERMINAL, Delivered, 5),
+            row("r/completion", "completion", "webhook:a", Delivered, 6),
+            row("r/completion", "completion", "webhook:b", Pending, 5),
+            row("r/failure/phase-2/9", "failure", "webhook:a", Failed, 4),
+        ];
+        let at = |s| chrono::DateTime::from_timestamp(s, 0).unwrap();
+        assert_eq!(
+            delivery_proofs(&list),
+            [("notify.initiation".to_string(), at(3))]
+        );
+        // Printed on the terminal only: nobody was notified.
+        assert!(
+            delivery_proofs(&[row("r/initiation", "initiation", TERMINAL, Delivered, 1)])
+                .is_empty()
+        );
+    }
 }

@@ -1,5 +1,5 @@
-//! The checklists of a run: what its journal proves (steps, checks, phases), what the gate and the report prove,
-//! ticked, journaled and audited; the person-confirmed items are ticked by `xorbctl check` (`crate::cmd::check`).
+//! The checklists of a run: what its journal proves (steps, checks, phases), what the delivery of its messages
+//! proves (`notify.*`), what the gate and the report prove, ticked, journaled and audited; the person-confirmed items are ticked by `xorbctl check` (`crate::cmd::check`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -106,7 +106,14 @@ pub fn after_run(
     let run = xorb_engine::load_run(trail.state_dir(), run_id)?;
     let mut store = GovernanceStore::open(trail.state_dir())?;
     let policies = Policies::for_run(files, &store, run_id)?;
-    prove(&mut store, trail, &policies, run_id, &proofs_of(&run))?;
+    // The journal's proofs, and the deliveries of the run's messages (the sender has finished by now).
+    let mut proofs = proofs_of(&run);
+    proofs.extend(crate::notify::delivery_proofs(&crate::notify::listing(
+        trail.state_dir(),
+        run_id,
+    )));
+    proofs.sort_by_key(|(_, at)| *at);
+    prove(&mut store, trail, &policies, run_id, &proofs)?;
     let rec = store.load(run_id)?;
     if run.status == RunStatus::Succeeded
         && rec.tags.is_empty()
