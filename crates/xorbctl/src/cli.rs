@@ -99,6 +99,9 @@ pub enum Command {
         /// Record this step as done (after checking it is).
         #[arg(long = "mark-done", value_name = "STEP")]
         mark_done: Vec<String>,
+        /// Accepted as `rollback` accepts it: `resume` asks nothing (the run was confirmed when it started).
+        #[arg(long)]
+        yes: bool,
     },
     /// Give a run up: it cannot be resumed afterwards.
     Abort {

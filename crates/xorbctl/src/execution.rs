@@ -5,7 +5,7 @@
 use anyhow::Context;
 use xorb_engine::{Confirmation, Engine, ResumeOptions, RollbackLock, RunEnd};
 use xorb_model::exit::Exit;
-use xorb_model::plan::Plan;
+use xorb_model::plan::{Plan, RunStatus};
 use xorb_model::redact::Redactor;
 use xorb_model::release::Release;
 
@@ -94,8 +94,8 @@ async fn run_op<S: xorb_engine::EventSink>(
     }
 }
 
-/// Continues run `run` (`resume`, `approve --resume`): refused when the release files changed since its plan;
-/// stops at a closed approval gate.
+/// Continues run `run` (`resume`, `approve --resume`): a run that already succeeded has nothing left to do (exit 0);
+/// refused when the release files changed since its plan; stops at a closed approval gate.
 pub async fn resume(
     s: &RunSettings,
     out: &Reporter,
@@ -107,6 +107,20 @@ pub async fn resume(
     let state_dir = &s.locations.state_dir;
     let mut lock = RollbackLock::acquire(state_dir, None)?;
     let record = xorb_engine::load_run(state_dir, run)?;
+    // Nothing left to do is success: say so, change nothing.
+    if record.status == RunStatus::Succeeded {
+        let next = xorb_engine::next_action(&record.id, &record.plan, &record.status);
+        out.result(
+            &serde_json::json!({"run_id": record.id, "status": record.status, "next": next}),
+            |_| {
+                format!(
+                    "Run {} has already succeeded: nothing to resume (`xorbctl report {}` shows it).\n",
+                    record.id, record.id
+                )
+            },
+        );
+        return Ok(Exit::Ok);
+    }
     xorb_engine::check_stored_plan(&record)?;
     let paths = target::paths(&s.locations)?;
     let to_rel = Release::load_named(&paths.releases_root, &record.plan.to)?;

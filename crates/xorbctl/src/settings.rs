@@ -453,6 +453,7 @@ pub fn resolve(cli: Cli) -> Settings {
             run: id,
             confirm,
             mark_done,
+            yes: _,
         } => CommandSettings::Resume(Resume {
             run,
             id,
