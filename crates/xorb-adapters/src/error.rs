@@ -1,4 +1,4 @@
-//! What can go wrong outside a step (stack setup, `status`, `assess`): the adapters' own error.
+//! What can go wrong outside a step (stack setup, `status`, `assess`): the adapters' own error, with its exit code.
 //! Inside a step every failure is a `StepError` that says whether trying again may help.
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +42,22 @@ impl AdapterError {
         Self::Nats {
             what: what.into(),
             why: e.to_string(),
+        }
+    }
+}
+
+impl AdapterError {
+    /// This error's exit code (`docs/exit-codes.md`): bad input when a release or configuration cannot be read,
+    /// else a dependency that failed.
+    pub fn exit(&self) -> xorb_model::exit::Exit {
+        use xorb_model::exit::Exit;
+        match self {
+            AdapterError::Config(_) | AdapterError::Release(_) => Exit::BadInput,
+            AdapterError::Io { .. }
+            | AdapterError::Db { .. }
+            | AdapterError::Nats { .. }
+            | AdapterError::Alembic { .. }
+            | AdapterError::Dep(_) => Exit::DependencyFailed,
         }
     }
 }

@@ -183,6 +183,11 @@ pub enum VerifyError {
 }
 
 impl VerifyError {
+    /// This error's exit code (`docs/exit-codes.md`): the trail does not verify.
+    pub fn exit(&self) -> xorb_model::exit::Exit {
+        xorb_model::exit::Exit::AuditUnverified
+    }
+
     /// The line (1-based) the error is about, when there is one.
     pub fn line(&self) -> Option<usize> {
         match self {

@@ -65,6 +65,25 @@ pub enum EngineError {
     WrongLock { given: PathBuf, expected: PathBuf },
 }
 
+impl EngineError {
+    /// This error's exit code (`docs/exit-codes.md`).
+    pub fn exit(&self) -> xorb_model::exit::Exit {
+        use xorb_model::exit::Exit;
+        match self {
+            EngineError::Journal(j) => j.exit(),
+            EngineError::Lock(l) => l.exit(),
+            EngineError::AlreadySucceeded { .. }
+            | EngineError::RunAborted { .. }
+            | EngineError::NotInJournal { .. } => Exit::Refused,
+            EngineError::UnknownStep { .. } | EngineError::StoredPlan { .. } => Exit::BadInput,
+            EngineError::Plan(_)
+            | EngineError::RunDir { .. }
+            | EngineError::LogFile { .. }
+            | EngineError::WrongLock { .. } => Exit::Other,
+        }
+    }
+}
+
 /// Options of `resume`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResumeOptions {

@@ -100,6 +100,21 @@ impl JournalError {
             source,
         }
     }
+
+    /// This error's exit code (`docs/exit-codes.md`).
+    pub fn exit(&self) -> xorb_model::exit::Exit {
+        use xorb_model::exit::Exit;
+        match self {
+            JournalError::RunNotFound(_) | JournalError::Ambiguous { .. } => Exit::BadInput,
+            JournalError::NoJournal(_) => Exit::Refused,
+            JournalError::StateDir { .. }
+            | JournalError::Open { .. }
+            | JournalError::NotWal { .. }
+            | JournalError::NewerSchema { .. }
+            | JournalError::Sql { .. }
+            | JournalError::Corrupt { .. } => Exit::Other,
+        }
+    }
 }
 
 /// Why the directory of the journal at `path` refuses a new file, if it does and `e` is an I/O error. Asked with

@@ -35,6 +35,13 @@ pub enum LockError {
     },
 }
 
+impl LockError {
+    /// This error's exit code (`docs/exit-codes.md`): the lock is held, or cannot be used, so the command is refused.
+    pub fn exit(&self) -> xorb_model::exit::Exit {
+        xorb_model::exit::Exit::Refused
+    }
+}
+
 /// Who holds the lock, as written in the lock file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {

@@ -100,6 +100,22 @@ pub enum PlanError {
     },
 }
 
+impl PlanError {
+    /// This error's exit code (`docs/exit-codes.md`).
+    pub fn exit(&self) -> xorb_model::exit::Exit {
+        use xorb_model::exit::Exit;
+        match self {
+            PlanError::WrongFrom { .. } | PlanError::Schema(_) | PlanError::Incompatible { .. } => {
+                Exit::Refused
+            }
+            PlanError::NoDatabase(_) => Exit::DependencyFailed,
+            PlanError::BadScope(_) | PlanError::SameRelease(_) | PlanError::BadOption(_) => {
+                Exit::BadInput
+            }
+        }
+    }
+}
+
 /// Everything about a plan request beyond the releases (the command line's `--only`, `--to-revision`,
 /// `--migration`, and what the target adapter found to re-import).
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -17,6 +17,11 @@ pub enum PolicyError {
 }
 
 impl PolicyError {
+    /// This error's exit code (`docs/exit-codes.md`): a policy file that cannot be used is bad input.
+    pub fn exit(&self) -> xorb_model::exit::Exit {
+        xorb_model::exit::Exit::BadInput
+    }
+
     pub(crate) fn invalid(
         file: &str,
         field: impl Into<String>,

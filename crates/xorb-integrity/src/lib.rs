@@ -61,6 +61,16 @@ pub enum IntegrityError {
 }
 
 impl IntegrityError {
+    /// This error's exit code (`docs/exit-codes.md`): bad input (see [`Self::is_bad_input`]), else a dependency
+    /// (the database, the file system) failed.
+    pub fn exit(&self) -> xorb_model::exit::Exit {
+        if self.is_bad_input() {
+            xorb_model::exit::Exit::BadInput
+        } else {
+            xorb_model::exit::Exit::DependencyFailed
+        }
+    }
+
     /// Whether the caller gave something wrong (a missing or damaged snapshot, an unknown table, bad settings),
     /// as opposed to a database or file system that failed.
     pub fn is_bad_input(&self) -> bool {

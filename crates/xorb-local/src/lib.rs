@@ -55,6 +55,20 @@ pub enum LocalError {
 }
 
 impl LocalError {
+    /// This error's exit code (`docs/exit-codes.md`).
+    pub fn exit(&self) -> xorb_model::exit::Exit {
+        use xorb_model::exit::Exit;
+        match self {
+            LocalError::Config(_) | LocalError::Release(_) => Exit::BadInput,
+            LocalError::NoStack(_) | LocalError::OtherReleaseRunning { .. } => Exit::Refused,
+            LocalError::Adapter(a) => a.exit(),
+            LocalError::Io { .. }
+            | LocalError::Start { .. }
+            | LocalError::Db { .. }
+            | LocalError::Unhealthy { .. } => Exit::DependencyFailed,
+        }
+    }
+
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io {
             what: what.into(),

@@ -84,9 +84,14 @@ impl LiveProc {
     }
 }
 
+/// Where the services of the stack in `state_dir` keep evidence files (it also tells their processes apart).
+pub fn evidence_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("evidence")
+}
+
 /// Every live xorb-svc process whose evidence directory is this stack's.
 pub fn live_service_procs(state_dir: &Path) -> Vec<LiveProc> {
-    let evidence = state_dir.join("evidence").display().to_string();
+    let evidence = evidence_dir(state_dir).display().to_string();
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return out;
@@ -448,7 +453,7 @@ impl Target for LocalTarget {
     }
 
     fn evidence_dir(&self) -> PathBuf {
-        self.state_dir.join("evidence")
+        evidence_dir(&self.state_dir)
     }
 
     async fn capture(&self, dir: &Path) -> Result<String, StepError> {

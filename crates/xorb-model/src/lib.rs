@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod contained;
+pub mod exit;
 pub mod limits;
 pub mod plan;
 pub mod policy;

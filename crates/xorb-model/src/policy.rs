@@ -81,6 +81,13 @@ pub struct PolicyError {
     pub message: String,
 }
 
+impl PolicyError {
+    /// This error's exit code (`docs/exit-codes.md`): an invalid runbook policy is bad input.
+    pub fn exit(&self) -> crate::exit::Exit {
+        crate::exit::Exit::BadInput
+    }
+}
+
 impl Policy {
     pub fn embedded() -> Self {
         Self::parse(EMBEDDED, "(embedded runbooks/rollback.toml)")

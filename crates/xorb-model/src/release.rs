@@ -38,6 +38,13 @@ fn invalid(path: &Path, message: impl Into<String>) -> ReleaseError {
     }
 }
 
+impl ReleaseError {
+    /// This error's exit code (`docs/exit-codes.md`): a release that cannot be used is bad input.
+    pub fn exit(&self) -> crate::exit::Exit {
+        crate::exit::Exit::BadInput
+    }
+}
+
 fn read(path: &Path) -> Result<String, ReleaseError> {
     std::fs::read_to_string(path).map_err(|source| ReleaseError::Read {
         path: path.to_path_buf(),

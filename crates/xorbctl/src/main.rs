@@ -1,31 +1,45 @@
-//! `xorbctl`: the XORB rollback runbook as software. This binary only parses arguments, calls the libraries and
-//! maps their errors to exit codes (in one place: `exit_code`).
+//! `xorbctl`: the XORB rollback runbook as software. This binary parses the command line (`cli`), resolves it once
+//! into the command's settings (`settings`), dispatches to the command (`dispatch`, `cmd::*`), and turns how it
+//! ended into an exit code: the command's own [`Exit`], or, for an error, the code its cause says
+//! (`docs/exit-codes.md`).
+//!
+//! Modules depend one way: `main` → `dispatch` → `cmd::*` → the shared helpers (`settings`, `governance`,
+//! `execution`, `planning`, `target`, …) → `cli`, `errors`, `output`. Only `target` names the target's crate.
 
 mod cli;
-mod dashboard;
+mod cmd;
+mod dispatch;
+mod document;
+mod errors;
+mod execution;
 mod governance;
 mod https;
-mod integrity;
+#[cfg(test)]
+mod layering;
 mod notify;
 mod output;
+mod planning;
+mod redaction;
 mod release_drift;
-mod report;
-mod rollback;
+mod scan;
+mod settings;
 mod sinks;
+mod target;
 mod waiting_gate;
 mod watch;
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use xorb_model::exit::Exit;
 
 fn main() -> ExitCode {
     // Everything xorbctl and the tools it runs create (journal, run artifacts, logs, outputs kept for errors)
     // is the owner's only; files that others must read are given their mode explicitly.
     xorb_engine::private::owner_only_umask();
     https::install_crypto_provider();
-    let args = cli::Cli::parse();
-    let out = output::Reporter::new(args.output);
+    let settings = settings::resolve(cli::Cli::parse());
+    let out = output::Reporter::new(settings.output);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -33,22 +47,22 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             out.error(&anyhow::anyhow!("cannot start the async runtime: {e}"));
-            return ExitCode::from(1);
+            return Exit::Other.into();
         }
     };
-    match rt.block_on(cli::run(args, &out)) {
-        Ok(code) => code,
+    match rt.block_on(dispatch::run(settings, &out)) {
+        Ok(code) => code.into(),
         Err(e) => {
-            let code = exit_code(&e);
+            let code = exit_of(&e);
             out.error(&redacted(&e));
-            ExitCode::from(code)
+            code.into()
         }
     }
 }
 
 /// `e` with every secret the command read replaced (errors quote commands, URLs and outputs).
 fn redacted(e: &anyhow::Error) -> anyhow::Error {
-    let r = sinks::process_redactor();
+    let r = redaction::process_redactor();
     let mut chain: Vec<String> = e.chain().map(|c| r.redact_string(&c.to_string())).collect();
     let mut out = anyhow::anyhow!(chain.pop().unwrap_or_default());
     while let Some(c) = chain.pop() {
@@ -57,99 +71,60 @@ fn redacted(e: &anyhow::Error) -> anyhow::Error {
     out
 }
 
-/// The one place errors become exit codes: 2 bad input (unknown release, malformed file, bad flag), 3 refused
-/// (the stack is not as the command expects: no stack, wrong --from, another rollback running), 4 a server or
-/// dependency failed, 1 anything else. A rollback that ran and failed exits 6, one waiting for a person 7; an
-/// audit trail that does not verify, 8; a run waiting at its approval gate, 9
-/// (`governance::EXIT_WAITING_FOR_APPROVAL`).
-fn exit_code(e: &anyhow::Error) -> u8 {
-    use xorb_engine::planner::PlanError as P;
-    use xorb_engine::{EngineError as E, JournalError as J};
-    use xorb_local::LocalError as L;
-    for cause in e.chain() {
-        if let Some(le) = cause.downcast_ref::<L>() {
-            return match le {
-                L::Config(_) | L::Release(_) => 2,
-                L::NoStack(_) | L::OtherReleaseRunning { .. } => 3,
-                L::Adapter(a) => adapter_exit(a),
-                L::Io { .. } | L::Start { .. } | L::Db { .. } | L::Unhealthy { .. } => 4,
-            };
-        }
-        if let Some(a) = cause.downcast_ref::<xorb_adapters::AdapterError>() {
-            return adapter_exit(a);
-        }
-        if let Some(pe) = cause.downcast_ref::<P>() {
-            return match pe {
-                P::WrongFrom { .. } | P::Schema(_) | P::Incompatible { .. } => 3,
-                P::NoDatabase(_) => 4,
-                P::BadScope(_) | P::SameRelease(_) | P::BadOption(_) => 2,
-            };
-        }
-        if let Some(ge) = cause.downcast_ref::<governance::GovernanceError>() {
-            return match ge {
-                governance::GovernanceError::BadInput(_) => 2,
-                governance::GovernanceError::Refused(_) => 3,
-            };
-        }
-        if cause
-            .downcast_ref::<xorb_governance::PolicyError>()
-            .is_some()
-        {
-            return 2;
-        }
-        if let Some(ie) = cause.downcast_ref::<xorb_integrity::IntegrityError>() {
-            return if ie.is_bad_input() { 2 } else { 4 };
-        }
-        if cause.downcast_ref::<xorb_audit::VerifyError>().is_some() {
-            return 8;
-        }
-        if cause.downcast_ref::<watch::WatchError>().is_some() {
-            return 3;
-        }
-        if cause.downcast_ref::<xorb_engine::LockError>().is_some() {
-            return 3;
-        }
-        if let Some(J::RunNotFound(_) | J::Ambiguous { .. }) = cause.downcast_ref::<J>() {
-            return 2;
-        }
-        if let Some(J::NoJournal(_)) = cause.downcast_ref::<J>() {
-            return 3;
-        }
-        if let Some(E::Journal(J::NoJournal(_))) = cause.downcast_ref::<E>() {
-            return 3;
-        }
-        // `#[error(transparent)]` hands the chain the journal error's own source, not the journal error.
-        if let Some(E::Journal(J::RunNotFound(_) | J::Ambiguous { .. })) = cause.downcast_ref::<E>()
-        {
-            return 2;
-        }
-        if let Some(
-            E::Lock(_) | E::AlreadySucceeded { .. } | E::RunAborted { .. } | E::NotInJournal { .. },
-        ) = cause.downcast_ref::<E>()
-        {
-            return 3;
-        }
-        if let Some(E::UnknownStep { .. } | E::StoredPlan { .. }) = cause.downcast_ref::<E>() {
-            return 2;
-        }
-        if cause
-            .downcast_ref::<xorb_model::release::ReleaseError>()
-            .is_some()
-            || cause
-                .downcast_ref::<xorb_model::policy::PolicyError>()
-                .is_some()
-            || cause.downcast_ref::<cli::UsageError>().is_some()
-        {
-            return 2;
-        }
-    }
-    1
+/// The exit code of an error: that of the outermost cause whose type says one, else [`Exit::Other`].
+fn exit_of(e: &anyhow::Error) -> Exit {
+    e.chain().find_map(known_exit).unwrap_or(Exit::Other)
 }
 
-fn adapter_exit(a: &xorb_adapters::AdapterError) -> u8 {
-    use xorb_adapters::AdapterError as A;
-    match a {
-        A::Config(_) | A::Release(_) => 2,
-        A::Io { .. } | A::Db { .. } | A::Nats { .. } | A::Alembic { .. } | A::Dep(_) => 4,
+/// The code a cause says, if its type is one that says codes.
+fn known_exit(cause: &(dyn std::error::Error + 'static)) -> Option<Exit> {
+    macro_rules! ask {
+        ($($t:ty),+ $(,)?) => {
+            $(if let Some(e) = cause.downcast_ref::<$t>() {
+                return Some(e.exit());
+            })+
+        };
+    }
+    ask!(
+        errors::UsageError,
+        errors::GovernanceError,
+        errors::WatchError,
+        xorb_engine::planner::PlanError,
+        xorb_engine::EngineError,
+        xorb_engine::JournalError,
+        xorb_engine::LockError,
+        xorb_governance::PolicyError,
+        xorb_integrity::IntegrityError,
+        xorb_audit::VerifyError,
+        xorb_model::release::ReleaseError,
+        xorb_model::policy::PolicyError,
+    );
+    target::exit_of(cause)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_exits_with_the_code_of_its_outermost_known_cause() {
+        use anyhow::Context;
+        let usage: anyhow::Error = errors::UsageError("bad".into()).into();
+        assert_eq!(exit_of(&usage.context("while parsing")), Exit::BadInput);
+        let refused: anyhow::Error = errors::GovernanceError::Refused("no".into()).into();
+        assert_eq!(exit_of(&refused), Exit::Refused);
+        let journal =
+            xorb_engine::EngineError::Journal(xorb_engine::JournalError::RunNotFound("r".into()));
+        assert_eq!(exit_of(&journal.into()), Exit::BadInput);
+        let no_journal: anyhow::Error =
+            xorb_engine::JournalError::NoJournal("/nowhere".into()).into();
+        assert_eq!(exit_of(&no_journal), Exit::Refused);
+        let wrapped = Err::<(), _>(xorb_engine::planner::PlanError::NoDatabase("x".into()))
+            .context("planning")
+            .unwrap_err();
+        assert_eq!(exit_of(&wrapped), Exit::DependencyFailed);
+        assert_eq!(exit_of(&anyhow::anyhow!("plain")), Exit::Other);
+        let io: anyhow::Error = std::io::Error::other("disk").into();
+        assert_eq!(exit_of(&io), Exit::Other);
     }
 }

@@ -22,10 +22,12 @@ use xorb_governance::notify::{Common, Event as Msg, Templates, slack_payload};
 use xorb_model::plan::{Phase, RunStatus};
 use xorb_model::redact::Redactor;
 
+use crate::errors::UsageError;
+use crate::settings::NotifySettings;
+
 /// Header carrying a message's deterministic id, so receivers can drop a message delivered twice.
 pub const DELIVERY_HEADER: &str = "X-Xorb-Delivery-Id";
 pub const ENV_URLS: &str = "XORB_NOTIFY_URLS";
-pub const ENV_CA: &str = "XORB_NOTIFY_CA";
 pub const CONFIG_FILE: &str = "notify.toml";
 pub const TERMINAL: &str = "terminal";
 /// Per-request timeout of a webhook POST.
@@ -37,20 +39,6 @@ const FIRST_BACKOFF_MS: i64 = 250;
 const MAX_BACKOFF_MS: i64 = 30_000;
 /// How long the command waits for pending deliveries once the run has ended (`XORB_NOTIFY_GRACE_SECS`).
 const DEFAULT_GRACE: Duration = Duration::from_secs(5);
-
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct NotifyArgs {
-    /// Post the run's notifications to this Slack-compatible incoming webhook (repeatable). The URL is a secret
-    /// and is visible in `ps` here: prefer XORB_NOTIFY_URLS or <state-dir>/notify.toml.
-    #[arg(long = "notify", value_name = "URL", global = true)]
-    pub notify: Vec<String>,
-    /// Notification templates (<kind>.j2: initiation, progress, completion, failure) instead of the shipped ones.
-    #[arg(long, value_name = "DIR", global = true)]
-    pub templates: Option<PathBuf>,
-    /// Also trust the CA certificates of this PEM file for https:// webhooks (besides the system's CA store).
-    #[arg(long = "notify-ca", value_name = "FILE", env = ENV_CA, global = true)]
-    pub notify_ca: Option<PathBuf>,
-}
 
 /// Where a run's messages go and how they read.
 pub struct NotifyConfig {
@@ -80,8 +68,8 @@ pub fn webhook_sink(url: &str) -> String {
 
 /// Every webhook URL configured for this invocation (flag, environment, state directory's file), in that order,
 /// without duplicates. Read before the redactor is built, so that it knows them.
-pub fn webhook_urls(state_dir: &Path, args: &NotifyArgs) -> anyhow::Result<Vec<String>> {
-    let mut urls: Vec<String> = args.notify.clone();
+pub fn webhook_urls(state_dir: &Path, args: &NotifySettings) -> anyhow::Result<Vec<String>> {
+    let mut urls: Vec<String> = args.urls.clone();
     if let Ok(v) = std::env::var(ENV_URLS) {
         urls.extend(
             v.split(|c: char| c.is_whitespace() || c == ',')
@@ -95,7 +83,7 @@ pub fn webhook_urls(state_dir: &Path, args: &NotifyArgs) -> anyhow::Result<Vec<S
     for u in &urls {
         if !(u.starts_with("http://") || u.starts_with("https://")) {
             // Never quote the value: it is a secret, and a mistyped one is still most of one.
-            anyhow::bail!(crate::cli::UsageError(format!(
+            anyhow::bail!(UsageError(format!(
                 "a notification webhook ({}) is not an http:// or https:// URL",
                 webhook_sink(u)
             )));
@@ -114,20 +102,24 @@ fn config_file(state_dir: &Path) -> anyhow::Result<NotifyFile> {
 }
 
 impl NotifyConfig {
-    pub fn load(state_dir: &Path, args: &NotifyArgs, urls: Vec<String>) -> anyhow::Result<Self> {
+    pub fn load(
+        state_dir: &Path,
+        args: &NotifySettings,
+        urls: Vec<String>,
+    ) -> anyhow::Result<Self> {
         let file = config_file(state_dir)?;
         let dir = args.templates.clone().or(file.templates);
         let templates = match &dir {
             Some(d) => Templates::from_dir(d)
-                .map_err(|e| crate::cli::UsageError(format!("--templates {}: {e}", d.display())))?,
+                .map_err(|e| UsageError(format!("--templates {}: {e}", d.display())))?,
             None => Templates::builtin(),
         };
-        let ca = args.notify_ca.clone().or(file.ca);
+        let ca = args.ca.clone().or(file.ca);
         let tls = if ca.is_some() || urls.iter().any(|u| u.starts_with("https://")) {
             // A CA file that cannot be used is bad input now, not a warning at every delivery later.
             Some(
                 crate::https::TlsClient::new(ca.as_deref(), REQUEST_TIMEOUT)
-                    .map_err(|e| crate::cli::UsageError(e.to_string()))?,
+                    .map_err(|e| UsageError(e.to_string()))?,
             )
         } else {
             None
@@ -553,7 +545,7 @@ async fn post(
 
 /// Why a POST failed, in words an on-call engineer acts on ("error sending request" alone says nothing).
 fn failure(e: &reqwest::Error) -> String {
-    use xorb_adapters::deps::{Cause, chain, classify};
+    use crate::target::{Cause, classify, error_chain as chain};
     if e.is_timeout() {
         return format!(
             "the webhook did not answer within {} s",
@@ -569,6 +561,27 @@ fn failure(e: &reqwest::Error) -> String {
         ),
         Cause::Other => format!("cannot reach the webhook: {}", chain(e)),
     }
+}
+
+/// The checklist proofs a run's deliveries make: `notify.KIND` (initiation, progress, completion, failure) once a
+/// message of that kind was delivered to every webhook it was queued for, at the last of those deliveries. The
+/// terminal is no stakeholder: a run without webhooks proves none (its messages were only printed), and a message
+/// still pending or refused on one webhook proves nothing.
+pub fn delivery_proofs(list: &[Notification]) -> Vec<(String, chrono::DateTime<Utc>)> {
+    let mut by_id: BTreeMap<&str, Vec<&Notification>> = BTreeMap::new();
+    for n in list.iter().filter(|n| n.sink != TERMINAL) {
+        by_id.entry(&n.id).or_default().push(n);
+    }
+    let mut out: Vec<(String, chrono::DateTime<Utc>)> = by_id
+        .values()
+        .filter(|rows| rows.iter().all(|n| n.state == DeliveryState::Delivered))
+        .filter_map(|rows| {
+            let at = rows.iter().filter_map(|n| n.delivered_at).max()?;
+            Some((format!("notify.{}", rows[0].kind), at))
+        })
+        .collect();
+    out.sort_by_key(|(_, at)| *at);
+    out
 }
 
 /// A run's notifications for `show` and the report, grouped by message.
@@ -649,4 +662,51 @@ pub fn render_markdown(list: &[Notification]) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, kind: &str, sink: &str, state: DeliveryState, at: i64) -> Notification {
+        let t = chrono::DateTime::from_timestamp(at, 0).unwrap();
+        Notification {
+            id: id.into(),
+            run_id: "r".into(),
+            kind: kind.into(),
+            phase: None,
+            sink: sink.into(),
+            body: String::new(),
+            state,
+            attempts: 1,
+            last_error: None,
+            created_at: t,
+            delivered_at: (state == DeliveryState::Delivered).then_some(t),
+            next_attempt_at: t,
+        }
+    }
+
+    #[test]
+    fn a_message_proves_its_kind_once_every_webhook_has_it() {
+        use DeliveryState::{Delivered, Failed, Pending};
+        let list = [
+            row("r/initiation", "initiation", TERMINAL, Delivered, 1),
+            row("r/initiation", "initiation", "webhook:a", Delivered, 3),
+            row("r/initiation", "initiation", "webhook:b", Delivered, 2),
+            row("r/completion", "completion", TERMINAL, Delivered, 5),
+            row("r/completion", "completion", "webhook:a", Delivered, 6),
+            row("r/completion", "completion", "webhook:b", Pending, 5),
+            row("r/failure/phase-2/9", "failure", "webhook:a", Failed, 4),
+        ];
+        let at = |s| chrono::DateTime::from_timestamp(s, 0).unwrap();
+        assert_eq!(
+            delivery_proofs(&list),
+            [("notify.initiation".to_string(), at(3))]
+        );
+        // Printed on the terminal only: nobody was notified.
+        assert!(
+            delivery_proofs(&[row("r/initiation", "initiation", TERMINAL, Delivered, 1)])
+                .is_empty()
+        );
+    }
 }

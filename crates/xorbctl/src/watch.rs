@@ -1,13 +1,12 @@
-//! `xorbctl watch [RUN]`: a live view of a run, also one executed by another process. It polls the journal
-//! through a read-only connection (it never writes, migrates or locks, so it cannot slow or block the runner),
-//! redraws in place on a terminal, prints one line per change otherwise, and exits with the run's exit status
-//! once the run stops. See `docs/design/journal-and-resume.md`, "Watching a run".
+//! What `xorbctl watch` (`crate::cmd::watch`) shows and how: the run to watch, the journal read through a
+//! read-only connection (it never writes, migrates or locks, so it cannot slow or block the runner), the frames
+//! (`frame`, no I/O), redrawn in place on a terminal or one line per change otherwise. See
+//! `docs/design/journal-and-resume.md`, "Watching a run".
 
-mod frame;
+pub mod frame;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use xorb_engine::{Journal, RunRecord};
@@ -17,29 +16,14 @@ use xorb_model::redact::Redactor;
 use crate::output::Format;
 use frame::{Executor, Frame};
 
+use crate::errors::{UsageError, WatchError};
+
 /// How often the journal is read again: fast enough to see every step of a rollback, cheap for SQLite.
-const POLL: Duration = Duration::from_millis(200);
+pub const POLL: Duration = Duration::from_millis(200);
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct WatchArgs {
-    /// A run id, a unique prefix of one, or `latest`; default: the run being executed now.
-    pub run: Option<String>,
-    /// Print one view of the run and exit.
-    #[arg(long)]
-    pub once: bool,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum WatchError {
-    #[error(
-        "no rollback is running in {0}: name the run to watch (`xorbctl runs` lists them), or check --state-dir"
-    )]
-    NoActiveRun(String),
-}
-
-fn open(state_dir: &Path) -> anyhow::Result<Journal> {
+pub fn open(state_dir: &Path) -> anyhow::Result<Journal> {
     if !state_dir.join(xorb_engine::journal::JOURNAL_FILE).exists() {
-        return Err(crate::cli::UsageError(format!(
+        return Err(UsageError(format!(
             "no rollback journal in {}: no run to watch (check --state-dir)",
             state_dir.display()
         ))
@@ -49,7 +33,7 @@ fn open(state_dir: &Path) -> anyhow::Result<Journal> {
 }
 
 /// Whether the process the lock file names is alive and executes `run_id`.
-fn executor(state_dir: &Path, run_id: &str) -> Executor {
+pub fn executor(state_dir: &Path, run_id: &str) -> Executor {
     let Some(h) = xorb_engine::lock::recorded_holder(state_dir) else {
         return Executor::Gone;
     };
@@ -65,7 +49,7 @@ fn executor(state_dir: &Path, run_id: &str) -> Executor {
 }
 
 /// The run to watch: the named one, else the one the lock holder executes, else the newest running one.
-fn resolve(journal: &Journal, state_dir: &Path, run: Option<&str>) -> anyhow::Result<String> {
+pub fn resolve(journal: &Journal, state_dir: &Path, run: Option<&str>) -> anyhow::Result<String> {
     if let Some(r) = run {
         return Ok(journal.resolve_run_id(r)?);
     }
@@ -85,12 +69,12 @@ fn resolve(journal: &Journal, state_dir: &Path, run: Option<&str>) -> anyhow::Re
 
 /// Draws frames in place on a terminal: the cursor goes back to the frame's first line and every line is
 /// overwritten and cleared to its end, so nothing is blanked between two frames (no flicker).
-struct Screen {
-    drawn: usize,
+pub struct Screen {
+    pub drawn: usize,
 }
 
 impl Screen {
-    fn draw(&mut self, lines: &[String]) {
+    pub fn draw(&mut self, lines: &[String]) {
         let (rows, cols) = console::Term::stdout().size();
         let cols = usize::from(cols.max(20)) - 1;
         let max_rows = usize::from(rows.max(5)) - 1;
@@ -111,7 +95,7 @@ impl Screen {
     }
 }
 
-fn emit_change(format: Format, rec: &RunRecord, f: &Frame, red: &Redactor) {
+pub fn emit_change(format: Format, rec: &RunRecord, f: &Frame, red: &Redactor) {
     let line = match format {
         Format::Text => format!(
             "{} {}",
@@ -131,40 +115,4 @@ fn emit_change(format: Format, rec: &RunRecord, f: &Frame, red: &Redactor) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
-}
-
-pub async fn run(
-    state_dir: &Path,
-    format: Format,
-    args: &WatchArgs,
-    red: &Redactor,
-) -> anyhow::Result<ExitCode> {
-    let journal = open(state_dir)?;
-    let id = resolve(&journal, state_dir, args.run.as_deref())?;
-    let terminal = format == Format::Text && std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let mut screen = Screen { drawn: 0 };
-    let mut last_change = String::new();
-    loop {
-        let rec = journal.load_run(&id)?;
-        let f = frame::render(&rec, executor(state_dir, &id), chrono::Utc::now());
-        let ended = frame::exit_code(&rec.status);
-        if args.once {
-            match format {
-                Format::Text => println!("{}", red.redact(&f.lines.join("\n"))),
-                Format::Json => emit_change(format, &rec, &f, red),
-            }
-            return Ok(ExitCode::from(ended.unwrap_or(0)));
-        }
-        if terminal {
-            let lines: Vec<String> = f.lines.iter().map(|l| red.redact(l).into_owned()).collect();
-            screen.draw(&lines);
-        } else if f.change != last_change {
-            emit_change(format, &rec, &f, red);
-            last_change = f.change.clone();
-        }
-        if let Some(code) = ended {
-            return Ok(ExitCode::from(code));
-        }
-        tokio::time::sleep(POLL).await;
-    }
 }

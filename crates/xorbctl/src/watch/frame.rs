@@ -39,15 +39,7 @@ fn since(from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
 
 /// The exit status of `watch` for a run in `status`, as `rollback` exits: None while it runs.
 pub fn exit_code(status: &RunStatus) -> Option<u8> {
-    match status {
-        RunStatus::Running => None,
-        RunStatus::Succeeded => Some(0),
-        RunStatus::WaitingForConfirmation { .. } => Some(7),
-        RunStatus::WaitingForApproval { .. } => Some(crate::governance::EXIT_WAITING_FOR_APPROVAL),
-        RunStatus::Failed { .. }
-        | RunStatus::EmergencyStopped { .. }
-        | RunStatus::Aborted { .. } => Some(6),
-    }
+    xorb_model::exit::Exit::of_run(status).map(xorb_model::exit::Exit::code)
 }
 
 /// The step the run is at: the one acting, else (running) the next to act.

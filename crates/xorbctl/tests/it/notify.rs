@@ -155,6 +155,68 @@ fn states(show: &Value) -> BTreeMap<(String, String), String> {
         .collect()
 }
 
+/// Checklist item → the proof that ticked it, from `show`'s governance record.
+fn ticks(show: &Value) -> BTreeMap<String, String> {
+    show["governance"]["ticks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("show has no checklist ticks: {show:#}"))
+        .iter()
+        .map(|t| {
+            (
+                t["item"].as_str().unwrap().to_string(),
+                t["by_name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Defect 5 of issue 11: "Stakeholders notified" and "Stakeholders notified of completion" were never ticked,
+/// even when every message was delivered. They are proved by the delivery of the initiation and the completion
+/// message to every webhook (and only then: see the test above, where two of three webhooks fail).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stakeholders_notified_items_are_ticked_once_the_messages_are_delivered() {
+    let st = Stack::up(RC1, false);
+    let ok = Receiver::start(200).await;
+    let url = format!("{}/services/T4/B4/{}", ok.base, token());
+    let out = run(
+        &st,
+        &rollback_api(&[]),
+        &[
+            ("XORB_NOTIFY_URLS", url),
+            ("XORB_NOTIFY_GRACE_SECS", "5".into()),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let shown = show(&st);
+    let run_id = shown["id"].as_str().unwrap().to_string();
+    let delivered: BTreeSet<String> = ok.counts().into_keys().collect();
+    assert!(
+        delivered.contains(&format!("{run_id}/initiation"))
+            && delivered.contains(&format!("{run_id}/completion")),
+        "{delivered:?}"
+    );
+    let ticked = ticks(&shown);
+    assert_eq!(
+        ticked.get("pre.notified").map(String::as_str),
+        Some("notify.initiation"),
+        "{ticked:?}"
+    );
+    assert_eq!(
+        ticked.get("post.notified").map(String::as_str),
+        Some("notify.completion"),
+        "{ticked:?}"
+    );
+    let md = String::from_utf8_lossy(&st.xorbctl(&["report", "latest", "--format", "md"]).stdout)
+        .into_owned();
+    assert!(
+        md.contains("[x] Stakeholders notified — proved by notify.initiation")
+            && md.contains("[x] Stakeholders notified of completion — proved by notify.completion"),
+        "{md}"
+    );
+    let _ = st.xorbctl(&["stack", "down"]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_webhook_gets_every_message_once_and_failing_webhooks_do_not_fail_the_run() {
     let st = Stack::up(RC1, false);
@@ -259,6 +321,12 @@ async fn a_webhook_gets_every_message_once_and_failing_webhooks_do_not_fail_the_
         .filter_map(|n| n["last_error"].as_str())
         .collect();
     assert!(errors.iter().any(|e| e.contains("HTTP 500")), "{errors:?}");
+    // Two of the three webhooks never got the messages: the stakeholders were not all notified.
+    let ticked = ticks(&shown);
+    assert!(
+        !ticked.contains_key("pre.notified") && !ticked.contains_key("post.notified"),
+        "{ticked:?}"
+    );
     let doc = shown.to_string();
     for url in [&ok_url, &failing_url, &closed] {
         assert!(

@@ -290,6 +290,43 @@ async fn only_api_rolls_back_only_the_api() {
     assert_eq!(info["features"]["tenant_isolation_mode"], "basic");
 }
 
+/// Defect 6 of issue 11: `resume` of a run that already succeeded exited 3; nothing left to do is success. And
+/// `resume` takes `--yes` as `rollback` does (it asks nothing: the run was confirmed when it started).
+#[tokio::test(flavor = "multi_thread")]
+async fn resuming_a_run_that_already_succeeded_exits_0_and_resume_takes_yes() {
+    let st = Stack::up(RC1, false);
+    let out = rollback(&st, &["--only", "api"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let run = last_run(&st);
+    let id = run["id"].as_str().unwrap();
+    for args in [
+        vec!["resume", "latest"],
+        vec!["resume", id, "--yes"],
+        vec!["resume", "--yes", "latest", "--output", "json"],
+    ] {
+        let out = st.xorbctl(&args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if args.contains(&"json") {
+            let v: Value = serde_json::from_str(&stdout).unwrap();
+            assert_eq!(v["run_id"], id, "{v}");
+            assert_eq!(v["status"]["state"], "succeeded", "{v}");
+        } else {
+            assert!(
+                stdout.contains(&format!(
+                    "Run {id} has already succeeded: nothing to resume"
+                )),
+                "{args:?}: {}",
+                text(&out)
+            );
+        }
+    }
+    let after = last_run(&st);
+    assert_eq!(after["status"], run["status"]);
+    assert_eq!(after["events"], run["events"], "nothing was journaled");
+    let _ = st.xorbctl(&["stack", "down"]);
+}
+
 /// Runs a rollback killed (SIGKILL, by the engine's own test hook) right after journal write `k`, then resumes it
 /// until it ends. Returns false when the rollback finished before write `k` (k is past the last boundary).
 fn crash_then_resume(k: usize) -> bool {

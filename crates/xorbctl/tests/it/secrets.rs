@@ -275,3 +275,96 @@ async fn a_planted_secret_appears_in_nothing_the_tool_writes() {
     assert!(String::from_utf8_lossy(md).contains("[REDACTED]"));
     let _ = st.xorbctl(&["stack", "down"]);
 }
+
+/// Defect 3 of issue 11: governance's audit entries went through a redactor of their own, built from the stack's
+/// secrets only, so a configuration secret or a webhook URL in an approval's reason was appended in the clear,
+/// where a run's entries hide them. Every command now builds its one redactor in one place.
+#[tokio::test(flavor = "multi_thread")]
+async fn governance_audit_entries_hide_what_run_entries_hide() {
+    let st = Stack::up(RC1, false);
+    let planted = format!("planted-{}", token());
+    let (_tmp, releases) = releases_with_planted_secret(&planted);
+    let hook = Receiver::start(200).await;
+    let hook_token = token();
+    let hook_url = format!("{}/services/T8/B8/{hook_token}", hook.base);
+    let secrets = vec![
+        ("planted config token", planted.clone()),
+        ("webhook token", hook_token.clone()),
+        ("webhook URL", hook_url.clone()),
+    ];
+    let run = |args: &[&str]| {
+        let mut cmd = st.cmd();
+        cmd.args(args)
+            .env("XORB_RELEASES", &releases)
+            .env("XORB_NOTIFY_URLS", &hook_url)
+            .env("XORB_NOTIFY_GRACE_SECS", "2");
+        async move {
+            tokio::task::spawn_blocking(move || cmd.output().unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    // A P1 run waits at its gate (exit 9) before any step acts.
+    let out = run(&[
+        "rollback",
+        "--from",
+        RC1,
+        "--to",
+        STABLE,
+        "--only",
+        "api",
+        "--yes",
+        "--severity",
+        "P1",
+        "--as",
+        "alice",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(9), "{}", text(&out));
+    // An operator pastes what failed into the reason: the webhook and the configuration value.
+    let reason = format!("webhook {hook_url} answered 500; the api runs with {planted}");
+    let approved = run(&[
+        "approve",
+        "latest",
+        "--as",
+        "bob",
+        "--role",
+        "team-lead",
+        "--reason",
+        &reason,
+    ])
+    .await;
+    assert_eq!(approved.status.code(), Some(0), "{}", text(&approved));
+    let refused = run(&[
+        "approve",
+        "latest",
+        "--as",
+        "mallory",
+        "--role",
+        "team-lead",
+        "--reason",
+        &reason,
+    ])
+    .await;
+    assert_eq!(refused.status.code(), Some(3), "{}", text(&refused));
+
+    let trail = std::fs::read_to_string(st.dir.join("audit/audit.jsonl")).unwrap();
+    let governance: Vec<&str> = trail
+        .lines()
+        .filter(|l| l.contains("\"governance.approval"))
+        .collect();
+    assert_eq!(governance.len(), 2, "an approval and a refusal: {trail}");
+    assert!(
+        governance.iter().all(|l| l.contains("answered 500")),
+        "the reasons are recorded: {governance:?}"
+    );
+    let found = leaks(trail.as_bytes(), &secrets);
+    assert!(
+        found.is_empty(),
+        "secrets in the audit trail's governance entries: {found:?}"
+    );
+    // And the trail still verifies: redaction happens before the entry is signed.
+    let verify = st.xorbctl(&["audit", "verify"]);
+    assert!(verify.status.success(), "{}", text(&verify));
+    let _ = st.xorbctl(&["stack", "down"]);
+}

@@ -7,7 +7,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -21,15 +20,11 @@ use xorb_model::redact::Redactor;
 use xorb_report::escape::esc;
 use xorb_report::html::{Html, page};
 
-use crate::cli::{Cli, UsageError};
-use crate::output::Reporter;
+use xorb_model::exit::Exit;
 
-#[derive(Debug, clap::Args)]
-pub struct DashboardArgs {
-    /// Where to serve the page. Loopback needs nothing; any other address requires the token printed at start.
-    #[arg(long, default_value = "127.0.0.1:8790", value_name = "ADDR:PORT")]
-    pub listen: String,
-}
+use crate::errors::UsageError;
+use crate::output::Reporter;
+use crate::settings::{Dashboard, RunView};
 
 /// Who may read the dashboard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +98,7 @@ fn token() -> anyhow::Result<String> {
 }
 
 struct App {
-    cli: Cli,
+    view: RunView,
     state_dir: PathBuf,
     access: Access,
     red: Redactor,
@@ -114,8 +109,8 @@ type Shared = Arc<App>;
 /// The page's script: polls the run's JSON and swaps the rendered fragment in place (no reload).
 const SCRIPT: &str = include_str!("dashboard.js");
 
-pub async fn run(cli: Cli, out: &Reporter, listen: &str) -> anyhow::Result<ExitCode> {
-    let addr = parse_listen(listen)?;
+pub async fn run(s: &Dashboard, out: &Reporter, red: &Redactor) -> anyhow::Result<Exit> {
+    let addr = parse_listen(&s.listen)?;
     let access = Access::for_addr(&addr, || token().unwrap_or_default());
     if access == Access::Token(String::new()) {
         anyhow::bail!("cannot read /dev/urandom for the dashboard's token");
@@ -136,23 +131,22 @@ pub async fn run(cli: Cli, out: &Reporter, listen: &str) -> anyhow::Result<ExitC
     };
     // The token is printed once, to whoever started the dashboard; it is never logged.
     out.result(&json!({ "url": url, "token": token }), |_| {
-        let mut s = format!(
+        let mut text = format!(
             "Dashboard of {} at {url} (read-only; Ctrl-C stops it)\n",
-            cli.state_dir.display()
+            s.view.state_dir.display()
         );
         if let Some(t) = token {
-            s.push_str(&format!(
+            text.push_str(&format!(
                 "Not a loopback address: every request needs the token (header X-Xorb-Token, or open {url}?token=…).\nToken (shown once): {t}\n"
             ));
         }
-        s
+        text
     });
-    let red = crate::sinks::redactor_for(&cli);
     let app = Arc::new(App {
-        state_dir: cli.state_dir.clone(),
-        cli,
+        state_dir: s.view.state_dir.clone(),
+        view: s.view.clone(),
         access,
-        red,
+        red: red.clone(),
     });
     let router = axum::Router::new()
         .route("/", get(index))
@@ -167,7 +161,7 @@ pub async fn run(cli: Cli, out: &Reporter, listen: &str) -> anyhow::Result<ExitC
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Ok)
 }
 
 #[derive(Deserialize)]
@@ -207,7 +201,7 @@ async fn guard(
 /// One run's live view: the fragment the page swaps in, and what tells the script whether it changed.
 fn live(app: &App, run: &str) -> anyhow::Result<Value> {
     let rec = xorb_engine::load_run(&app.state_dir, run)?;
-    let doc = crate::report::document(&app.cli, &rec)?;
+    let doc = crate::document::document(&app.view, &rec)?;
     let fragment = app
         .red
         .redact_string(&Html::new(&app.red).live_fragment(&doc));

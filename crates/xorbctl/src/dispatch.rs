@@ -1,0 +1,40 @@
+//! The dispatcher: builds the invocation's one redactor (`crate::redaction`) and hands each command its settings.
+
+use xorb_model::exit::Exit;
+
+use crate::cmd;
+use crate::output::Reporter;
+use crate::settings::{CommandSettings, Settings};
+
+pub async fn run(settings: Settings, out: &Reporter) -> anyhow::Result<Exit> {
+    // Commands that read no state need no redactor.
+    match &settings.command {
+        CommandSettings::Completions(shell) => return cmd::completions::run(*shell),
+        CommandSettings::Man(path) => return cmd::man::run(path),
+        _ => {}
+    }
+    let red = crate::redaction::redactor(&settings.redaction);
+    match &settings.command {
+        CommandSettings::StackUp(s) => cmd::stack::up(s, out).await,
+        CommandSettings::StackDown(s) => cmd::stack::down(s, out).await,
+        CommandSettings::Status(s) => cmd::status::run(s, out).await,
+        CommandSettings::Integrity(s) => cmd::integrity::run(s, out).await,
+        CommandSettings::Loss(s) => cmd::loss::run(s, out).await,
+        CommandSettings::Plan(s) => cmd::plan::run(s, out, &red).await,
+        CommandSettings::Rollback(s) => cmd::rollback::run(s, out, &red).await,
+        CommandSettings::Assess(s) => cmd::assess::run(s, out, &red).await,
+        CommandSettings::Approve(s) => cmd::approve::run(s, out, &red).await,
+        CommandSettings::Check(s) => cmd::check::run(s, out, &red),
+        CommandSettings::Resume(s) => cmd::resume::run(s, out, &red).await,
+        CommandSettings::Abort(s) => cmd::abort::run(s, out, &red),
+        CommandSettings::Runs(s) => cmd::runs::run(s, out),
+        CommandSettings::Show(s) => cmd::show::run(s, out, &red),
+        CommandSettings::Watch(s) => cmd::watch::run(s, out, &red).await,
+        CommandSettings::AuditVerify(s) => cmd::audit::verify(s, out),
+        CommandSettings::Report(s) => cmd::report::run(s, &red),
+        CommandSettings::Dashboard(s) => cmd::dashboard::run(s, out, &red).await,
+        CommandSettings::Completions(_) | CommandSettings::Man(_) => {
+            unreachable!("handled before the redactor is built")
+        }
+    }
+}

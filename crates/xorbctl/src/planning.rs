@@ -1,0 +1,110 @@
+//! Planning a rollback (no side effects): the releases, the runbook policy, the live observation of the target
+//! (services, and the database when the plan touches it), the plan, and its text.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+use xorb_engine::planner::{self, PlanOptions, Scope};
+use xorb_model::plan::Plan;
+use xorb_model::policy::Policy;
+use xorb_model::release::Release;
+
+use crate::settings::{Locations, PlanRequest};
+use crate::target;
+
+pub fn load_policy(file: Option<&Path>) -> anyhow::Result<Policy> {
+    match file {
+        None => Ok(Policy::embedded()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read runbook policy {}", p.display()))?;
+            Ok(Policy::parse(&text, &p.display().to_string())?)
+        }
+    }
+}
+
+/// Loading (no side effects): releases, policy, live observation (services, and the database when the plan
+/// touches it), plan.
+pub async fn compute_plan(loc: &Locations, a: &PlanRequest) -> anyhow::Result<(Plan, Release)> {
+    let (from, to) = (a.from.as_str(), a.to.as_str());
+    let state_dir = &loc.state_dir;
+    let paths = target::paths(loc)?;
+    let policy = load_policy(a.runbook.as_deref())?;
+    let from_rel = Release::load_named(&paths.releases_root, from)
+        .with_context(|| format!("--from {from}"))?;
+    let to_rel =
+        Release::load_named(&paths.releases_root, to).with_context(|| format!("--to {to}"))?;
+    let origin = a
+        .runbook
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "(embedded runbooks/rollback.toml)".into());
+    policy.check_service_order(&origin, &[&from_rel, &to_rel])?;
+    let scope = a
+        .only
+        .as_deref()
+        .map(Scope::parse)
+        .transpose()?
+        .unwrap_or(Scope::All);
+    let mut live = target::observe(state_dir)?;
+    if matches!(scope, Scope::All | Scope::Database) {
+        target::check_migrations_dir(&from_rel)?;
+        let db = target::observe_database(state_dir, &paths, &from_rel)
+            .await
+            .map_err(|e| planner::PlanError::NoDatabase(e.to_string()))?;
+        live.database = Some(db);
+    }
+    live.streams = target::observe_streams(state_dir).await;
+    let opts = PlanOptions {
+        scope: Some(scope),
+        to_revision: a.to_revision.clone(),
+        migration: a.migration.clone(),
+        reimport_from: target::pending_reimports(state_dir),
+    };
+    let mut plan = planner::plan_with(&live, &from_rel, &to_rel, &policy, &opts)?;
+    plan.release_digests = crate::release_drift::digests(&[&from_rel, &to_rel])
+        .context("cannot read the release files to record their digests")?;
+    Ok((plan, to_rel))
+}
+
+pub fn render_plan(plan: &Plan) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Rollback plan: {} → {}{}  ({} steps)",
+        plan.from,
+        plan.to,
+        plan.scope
+            .as_deref()
+            .map(|o| format!("  [--only {o}]"))
+            .unwrap_or_default(),
+        plan.steps.len()
+    );
+    let mut phase = None;
+    for step in &plan.steps {
+        if phase != Some(step.phase) {
+            phase = Some(step.phase);
+            let _ = writeln!(s, "\n{}", step.phase);
+        }
+        let _ = writeln!(
+            s,
+            "  {:<22} {}  [{:?}, timeout {} s]",
+            step.id, step.title, step.safety, step.timeout_secs
+        );
+        for c in &step.changes {
+            let _ = writeln!(
+                s,
+                "      {:<10} {:<36} {} → {}",
+                format!("{:?}", c.kind).to_lowercase(),
+                c.subject,
+                c.before.as_deref().unwrap_or("(absent)"),
+                c.after.as_deref().unwrap_or("(removed)")
+            );
+        }
+        if !step.checks.is_empty() && step.phase != xorb_model::plan::Phase::Verification {
+            let _ = writeln!(s, "      then checks: {}", step.checks.join(", "));
+        }
+    }
+    s
+}

@@ -1,0 +1,217 @@
+//! The target xorbctl acts on, behind one module: the only place in xorbctl's `src/` that names `xorb_local`.
+//! Commands ask this module to start, stop and observe the stack, plan against it, run a rollback's steps on it
+//! (its [`Runner`]) and probe it; when the target's crate changes its API, only this module changes.
+
+use std::path::Path;
+use std::time::Duration;
+
+use xorb_engine::planner::{LiveState, ReimportSource};
+use xorb_model::exit::Exit;
+use xorb_model::release::Release;
+use xorb_model::schema::LiveDatabase;
+
+use crate::errors::UsageError;
+use crate::settings::Locations;
+
+pub use xorb_adapters::deps::Cause;
+pub use xorb_adapters::pg::CriticalReport;
+pub use xorb_adapters::pg::PgConn as Database;
+pub use xorb_local::LocalError as TargetError;
+pub use xorb_local::stack::{DownEntry, StackState, StackStatus, UpReport};
+
+/// What runs a rollback's steps on the target (the engine's `StepRunner`): the shared adapters over the local
+/// target's workloads and endpoints.
+pub type Runner = xorb_local::target::LocalRunner;
+
+/// Where the target finds what it needs outside the state directory.
+pub type Paths = xorb_local::stack::Paths;
+
+/// The target's paths from the resolved locations (the releases directory must be known).
+pub fn paths(loc: &Locations) -> Result<Paths, UsageError> {
+    Ok(Paths {
+        releases_root: loc.releases_root()?.to_path_buf(),
+        venv: loc.venv.clone(),
+        svc_bin: loc.svc_bin.clone(),
+    })
+}
+
+/// The exit code of a target error anywhere in an error's chain (`main` asks it with the other known types).
+pub fn exit_of(cause: &(dyn std::error::Error + 'static)) -> Option<Exit> {
+    cause
+        .downcast_ref::<TargetError>()
+        .map(TargetError::exit)
+        .or_else(|| {
+            cause
+                .downcast_ref::<xorb_adapters::AdapterError>()
+                .map(xorb_adapters::AdapterError::exit)
+        })
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The stack's lifecycle
+
+pub async fn stack_up(
+    paths: &Paths,
+    state_dir: &Path,
+    release: &str,
+    demo_data: bool,
+    grafana_dashboards: Option<&Path>,
+) -> Result<UpReport, TargetError> {
+    let opts = xorb_local::stack::UpOptions {
+        grafana_dashboards: grafana_dashboards.map(Path::to_path_buf),
+    };
+    xorb_local::stack::up_with(paths, state_dir, release, demo_data, &opts).await
+}
+
+/// Why `stack down` cannot read the stack's record, when it cannot, and where it then finds the processes.
+pub fn unreadable_stack_record(state_dir: &Path) -> Option<String> {
+    match StackState::load(state_dir) {
+        Err(e @ TargetError::Config(_)) => Some(format!(
+            "{e}: stopping the processes recorded in {} instead.",
+            xorb_local::pidfiles::dir(state_dir).display()
+        )),
+        _ => None,
+    }
+}
+
+/// Stops what `stack up` started; `None` when no stack is recorded there.
+pub async fn stack_down(state_dir: &Path) -> Result<Option<Vec<DownEntry>>, TargetError> {
+    match xorb_local::stack::down(state_dir).await {
+        Ok(e) => Ok(Some(e)),
+        Err(TargetError::NoStack(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// What happened to one process at `stack down`, in words.
+pub fn stop_result_text(e: &DownEntry) -> &'static str {
+    use xorb_local::process::StopResult;
+    match e.result {
+        StopResult::Stopped => "stopped",
+        StopResult::Killed => "did not stop in time: killed",
+        StopResult::AlreadyGone => "was already gone",
+        StopResult::PidReused => "pid now belongs to another process: left alone",
+    }
+}
+
+pub async fn stack_status(state_dir: &Path) -> Result<StackStatus, TargetError> {
+    xorb_local::stack::status(state_dir).await
+}
+
+/// The stack's record (`stack.json`).
+pub fn stack_state(state_dir: &Path) -> Result<StackState, TargetError> {
+    StackState::load(state_dir)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Planning and running
+
+/// The live services (and what else the planner needs that the target can see without the database).
+pub fn observe(state_dir: &Path) -> Result<LiveState, TargetError> {
+    xorb_local::target::observe(state_dir)
+}
+
+/// The JetStream streams that exist now, so that the plan says which a rollback creates; None when NATS cannot
+/// be asked (the plan is then made without looking, and the run itself reports NATS).
+pub async fn observe_streams(state_dir: &Path) -> Option<Vec<String>> {
+    let nats = StackState::load(state_dir).ok()?.nats_url();
+    xorb_adapters::nats::list_streams(&nats).await.ok()
+}
+
+/// The release's migration scripts are there (and inside its tree).
+pub fn check_migrations_dir(release: &Release) -> Result<(), TargetError> {
+    Ok(xorb_adapters::pg::check_migrations_dir(release)?)
+}
+
+/// The live schema revision and the revisions of `from`'s migration scripts.
+pub async fn observe_database(
+    state_dir: &Path,
+    paths: &Paths,
+    from: &Release,
+) -> Result<LiveDatabase, TargetError> {
+    Ok(xorb_adapters::pg::observe_database(&database(state_dir)?, paths, from).await?)
+}
+
+/// Data preserved by earlier rollbacks that a roll-forward re-imports.
+pub fn pending_reimports(state_dir: &Path) -> Vec<ReimportSource> {
+    xorb_adapters::pg::pending_reimports(state_dir)
+}
+
+/// The runner of a rollback to `to`.
+pub fn runner(state_dir: &Path, paths: Paths, to: Release) -> Runner {
+    xorb_local::target::runner(state_dir, paths, to)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The database
+
+/// The runbook's critical data: tenants, sessions, findings, evidence and its signatures.
+pub async fn critical_check(state_dir: &Path) -> Result<CriticalReport, TargetError> {
+    let evidence = xorb_local::target::evidence_dir(state_dir);
+    Ok(xorb_adapters::pg::critical_check(&database(state_dir)?, &evidence).await?)
+}
+
+/// The stack's database: `.config()` for a scan, `.connect()` for a client.
+pub fn database(state_dir: &Path) -> Result<Database, TargetError> {
+    let st = StackState::load(state_dir)?;
+    let secrets = xorb_local::stack::Secrets::load(state_dir)?;
+    Ok(st.pg(&secrets))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Probes (`assess`, the notification sender)
+
+/// A service's `/api/v1/health`: `Ok(None)` healthy, `Ok(Some(detail))` unhealthy, `Err` no answer.
+pub async fn probe_service(http: &reqwest::Client, port: u16) -> Result<Option<String>, String> {
+    let h =
+        xorb_adapters::services::probe_service(http, &format!("http://127.0.0.1:{port}")).await?;
+    Ok((!h.healthy).then(|| h.detail.to_string()))
+}
+
+/// Prometheus' scrape targets: (job, health); `Err` says why Prometheus did not answer.
+pub async fn prometheus_targets(
+    http: &reqwest::Client,
+    prometheus: &str,
+) -> Result<Vec<(String, String)>, String> {
+    Ok(
+        xorb_adapters::monitoring::prometheus_targets(http, prometheus)
+            .await?
+            .into_iter()
+            .map(|t| (t.job, t.health))
+            .collect(),
+    )
+}
+
+/// A GET of `url` from Prometheus (at `endpoint`) within `limit`; the error says which dependency, what was asked
+/// and why it failed.
+pub async fn prometheus_get(
+    http: &reqwest::Client,
+    endpoint: &str,
+    url: reqwest::Url,
+    limit: Duration,
+) -> Result<serde_json::Value, TargetError> {
+    use xorb_adapters::deps::{self, Dep};
+    let dep = Dep::http("Prometheus", endpoint);
+    let what = format!("GET {}", url.path());
+    let get = async {
+        http.get(url)
+            .timeout(limit)
+            .send()
+            .await?
+            .json::<serde_json::Value>()
+            .await
+    };
+    Ok(deps::call(&dep, &what, limit, get)
+        .await
+        .map_err(xorb_adapters::AdapterError::from)?)
+}
+
+/// The kind of a network failure an on-call engineer acts on differently.
+pub fn classify(e: &(dyn std::error::Error + 'static)) -> Cause {
+    xorb_adapters::deps::classify(e)
+}
+
+/// The error and its sources, outermost first, without repeats.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    xorb_adapters::deps::chain(e)
+}
