@@ -306,7 +306,7 @@ pub fn plan_with(
                 Safety::Probed,
             );
             s.timeout_secs = t.rollout_secs;
-            s.policy = service_policy.clone();
+            s.policy = service_policy;
             s.checks = policy.checks.after_service.clone();
             s.changes.push(Change {
                 kind: ChangeKind::ServiceAdded,
@@ -339,7 +339,7 @@ pub fn plan_with(
                         Safety::Probed,
                     );
                     s.timeout_secs = t.rollout_secs;
-                    s.policy = service_policy.clone();
+                    s.policy = service_policy;
                     s.checks = policy.checks.after_service.clone();
                     s.changes.push(Change {
                         kind: ChangeKind::Image,
@@ -791,7 +791,7 @@ fn database_steps(
             Safety::Probed,
         );
         s.timeout_secs = t.migration_secs;
-        s.policy = stateful.clone();
+        s.policy = stateful;
         s.changes.push(Change {
             kind: ChangeKind::Schema,
             subject: "alembic_version".into(),
@@ -897,7 +897,7 @@ fn infra_steps(from: &Release, to: &Release, policy: &Policy) -> Vec<StepSpec> {
     let apply = |id: &str, title: String, action: Action| {
         let mut s = StepSpec::new(id, Phase::Infrastructure, title, action, Safety::Probed);
         s.timeout_secs = t.check_secs;
-        s.policy = stateful.clone();
+        s.policy = stateful;
         s
     };
     let target_streams: Vec<&str> = to.streams.iter().map(|s| s.name.as_str()).collect();
