@@ -113,30 +113,13 @@ pub(crate) fn tail(log: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A free TCP port on 127.0.0.1 for a server we start next (bound to check, then released).
-///
-/// Chosen at random below the kernel's ephemeral range, as crates/xorb-local does: a port from `bind(0)` comes from
-/// the range every outgoing connection also takes its source port from, so a client could take it before our
-/// server binds it. Falls back to `bind(0)`.
+/// A free TCP port on 127.0.0.1 for a server we start next: the local target's choice (below the kernel's
+/// ephemeral range, so that no outgoing connection takes it before our server binds it).
 pub(crate) fn free_port() -> Result<u16, LabError> {
-    use rand::Rng;
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let (lo, hi) = (10_000u16, ephemeral_low.max(10_001));
-    let mut rng = rand::thread_rng();
-    for _ in 0..200 {
-        let port = rng.gen_range(lo..hi);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| LabError::io("cannot find a free port", e))?;
-    Ok(l.local_addr()
-        .map_err(|e| LabError::io("cannot find a free port", e))?
-        .port())
+    xorb_local::process::free_port().map_err(|e| LabError::Io {
+        what: "cannot find a free port".into(),
+        source: std::io::Error::other(e.to_string()),
+    })
 }
 
 #[cfg(test)]
