@@ -19,6 +19,10 @@ impl StepRunner for Scripted {
         Ok(Probe::NotDone)
     }
     async fn run(&self, step: &StepSpec, ctx: &StepContext<'_>) -> Result<StepOutcome, StepError> {
+        // An action takes time, as a real one does. Without it a step's start, its failure and the retry can share
+        // one journal timestamp on a fast machine, and the snapshot's synthetic clock (one second per stamp, ties
+        // in document order) then puts the phase's start after them: the report differed from run to run.
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
         if let Some(retryable) = self.fail_once.lock().unwrap().remove(&step.id) {
             return Ok(StepOutcome::Failed {
                 error: format!("{}: health check failed", step.id),
