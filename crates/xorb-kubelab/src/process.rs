@@ -20,14 +20,9 @@ pub struct LabProcess {
     pub log: PathBuf,
 }
 
-/// (state, start time) from /proc/PID/stat.
+/// (state, start time) from /proc/PID/stat: the local target's reader.
 fn stat(pid: u32) -> Option<(char, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((state, start))
+    xorb_local::process::stat(i32::try_from(pid).ok()?)
 }
 
 impl LabProcess {

@@ -34,7 +34,7 @@ pub enum StopResult {
 }
 
 /// (state, start time) from /proc/PID/stat, or None when there is no such process.
-fn stat(pid: i32) -> Option<(char, u64)> {
+pub fn stat(pid: i32) -> Option<(char, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may contain spaces: parse after the last ')'.
     let rest = &text[text.rfind(')')? + 2..];
