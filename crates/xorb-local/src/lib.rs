@@ -4,6 +4,7 @@
 //! every step that talks to a server goes through `xorb-adapters`.
 
 pub mod pidfiles;
+mod ports;
 pub mod process;
 pub mod restart;
 pub mod servers;

@@ -139,6 +139,10 @@ pub use xorb_adapters::poll::poll_until;
 /// Chosen at random *below* the kernel's ephemeral range: a port from `bind(0)` comes from that range, where every
 /// outgoing connection on the machine also takes its source port, so in the seconds before our server binds it a
 /// client connection could take it ("Address already in use" under parallel tests). Falls back to `bind(0)`.
+///
+/// A bind check alone is not enough either: a stack picks its ports first and binds some of them a minute later,
+/// and another `xorbctl` (a parallel test, a second stack) picking in that minute would find them free. So each port
+/// handed out is also leased for a while in a directory every process of this user shares (see [`crate::ports`]).
 pub fn free_port() -> Result<u16, LocalError> {
     use rand::Rng;
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
@@ -146,10 +150,11 @@ pub fn free_port() -> Result<u16, LocalError> {
         .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
     let (lo, hi) = (10_000u16, ephemeral_low.max(10_001));
+    let leases = crate::ports::Leases::open();
     let mut rng = rand::thread_rng();
-    for _ in 0..200 {
+    for _ in 0..400 {
         let port = rng.gen_range(lo..hi);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() && leases.take(port) {
             return Ok(port);
         }
     }

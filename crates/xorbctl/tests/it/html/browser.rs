@@ -33,11 +33,7 @@ pub struct Browser {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    xorb_local::process::free_port().unwrap()
 }
 
 /// Where the tests keep screenshots and pages for people to look at: `target/browser-artifacts/`.
