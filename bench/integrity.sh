@@ -21,7 +21,11 @@
 #   pg_comparator  Debian's postgresql-comparator (extension pgcmp, checksum function ck)
 # Before any loss time counts, our loss output must equal the FULL JOIN's ground truth exactly (every key and its
 # class: lost, changed, added; and for the dropped column the number of non-NULL values it held): the script
-# stops with an error otherwise.
+# stops with an error otherwise. Every anchor's answer is checked the same way before its time counts (reladiff's
+# and pg_comparator's keys and classes against the ground truth, the FULL JOIN's count, hashtext's sum): an anchor
+# that fails or answers wrong is reported as FAILED with the reason and is not timed. A tool can answer wrong with
+# exit status 0: reladiff's hashdiff crashes on the NULL → '' change ("'<' not supported between instances of
+# 'NoneType' and 'str'") after printing part of the differences, and exits 0.
 #
 # Prints, per table size: the median of BENCH_REPS runs of each, and ratios anchor / ours (> 1 means ours is
 # faster). Aims: full >= 1.5x pg_dump; loss >= 3x reladiff joindiff and pg_comparator.
@@ -85,22 +89,74 @@ URL="postgresql://xorb@127.0.0.1:$PORT/bench" # no password: libpq takes PGPASSW
 
 now() { echo "${EPOCHREALTIME/,/.}"; }
 declare -A T
-# time_it NAME CMD… : the median wall time of REPS runs, in seconds, into T[NAME]; output to $TMP/out.NAME.
+declare -A WHY
+# time_it NAME CHECK CMD… : the median wall time of REPS runs, in seconds, into T[NAME]; output to $TMP/out.NAME.
+# CHECK is a function given the output file that prints why the answer is wrong and fails, or `-` for none. A run
+# that fails or answers wrong stops the timing of NAME: T[NAME] is FAILED and WHY[NAME] says why.
 time_it() {
-  local name=$1
-  shift
+  local name=$1 check=$2
+  shift 2
   local times=()
   for _ in $(seq "$REPS"); do
-    local a b
+    local a b rc=0 why=""
     a=$(now)
-    "$@" >"$TMP/out.$name" 2>"$TMP/err.$name" || { echo "integrity.sh: $name failed:" >&2; cat "$TMP/err.$name" >&2; exit 1; }
+    "$@" >"$TMP/out.$name" 2>"$TMP/err.$name" || rc=$?
     b=$(now)
+    [ "$rc" = 0 ] || why="exit status $rc: $(tail -n 1 "$TMP/err.$name")"
+    if [ -z "$why" ] && grep -q -E '(^|[] ])(ERROR|Traceback)' "$TMP/err.$name"; then
+      why="reported an error: $(grep -m 1 -E '(^|[] ])(ERROR|Traceback)' "$TMP/err.$name")"
+    fi
+    if [ -z "$why" ] && [ "$check" != - ]; then
+      why=$("$check" "$TMP/out.$name" 2>&1) && why=""
+    fi
+    if [ -n "$why" ]; then
+      T[$name]=FAILED
+      WHY[$name]=$why
+      printf '  %-24s   FAILED   not timed: %s\n' "$name" "$why"
+      return 0
+    fi
     times+=("$(echo "$b - $a" | bc -l)")
   done
   T[$name]=$(printf '%s\n' "${times[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
   printf '  %-24s %8.3f s   (runs: %s)\n' "$name" "${T[$name]}" "$(printf '%.3f ' "${times[@]}")"
 }
-ratio() { echo "scale=2; $1 / $2" | bc -l; }
+# ours NAME CMD… : our own tool; a failure of ours stops the benchmark.
+ours() {
+  time_it "$@"
+  [ "${T[$1]}" != FAILED ] || { echo "integrity.sh: $1 (ours) failed: ${WHY[$1]}" >&2; exit 1; }
+}
+# ratio ANCHOR OURS (names): anchor time / our time, or why there is none.
+ratio() {
+  if [ "${T[$1]}" = FAILED ]; then echo "n/a ($1 FAILED: ${WHY[$1]})"; else echo "$(echo "scale=2; ${T[$1]} / ${T[$2]}" | bc -l)x"; fi
+}
+
+# The anchors' answers, as "key class" lines sorted like the ground truth.
+# reladiff: "- key, …" is a row of t_before only, "+ key, …" of t only; both for one key is a changed row. A long
+# value wraps onto lines of its own, which do not start with "- " or "+ ".
+reladiff_answer() {
+  grep -E '^[-+] -?[0-9]+,' "$1" | awk '{k = $2; sub(/,$/, "", k); s[k] = s[k] $1}
+    END {for (k in s) print k, (s[k] ~ /-/ && s[k] ~ /[+]/) ? "changed" : (s[k] ~ /-/ ? "lost" : "added")}' |
+    sort -n -k1,1 -k2,2
+}
+# pg_comparator prints what would make t equal t_before: INSERT a lost row, DELETE an added one, UPDATE a changed one.
+pgcmp_answer() {
+  awk '$1 == "INSERT" {print $2, "lost"} $1 == "DELETE" {print $2, "added"} $1 == "UPDATE" {print $2, "changed"}' "$1" |
+    sort -n -k1,1 -k2,2
+}
+same_as_truth() {
+  local answer
+  answer=$("$1" "$2")
+  if [ "$answer" != "$(cat "$TMP/truth.txt")" ]; then
+    echo "answered $(printf '%s' "$answer" | grep -c . || true) of $(wc -l <"$TMP/truth.txt") differences, not the ground truth's keys and classes"
+    return 1
+  fi
+}
+check_reladiff() { same_as_truth reladiff_answer "$1"; }
+check_pgcmp() { same_as_truth pgcmp_answer "$1"; }
+check_count() {
+  [ "$(cat "$1")" = "$(wc -l <"$TMP/truth.txt")" ] || { echo "counted $(cat "$1"), the ground truth has $(wc -l <"$TMP/truth.txt")"; return 1; }
+}
+check_sum() { grep -q -E '^-?[0-9]+$' "$1" || { echo "no sum in its output"; return 1; }; }
 
 # The ground truth: every differing key with its class, from the FULL JOIN over the columns that remain.
 truth() {
@@ -133,13 +189,14 @@ for ROWS in $ROWS_LIST; do
   psql -At -c "SELECT 'table t: ' || pg_size_pretty(pg_relation_size('t')) || ', ' || count(*) || ' rows' FROM t"
 
   echo "-- full scan (0 differences)"
-  time_it pg_dump pg_dump -t t -f /dev/null
-  time_it hashtext psql -At -c "SELECT sum(hashtextextended(t::text, 0)) FROM t"
-  time_it full "$XI" full --tables t
+  # pg_dump's answer goes to /dev/null (writing it is not what is compared): its exit status is its check.
+  time_it pg_dump - pg_dump -t t -f /dev/null
+  time_it hashtext check_sum psql -At -c "SELECT sum(hashtextextended(t::text, 0)) FROM t"
+  ours full - "$XI" full --tables t
   rm -rf "$TMP/snap"
-  time_it full+snapshot "$XI" full --tables t --snapshot "$TMP/snap"
+  ours full+snapshot - "$XI" full --tables t --snapshot "$TMP/snap"
   echo "  snapshot on disk: $(du -sh "$TMP/snap" | cut -f1) (outside the database)"
-  SUMMARY+=("$ROWS rows: full = $(ratio "${T[pg_dump]}" "${T[full]}")x faster than pg_dump, $(ratio "${T[hashtext]}" "${T[full]}")x hashtext; full+snapshot = $(ratio "${T[pg_dump]}" "${T[full+snapshot]}")x pg_dump")
+  SUMMARY+=("$ROWS rows: full = $(ratio pg_dump full) faster than pg_dump, $(ratio hashtext full) hashtext; full+snapshot = $(ratio pg_dump full+snapshot) pg_dump")
 
   for CASE in 0 10 dropcol; do
     case $CASE in
@@ -171,20 +228,16 @@ for ROWS in $ROWS_LIST; do
       [ "$want" = "$got" ] || { echo "integrity.sh: dropped column n held $want non-NULL values, loss says '$got'" >&2; exit 1; }
     fi
     echo "  loss is exact: $(wc -l <"$TMP/truth.txt") differences, the same keys and classes as the FULL JOIN"
-    time_it "fulljoin.$CASE" fulljoin_count "$COLS"
-    time_it "reladiff-hd.$CASE" "$VENV/bin/reladiff" "$URL" t_before t -k id "${RCOLS[@]}" -j 2 -a hashdiff
-    time_it "reladiff-jd.$CASE" "$VENV/bin/reladiff" "$URL" t_before t -k id "${RCOLS[@]}" -j 2 -a joindiff
-    time_it "pg_comparator.$CASE" pg_comparator --env-pass=PGPASSWORD --no-lock \
+    time_it "fulljoin.$CASE" check_count fulljoin_count "$COLS"
+    time_it "reladiff-hd.$CASE" check_reladiff "$VENV/bin/reladiff" "$URL" t_before t -k id "${RCOLS[@]}" -j 2 -a hashdiff
+    time_it "reladiff-jd.$CASE" check_reladiff "$VENV/bin/reladiff" "$URL" t_before t -k id "${RCOLS[@]}" -j 2 -a joindiff
+    time_it "pg_comparator.$CASE" check_pgcmp pg_comparator --env-pass=PGPASSWORD --no-lock \
       "pgsql://xorb@127.0.0.1:$PORT/bench/public.t_before?id:$PCOLS" "pgsql://xorb@127.0.0.1:$PORT/bench/public.t?id:$PCOLS"
-    time_it "loss.$CASE" "$XI" loss --before "$TMP/snap" --tables t
-    # The anchors must see what we see (a sanity check of their invocation, not of ours).
-    n_rd=$(grep -c '^[-+]' "$TMP/out.reladiff-jd.$CASE" || true)
-    n_pc=$(grep -c -E '^(UPDATE|INSERT|DELETE) ' "$TMP/out.pg_comparator.$CASE" || true)
-    echo "  anchors report: reladiff joindiff $n_rd lines (+/-), pg_comparator $n_pc differences"
-    SUMMARY+=("$ROWS rows, case $CASE: loss = ${T[loss.$CASE]} s; vs fulljoin $(ratio "${T[fulljoin.$CASE]}" "${T[loss.$CASE]}")x, reladiff hashdiff $(ratio "${T[reladiff-hd.$CASE]}" "${T[loss.$CASE]}")x, reladiff joindiff $(ratio "${T[reladiff-jd.$CASE]}" "${T[loss.$CASE]}")x, pg_comparator $(ratio "${T[pg_comparator.$CASE]}" "${T[loss.$CASE]}")x")
+    ours "loss.$CASE" - "$XI" loss --before "$TMP/snap" --tables t
+    SUMMARY+=("$ROWS rows, case $CASE: loss = ${T[loss.$CASE]} s; vs fulljoin $(ratio "fulljoin.$CASE" "loss.$CASE"), reladiff hashdiff $(ratio "reladiff-hd.$CASE" "loss.$CASE"), reladiff joindiff $(ratio "reladiff-jd.$CASE" "loss.$CASE"), pg_comparator $(ratio "pg_comparator.$CASE" "loss.$CASE")")
   done
 done
 
 echo
-echo "== Ratios (anchor time / ours: above 1 means ours is faster), medians of $REPS runs =="
+echo "== Ratios (anchor time / ours: above 1 means ours is faster), medians of $REPS runs; an anchor that failed or answered wrong is not timed =="
 printf '%s\n' "${SUMMARY[@]}"
