@@ -11,7 +11,7 @@ use xorb_integrity::{LossReport, ScanOptions, TableState};
 use xorb_model::plan::Preserve;
 
 use crate::context::{TargetRunner, failed};
-use crate::files::{mkdir, write_file};
+use crate::files::write_file;
 use crate::pg::Manifest;
 use crate::target::Target;
 
@@ -25,45 +25,50 @@ pub fn full_report_path(run_dir: &Path) -> PathBuf {
     run_dir.join("db").join("integrity-full.json")
 }
 
-/// Takes the full scan and the row snapshot, unless a complete one is there (a resumed run must keep the one
-/// taken before the first downgrade: a new one would hide what the downgrades destroyed).
-pub async fn snapshot<T: Target>(
-    r: &TargetRunner<T>,
-    ctx: &StepContext<'_>,
-) -> Result<String, StepError> {
-    let dir = snapshot_dir(ctx.run_dir);
-    let report_path = full_report_path(ctx.run_dir);
-    if report_path.exists() && dir.join("manifest.json").exists() {
-        return Ok(format!(
-            "kept the snapshot taken earlier in {}",
-            dir.display()
-        ));
-    }
-    mkdir(&ctx.run_dir.join("db"), 0o700).map_err(failed)?;
-    // Written beside, renamed into place when complete: a crash never leaves a half snapshot that looks whole.
-    let tmp = ctx.run_dir.join("db").join("snapshot.partial");
-    let _ = std::fs::remove_dir_all(&tmp);
-    let cfg = r.pg()?.config();
-    let opts = ScanOptions {
-        snapshot_dir: Some(tmp.clone()),
-        ..ScanOptions::default()
-    };
-    let report = xorb_integrity::full(&cfg, &opts).await.map_err(failed)?;
+/// Moves a finished row snapshot from `tmp` into place and records its checksums (`3.db.backup` takes it, with
+/// the dump, from one PostgreSQL snapshot).
+pub(crate) fn install_snapshot(
+    run_dir: &Path,
+    tmp: &Path,
+    mut report: xorb_integrity::FullReport,
+) -> Result<(), StepError> {
+    let dir = snapshot_dir(run_dir);
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&tmp, &dir).map_err(failed)?;
-    let mut report = report;
-    report.snapshot_dir = Some(dir.clone());
+    std::fs::rename(tmp, &dir).map_err(failed)?;
+    report.snapshot_dir = Some(dir);
     write_file(
-        &report_path,
+        &full_report_path(run_dir),
         &serde_json::to_string_pretty(&report).unwrap_or_default(),
     )
-    .map_err(failed)?;
-    let rows: u64 = report.tables.iter().map(|t| t.rows).sum();
-    Ok(format!(
-        "{} tables, {rows} rows checksummed and snapshotted in {} ms",
-        report.tables.len(),
-        report.elapsed_ms
-    ))
+    .map_err(failed)
+}
+
+/// The row snapshot and checksums of the run are whole and are the ones taken at `taken_at` (with the dump).
+pub(crate) fn snapshot_of(run_dir: &Path, taken_at: Option<&str>) -> Result<(), String> {
+    let report = read_full_report(run_dir)?;
+    if !snapshot_dir(run_dir).join("manifest.json").exists() {
+        return Err(format!(
+            "the row snapshot {} is incomplete",
+            snapshot_dir(run_dir).display()
+        ));
+    }
+    match taken_at {
+        Some(t) if t == report.taken_at => Ok(()),
+        _ => Err(format!(
+            "{} was not taken with the dump (its snapshot is of {}, the dump's of {})",
+            full_report_path(run_dir).display(),
+            report.taken_at,
+            taken_at.unwrap_or("an unknown moment")
+        )),
+    }
+}
+
+/// `integrity-full.json`: the checksums taken with the dump.
+pub(crate) fn read_full_report(run_dir: &Path) -> Result<xorb_integrity::FullReport, String> {
+    let path = full_report_path(run_dir);
+    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} is not a full scan: {e}", path.display()))
 }
 
 /// One table's loss, and what accounts for it.

@@ -13,7 +13,7 @@ use crate::checks::Scope;
 use crate::context::{TargetRunner, failed};
 use crate::pg;
 use crate::target::Target;
-use crate::{integrity, monitoring, nats, redis, safety};
+use crate::{monitoring, nats, redis, safety};
 
 impl<T: Target> TargetRunner<T> {
     /// The journal stores plans redacted, so a plan read back on resume holds `[REDACTED]` where a configuration
@@ -176,7 +176,7 @@ impl<T: Target> TargetRunner<T> {
             }
             Action::ConfigureServices { services } => self.configure(services, timeout).await?,
             Action::DbBackup => pg::backup::backup(self, ctx).await?,
-            Action::IntegritySnapshot => integrity::snapshot(self, ctx).await?,
+            Action::BackupProof => pg::proof::prove(self, ctx).await?,
             Action::DbCompatibility {
                 from_revision,
                 to_revision,

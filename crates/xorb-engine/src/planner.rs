@@ -702,17 +702,19 @@ fn database_steps(
     let mut s = StepSpec::new(
         format!("{n}.db.backup"),
         phase,
-        "Back up the database (pg_dump, custom format), prove it restorable, record alembic current and history",
+        "Back up the database (pg_dump, custom format) and take the full integrity snapshot, both from one \
+         PostgreSQL snapshot; record alembic current and history",
         Action::DbBackup,
         Safety::Idempotent,
     );
     s.timeout_secs = t.backup_secs;
     steps.push(s);
     let mut s = StepSpec::new(
-        format!("{n}.db.snapshot"),
+        format!("{n}.db.proof"),
         phase,
-        "Full integrity scan and row snapshot (outside the database) for the loss assessment",
-        Action::IntegritySnapshot,
+        "Prove the backup by its data: restore it into a scratch database, every table's checksum equal to the \
+         snapshot's",
+        Action::BackupProof,
         Safety::Idempotent,
     );
     s.timeout_secs = t.backup_secs;
@@ -1131,8 +1133,8 @@ mod tests {
         };
         assert!(pos("1.monitoring.validate") < pos("2.api.image"));
         assert!(pos("2.config.apply") < pos("3.db.backup"));
-        assert!(pos("3.db.backup") < pos("3.db.snapshot"));
-        assert!(pos("3.db.snapshot") < pos("3.g8.downgrade.8d9a2c3"));
+        assert!(pos("3.db.backup") < pos("3.db.proof"));
+        assert!(pos("3.db.proof") < pos("3.g8.downgrade.8d9a2c3"));
         assert!(pos("3.g8.downgrade.8d9a2c3") < pos("3.g7.downgrade.7c8f1b2"));
         assert!(pos("3.g7.downgrade.7c8f1b2") < pos("3.g6.downgrade.6b7e0a1"));
         assert!(pos("3.g6.downgrade.6b7e0a1") < pos("3.db.verify"));

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use loss::{ChangedRow, DroppedColumn, LossReport, TableLoss, TableState, loss};
-pub use scan::{FullReport, TableChecksum, full};
+pub use scan::{FullReport, TableChecksum, full, full_with};
 pub use tokio_postgres::Config;
 
 #[derive(Debug, thiserror::Error)]

@@ -410,6 +410,21 @@ async fn scan_range(
 
 /// A content checksum of every table (or of `opts.tables`), and the row snapshot if `opts.snapshot_dir` is set.
 pub async fn full(cfg: &Config, opts: &ScanOptions) -> Result<FullReport, IntegrityError> {
+    full_with(cfg, opts, |_| async {}).await.map(|(r, ())| r)
+}
+
+/// [`full`], with `beside` run at the same time on the scan's exported snapshot (its id, for `SET TRANSACTION
+/// SNAPSHOT` or `pg_dump --snapshot`): what `beside` reads is exactly the data the checksums describe. The snapshot
+/// stays exported until both are done.
+pub async fn full_with<F, Fut, T>(
+    cfg: &Config,
+    opts: &ScanOptions,
+    beside: F,
+) -> Result<(FullReport, T), IntegrityError>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
     let started = std::time::Instant::now();
     let mut scan = Scan::begin(cfg).await?;
     scan.select(&opts.tables)?;
@@ -419,15 +434,20 @@ pub async fn full(cfg: &Config, opts: &ScanOptions) -> Result<FullReport, Integr
     } else {
         Mode::Checksum
     };
-    let scans = scan.run(cfg, &which, opts.parallelism, mode).await?;
+    let (scans, also) = tokio::join!(
+        scan.run(cfg, &which, opts.parallelism, mode),
+        beside(scan.snapshot_id.clone())
+    );
+    let scans = scans?;
     if let Some(dir) = &opts.snapshot_dir {
         crate::snapshot::write(dir, &scan.taken_at, &scans)?;
     }
-    Ok(FullReport {
+    let report = FullReport {
         taken_at: scan.taken_at.clone(),
         parallelism: opts.parallelism.max(1),
         tables: scans.iter().map(TableScan::checksum).collect(),
         snapshot_dir: opts.snapshot_dir.clone(),
         elapsed_ms: started.elapsed().as_millis() as u64,
-    })
+    };
+    Ok((report, also))
 }

@@ -333,13 +333,14 @@ pub enum Action {
     ConfigureServices {
         services: BTreeMap<String, BTreeMap<String, String>>,
     },
-    /// Phase 3: `pg_dump` (custom format) into the run's directory with its SHA-256, proven readable by
-    /// `pg_restore --list`; `alembic current` and `history` recorded; the full integrity snapshot taken (the
-    /// loss assessment's "before"). Keeps an existing verified backup: a resumed run never overwrites it.
+    /// Phase 3: `pg_dump` (custom format) into the run's directory with its SHA-256, readable by
+    /// `pg_restore --list`, and with it, from the same exported PostgreSQL snapshot, the full integrity scan (a
+    /// checksum per table) with a row snapshot outside the database: the loss assessment's "before".
+    /// `alembic current` and `history` recorded. Keeps an existing verified pair: a resumed run never overwrites it.
     DbBackup,
-    /// Phase 3: the full integrity scan (a checksum per table) with a row snapshot written into the run's
-    /// directory, outside the database: what the phase 5 loss assessment compares against. Keeps an existing one.
-    IntegritySnapshot,
+    /// Phase 3, before anything destructive: the backup proven by its data. It is restored into a scratch database
+    /// and every table's checksum must equal the snapshot's; the proof is kept in the run's directory.
+    BackupProof,
     /// Phase 3: the compatibility check, again against the live database: every revision from `from_revision` to
     /// `to_revision` can be migrated (a downgrade exists in `migrations`), and `release` runs on `to_revision`.
     DbCompatibility {
@@ -433,7 +434,7 @@ impl Action {
             Action::EnsureStreams { .. } => "ensure_streams",
             Action::ConfigureServices { .. } => "configure_services",
             Action::DbBackup => "db_backup",
-            Action::IntegritySnapshot => "integrity_snapshot",
+            Action::BackupProof => "backup_proof",
             Action::DbCompatibility { .. } => "db_compatibility",
             Action::Migrate { .. } => "migrate",
             Action::DbVerify { .. } => "db_verify",
@@ -476,7 +477,9 @@ impl fmt::Display for Action {
                 write!(f, "configure {}", names.join(", "))
             }
             Action::DbBackup => f.write_str("back up the database"),
-            Action::IntegritySnapshot => f.write_str("take the full integrity snapshot"),
+            Action::BackupProof => {
+                f.write_str("prove the backup by restoring it and comparing checksums")
+            }
             Action::DbCompatibility {
                 from_revision,
                 to_revision,

@@ -1,4 +1,6 @@
-//! Phase 3's backup: `pg_dump` in custom format, proven readable by `pg_restore --list`, kept once valid.
+//! Phase 3's backup: `pg_dump` in custom format and the full integrity scan with its row snapshot, both reading one
+//! exported PostgreSQL snapshot at the same time, so the dump and the checksums describe exactly the same data
+//! (`3.db.proof` then proves the dump by restoring it and comparing checksums). Kept once valid.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +13,7 @@ use super::*;
 use crate::context::{TargetRunner, failed};
 use crate::evidence::sha256_file;
 use crate::files::{mkdir, write_private};
+use crate::integrity;
 use crate::target::Target;
 
 /// Where the phase-3 dump of a run is.
@@ -31,6 +34,10 @@ pub struct BackupRecord {
     pub entries: usize,
     pub list: String,
     pub pg_dump: String,
+    /// `taken_at` of the integrity scan that read the same exported snapshot as the dump (`integrity-full.json`);
+    /// absent in records of older runs, whose dump and scan read the database at different moments.
+    #[serde(default)]
+    pub snapshot_taken_at: Option<String>,
 }
 
 /// The dump is intact (its SHA-256 is the recorded one) and `pg_restore --list` reads it; returns the listing.
@@ -83,10 +90,14 @@ pub async fn backup<T: Target>(
         .ok()
         .and_then(|b| serde_json::from_slice::<BackupRecord>(&b).ok())
     {
-        match check_dump(&dump, &rec).await {
-            Ok(_) => {
+        let whole = match check_dump(&dump, &rec).await {
+            Ok(_) => integrity::snapshot_of(ctx.run_dir, rec.snapshot_taken_at.as_deref()),
+            Err(why) => Err(why),
+        };
+        match whole {
+            Ok(()) => {
                 return Ok(format!(
-                    "kept the existing backup {} (SHA-256 {} still matches, pg_restore --list reads {} entries; taken at revision {})",
+                    "kept the existing backup {} and its integrity snapshot (SHA-256 {} still matches,                      pg_restore --list reads {} entries; taken at revision {})",
                     dump.display(),
                     short(&rec.sha256),
                     rec.entries,
@@ -108,24 +119,31 @@ pub async fn backup<T: Target>(
         }
     }
 
+    // Both are written beside and moved into place once whole; the record comes after the snapshot and before the
+    // dump, so a crash anywhere leaves a pair that the check above refuses, and this step takes both again.
     let partial = dir.join("xorb.dump.partial");
     let _ = std::fs::remove_file(&partial);
-    let mut cmd = tokio::process::Command::new(pg_tool("pg_dump"));
-    cmd.arg("--format=custom")
-        .arg("--no-password")
-        .arg("--file")
-        .arg(&partial);
-    conn.env(&mut cmd);
-    let out = output(cmd, "pg_dump").await?;
-    if !out.status.success() {
+    let snapshot_tmp = dir.join("snapshot.partial");
+    let _ = std::fs::remove_dir_all(&snapshot_tmp);
+    let opts = xorb_integrity::ScanOptions {
+        snapshot_dir: Some(snapshot_tmp.clone()),
+        ..xorb_integrity::ScanOptions::default()
+    };
+    let (report, dumped) = xorb_integrity::full_with(&conn.config(), &opts, |snapshot| {
+        pg_dump(&conn, &partial, snapshot)
+    })
+    .await
+    .map_err(|e| {
         let _ = std::fs::remove_file(&partial);
-        return Err(failed(format!(
-            "pg_dump of database {} on 127.0.0.1:{} failed: {}",
-            conn.dbname,
-            conn.port,
-            last_line(&conn.redact(&String::from_utf8_lossy(&out.stderr)))
-        )));
-    }
+        failed(e)
+    })?;
+    dumped?;
+    let scan_ms = report.elapsed_ms;
+    let taken_at = report.taken_at.clone();
+    let rows: u64 = report.tables.iter().map(|t| t.rows).sum();
+    let tables = report.tables.len();
+    integrity::install_snapshot(ctx.run_dir, &snapshot_tmp, report)?;
+
     set_private(&partial)?;
     let sha = tokio::task::block_in_place(|| sha256_file(&partial)).map_err(failed)?;
     let bytes = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
@@ -149,9 +167,8 @@ pub async fn backup<T: Target>(
         entries: list_entries(&list),
         list: "xorb.dump.list".into(),
         pg_dump: version,
+        snapshot_taken_at: Some(taken_at.clone()),
     };
-    // The record first, then the dump into place: a crash in between leaves a record whose dump is missing,
-    // which the next attempt redoes (the schema cannot have moved: migrations run after this step).
     write_json(&record_path, &rec)?;
     std::fs::rename(&partial, &dump)
         .map_err(|e| failed(format!("cannot rename {}: {e}", partial.display())))?;
@@ -172,13 +189,41 @@ pub async fn backup<T: Target>(
     write_private(&dir.join("alembic-history.txt"), history.as_bytes()).map_err(failed)?;
 
     Ok(format!(
-        "pg_dump (custom format) into {}: {} bytes, SHA-256 {}, {} entries readable by pg_restore --list; alembic current: {}",
+        "pg_dump (custom format, uncompressed) into {}: {} bytes, SHA-256 {}, {} entries readable by pg_restore --list; \
+         with it, from the same PostgreSQL snapshot (taken at {taken_at}), {tables} tables and {rows} rows \
+         checksummed and snapshotted in {scan_ms} ms; alembic current: {}",
         dump.display(),
         bytes,
         short(&sha),
         rec.entries,
         last_line(&current).trim()
     ))
+}
+
+/// `pg_dump` of the database as the exported snapshot `snapshot` shows it, into `file`.
+async fn pg_dump(conn: &PgConn, file: &Path, snapshot: String) -> Result<(), StepError> {
+    let mut cmd = tokio::process::Command::new(pg_tool("pg_dump"));
+    // Uncompressed: zlib makes pg_dump CPU-bound (one core) where reading the tables is not, and the custom
+    // format still restores in parallel (`pg_restore --jobs`, as 3.db.proof does).
+    cmd.arg("--format=custom")
+        .arg("--compress=0")
+        .arg("--no-password")
+        .arg(format!("--snapshot={snapshot}"))
+        .arg("--file")
+        .arg(file);
+    conn.env(&mut cmd);
+    let out = output(cmd, "pg_dump").await?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(file);
+        return Err(failed(format!(
+            "pg_dump of database {} on {}:{} failed: {}",
+            conn.dbname,
+            conn.host,
+            conn.port,
+            last_line(&conn.redact(&String::from_utf8_lossy(&out.stderr)))
+        )));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------------------------

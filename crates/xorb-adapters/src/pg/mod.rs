@@ -10,6 +10,7 @@ pub mod critical;
 pub mod export;
 pub mod migrate;
 pub mod preserve;
+pub mod proof;
 pub mod reimport;
 pub mod schema;
 pub mod scripts;

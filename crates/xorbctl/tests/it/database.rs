@@ -241,6 +241,67 @@ async fn backup_compatibility_and_critical_check() {
     assert_eq!(inode(&dump), before);
     assert_eq!(std::fs::read(&dump).unwrap(), bytes);
 
+    // The dump and the integrity snapshot were taken from one PostgreSQL snapshot, and the dump is proven by its
+    // data: restored into a scratch database it has the snapshot's checksums, although the live data has moved on
+    // since (the tenant added above). No scratch database is left behind.
+    let full: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.dir.join("db/integrity-full.json")).unwrap())
+            .unwrap();
+    assert_eq!(rec["snapshot_taken_at"], full["taken_at"], "{rec}");
+    let proof = database::proof::prove(&r, &ctx).await.unwrap();
+    assert!(
+        proof.contains("the backup holds the snapshot's data"),
+        "{proof}"
+    );
+    let proven: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.dir.join("db/backup-proof.json")).unwrap())
+            .unwrap();
+    assert_eq!(proven["differences"], serde_json::json!([]), "{proven}");
+    assert_eq!(
+        proven["tables"],
+        full["tables"].as_array().unwrap().len(),
+        "{proven}"
+    );
+    let scratch = "SELECT count(*) FROM pg_database WHERE datname LIKE 'xorb\\_verify\\_%'";
+    assert_eq!(count(&stack, scratch).await, 0);
+
+    // One byte of one table's data altered before the dump was hashed (the record matches the damaged file, so
+    // only the data can tell): "Globex Corporation" becomes "Hlobex Corporation" in the tenants' rows. The proof
+    // fails, fatally, names the table, and the database was not touched.
+    let record_bytes = std::fs::read(run.dir.join("db/backup.json")).unwrap();
+    let mut altered = bytes.clone();
+    let name = b"Globex Corporation";
+    let at = altered
+        .windows(name.len())
+        .position(|w| w == name)
+        .expect("the uncompressed dump holds the demo tenant's name");
+    altered[at] = b'H';
+    std::fs::write(&dump, &altered).unwrap();
+    let mut forged = rec.clone();
+    forged["sha256"] = hex_sha256(&altered).into();
+    std::fs::write(run.dir.join("db/backup.json"), forged.to_string()).unwrap();
+    let err = database::proof::prove(&r, &ctx).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            xorb_engine::runner::StepError::Failed {
+                retryable: false,
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("does not hold the data") && msg.contains("tenants: the same"),
+        "{msg}"
+    );
+    assert!(msg.contains(&dump.display().to_string()), "{msg}");
+    assert_eq!(count(&stack, scratch).await, 0);
+    assert_eq!(revision(&stack).await, "8d9a2c3");
+    std::fs::write(&dump, &bytes).unwrap();
+    std::fs::write(run.dir.join("db/backup.json"), &record_bytes).unwrap();
+
     // A damaged backup, once the schema has moved on, is not silently replaced by a post-downgrade dump.
     let mut damaged = bytes.clone();
     let last = damaged.len() - 1;

@@ -6,7 +6,7 @@
 //!
 //! Covered: PostgreSQL (stalled in 3.db.backup, killed in a G8 downgrade), NATS (stalled in 4.nats.save, killed in
 //! 4.nats.apply), Redis (stalled in 4.redis.backup, killed in 4.redis.apply), Prometheus (stalled and killed in
-//! 4.monitoring.apply), Alertmanager (killed and stalled in 4.monitoring.apply), and `runs/` full (3.db.snapshot)
+//! 4.monitoring.apply), Alertmanager (killed and stalled in 4.monitoring.apply), and `runs/` full (3.db.backup)
 //! and read-only (4.redis.backup): one run resumed case after case ([`MATRIX`]), except the monitoring step's
 //! faults, which need a run and a stack each ([`MONITORING`]). A stalled dependency must stop the run within the
 //! bounded calls' limits, never hang it.
@@ -69,7 +69,7 @@ const fn case(server: &'static str, name: &'static str, step: &'static str, faul
 /// In plan order: each case resumes the run where the previous one stopped it.
 const MATRIX: [Case; 9] = [
     case("postgres", "PostgreSQL", "3.db.backup", Fault::Stall),
-    case("-", "runs/", "3.db.snapshot", Fault::DiskFull),
+    case("-", "runs/", "3.db.backup", Fault::DiskFull),
     case(
         "postgres",
         "PostgreSQL",
