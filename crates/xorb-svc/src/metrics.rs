@@ -98,6 +98,11 @@ impl Metrics {
         })
     }
 
+    /// Adds a role's own collector to what `/metrics` exports.
+    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) -> prometheus::Result<()> {
+        self.registry.register(c)
+    }
+
     pub fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
         self.requests
             .with_label_values(&[method, route, &status.to_string()])
