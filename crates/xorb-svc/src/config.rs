@@ -2,6 +2,7 @@
 //! configuration"). Secrets (the passwords inside `DATABASE_URL` and `REDIS_URL`) never appear in
 //! `Debug` output, errors or logs: use [`redact_url`].
 
+use crate::faults::{self, Faults};
 use crate::release::{Release, Role};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -78,6 +79,10 @@ pub struct Config {
     pub scan_timeout: Duration,
     pub scan_concurrency: usize,
     pub session_ttl: Duration,
+    /// Test-only faults from the environment (empty in production), and the file that may change
+    /// them while the service runs (`faults.rs`).
+    pub faults: Faults,
+    pub faults_file: Option<PathBuf>,
     /// Things worth a warning once logging is up (ignored or downgraded settings).
     pub warnings: Vec<String>,
 }
@@ -165,6 +170,20 @@ impl Config {
             )
         })?;
 
+        let faults = Faults::from_lookup(get, "environment")?;
+        let faults_file = get(faults::VAR_FILE).map(PathBuf::from);
+        if (!faults.is_empty() || faults_file.is_some()) && !is_loopback(listen_addr.ip()) {
+            return Err(invalid(
+                "XORB_FAULT_*",
+                format!(
+                    "fault injection is for tests on loopback only, and this service listens on {listen_addr}: remove the XORB_FAULT_* and XORB_FAULTS_FILE variables"
+                ),
+            ));
+        }
+        if !faults.is_empty() {
+            warnings.push(format!("fault injection active: {faults}"));
+        }
+
         let evidence_dir = get("XORB_EVIDENCE_DIR").map(PathBuf::from);
         if evidence_enabled && role == Role::Worker && evidence_dir.is_none() {
             return Err(ConfigError::Missing("XORB_EVIDENCE_DIR"));
@@ -196,6 +215,8 @@ impl Config {
             scan_timeout: Duration::from_millis(scan_timeout_ms),
             scan_concurrency: scan_concurrency as usize,
             session_ttl: Duration::from_secs(session_ttl_secs),
+            faults,
+            faults_file,
             warnings,
         })
     }
@@ -448,6 +469,28 @@ mod tests {
         );
         assert!(parse(&e, STABLE, Role::Worker).is_ok());
         assert!(parse(&e, RC1, Role::Api).is_ok());
+    }
+
+    #[test]
+    fn faults_only_on_loopback() {
+        let mut e = base();
+        e.insert("XORB_FAULT_ERROR_RATIO", "0.1");
+        let c = parse(&e, STABLE, Role::Api).unwrap();
+        assert_eq!(c.faults.error_ppm, 100_000);
+        assert!(c.warnings.iter().any(|w| w.contains("fault injection")));
+        for (k, v) in [
+            ("XORB_FAULT_ERROR_RATIO", "0.1"),
+            ("XORB_FAULTS_FILE", "/tmp/faults"),
+        ] {
+            let mut e = base();
+            e.insert(k, v);
+            e.insert("XORB_LISTEN_ADDR", "0.0.0.0:8080");
+            let err = parse(&e, STABLE, Role::Api).unwrap_err().to_string();
+            assert!(err.contains("loopback only"), "{err}");
+        }
+        let mut e = base();
+        e.insert("XORB_LISTEN_ADDR", "0.0.0.0:8080");
+        assert!(parse(&e, STABLE, Role::Api).unwrap().faults.is_empty());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use crate::config::{Config, Secret, redact_url};
 use crate::db;
+use crate::faults::{Dependency, Injector};
 use crate::metrics::Metrics;
 use crate::release::{Release, Role};
 use crate::shutdown::Shutdown;
@@ -29,6 +30,8 @@ pub struct Ctx {
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
     pub metrics: Arc<Metrics>,
+    /// Test-only faults (`faults.rs`); injects nothing unless configured.
+    pub faults: Arc<Injector>,
     schema_revision: RwLock<String>,
     /// rc1 api: the control plane's base URL and an HTTP client for it.
     pub control_plane: Option<(reqwest::Client, String)>,
@@ -135,6 +138,10 @@ impl Ctx {
             pg.clone(),
         )?);
 
+        let faults = Arc::new(Injector::new(cfg.faults.clone(), cfg.faults_file.clone()));
+        faults.reload();
+        tokio::spawn(faults.clone().watch(shutdown.clone()));
+
         let control_plane = match (&cfg.control_plane_url, role, release.features.control_plane) {
             (Some(url), Role::Api, true) => {
                 let client = reqwest::Client::builder()
@@ -158,6 +165,7 @@ impl Ctx {
             nats,
             js,
             metrics,
+            faults,
             schema_revision: RwLock::new(revision),
             control_plane,
         }))
@@ -180,6 +188,9 @@ impl Ctx {
     /// `up`, or `down: why`; also refreshes the cached schema revision. A database whose
     /// revision this release does not run on counts as down.
     pub async fn check_postgres(&self) -> String {
+        if let Some(down) = self.injected_stall(Dependency::Postgres).await {
+            return down;
+        }
         match tokio::time::timeout(CHECK_TIMEOUT, db::read_revision(&self.pg)).await {
             Err(_) => "down: timed out".into(),
             Ok(Err(e)) => format!("down: {e}"),
@@ -198,6 +209,9 @@ impl Ctx {
     }
 
     pub async fn check_redis(&self) -> String {
+        if let Some(down) = self.injected_stall(Dependency::Redis).await {
+            return down;
+        }
         let mut problems = Vec::new();
         for (db, mgr) in &self.redis {
             let mut conn = mgr.clone();
@@ -222,6 +236,9 @@ impl Ctx {
     /// NATS is up when connected and the streams this role uses exist.
     pub async fn check_nats(&self) -> String {
         use async_nats::connection::State;
+        if let Some(down) = self.injected_stall(Dependency::Nats).await {
+            return down;
+        }
         if self.nats.connection_state() != State::Connected {
             return "down: not connected".into();
         }
@@ -241,6 +258,9 @@ impl Ctx {
 
     pub async fn check_control_plane(&self) -> Option<String> {
         let (client, base) = self.control_plane.as_ref()?;
+        if let Some(down) = self.injected_stall(Dependency::ControlPlane).await {
+            return Some(down);
+        }
         let r = client.get(format!("{base}/api/v1/health")).send().await;
         Some(match r {
             Ok(resp) if resp.status().is_success() => "up".into(),
@@ -251,6 +271,13 @@ impl Ctx {
             Err(e) if e.is_timeout() => "down: timed out".into(),
             Err(_) => "down: unreachable".into(),
         })
+    }
+
+    /// A stalled dependency answers no check: wait as long as a real check would, then say so.
+    async fn injected_stall(&self, dep: Dependency) -> Option<String> {
+        let stall = self.faults.stalled(dep)?;
+        tokio::time::sleep(stall.min(CHECK_TIMEOUT)).await;
+        Some("down: timed out (injected stall)".into())
     }
 
     pub async fn health(&self) -> Health {

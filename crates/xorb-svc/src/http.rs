@@ -154,6 +154,11 @@ pub fn app(ctx: Arc<Ctx>, role_router: Router) -> Router {
         .route("/api/v1/info", get(info))
         .route("/metrics", get(metrics))
         .with_state(ctx.clone());
+    // Faults only on the role's routes: scrapes, health and info stay truthful.
+    let role_router = role_router.layer(axum::middleware::from_fn_with_state(
+        ctx.faults.clone(),
+        crate::faults::inject,
+    ));
     common
         .merge(role_router)
         .fallback(fallback)

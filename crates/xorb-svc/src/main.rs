@@ -11,6 +11,7 @@ mod config;
 mod ctx;
 mod db;
 mod evidence;
+mod faults;
 mod http;
 mod jobs;
 mod metrics;
@@ -31,7 +32,8 @@ use std::process::ExitCode;
                   XORB_LISTEN_ADDR, EVIDENCE_SYSTEM_ENABLED, TENANT_ISOLATION_MODE, \
                   CIRCUIT_BREAKER_ENABLED, XORB_EVIDENCE_DIR, XORB_CONTROL_PLANE_URL, \
                   XORB_SCAN_TIMEOUT_MS, XORB_SCAN_CONCURRENCY, XORB_SESSION_TTL_SECS \
-                  (docs/design/platform.md)."
+                  (docs/design/platform.md); on loopback only, for tests: XORB_FAULT_ERROR_RATIO, \
+                  XORB_FAULT_LATENCY_MS, XORB_FAULT_STALL, XORB_FAULT_STALL_MS, XORB_FAULTS_FILE."
 )]
 struct Cli {
     /// api | orchestrator | control-plane | worker | scheduler

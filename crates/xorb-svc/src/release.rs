@@ -54,6 +54,9 @@ pub struct ReleaseFeatures {
     pub evidence_system: bool,
     pub tenant_isolation_modes: &'static [&'static str],
     pub control_plane: bool,
+    /// Per-tenant session gauges, refreshed on every session listing (rc1's "Advanced tenant
+    /// metrics", and its performance regression: `roles/tenant_metrics.rs`).
+    pub tenant_metrics: bool,
 }
 
 /// The NATS streams and subjects a release uses. Streams belong to the release and are created by
@@ -101,6 +104,7 @@ static RELEASES: [Release; 2] = [
             evidence_system: false,
             tenant_isolation_modes: &["basic"],
             control_plane: false,
+            tenant_metrics: false,
         },
         nats: ReleaseNats {
             jobs_stream: "xorb-jobs",
@@ -125,6 +129,7 @@ static RELEASES: [Release; 2] = [
             evidence_system: true,
             tenant_isolation_modes: &["basic", "advanced"],
             control_plane: true,
+            tenant_metrics: true,
         },
         nats: ReleaseNats {
             jobs_stream: "xorb-tenant-streams",

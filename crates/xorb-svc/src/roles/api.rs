@@ -31,6 +31,8 @@ pub struct ApiState {
     ctx: Arc<Ctx>,
     /// `Some` when CIRCUIT_BREAKER_ENABLED: the reason the breaker is open, if it is.
     breaker: Option<Arc<RwLock<Option<String>>>>,
+    /// rc1 only: the per-tenant gauges and their regression (`tenant_metrics.rs`).
+    tenant_metrics: Option<super::tenant_metrics::TenantMetrics>,
 }
 
 pub async fn start(
@@ -52,9 +54,15 @@ pub async fn start(
     } else {
         None
     };
+    let tenant_metrics = if ctx.release.features.tenant_metrics {
+        Some(super::tenant_metrics::TenantMetrics::new(&ctx)?)
+    } else {
+        None
+    };
     let st = Arc::new(ApiState {
         ctx: ctx.clone(),
         breaker,
+        tenant_metrics,
     });
     let mut router = Router::new()
         .route(
@@ -372,6 +380,9 @@ async fn list_sessions(
 ) -> Result<Json<Value>, ApiError> {
     let ctx = &st.ctx;
     let tenant = authenticate(ctx, &headers).await?;
+    if let Some(tm) = &st.tenant_metrics {
+        tm.refresh(ctx).await?;
+    }
     let mut client = ctx.pg.get().await?;
     let tx = tenant_tx(&mut client, ctx.cfg.isolation_mode, tenant.id).await?;
     let rows = match ctx.cfg.isolation_mode {

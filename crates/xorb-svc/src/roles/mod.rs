@@ -5,6 +5,7 @@ pub mod api;
 pub mod control_plane;
 pub mod orchestrator;
 pub mod scheduler;
+pub mod tenant_metrics;
 pub mod worker;
 
 use crate::ctx::Ctx;

@@ -15,6 +15,7 @@ mod infra;
 mod integrity;
 mod lost_journal;
 mod memtarget;
+mod monitor;
 mod notify;
 mod platform;
 mod releases;

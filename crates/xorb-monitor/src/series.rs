@@ -1,0 +1,71 @@
+//! Samples as Prometheus returns them, and what the judge derives from them.
+
+use serde::{Deserialize, Serialize};
+
+/// One sample: Unix time in milliseconds (Prometheus's own precision, so replays are exact) and
+/// its value, which may be NaN or infinite (`histogram_quantile` with no traffic gives NaN).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    pub t_ms: i64,
+    pub v: f64,
+}
+
+/// How much a counter grew over the points, across restarts: a drop means the process started
+/// again from zero, so the new value is all growth since. Raw differences would read a restart as a
+/// huge negative spike (or, summed, as lost requests).
+pub fn increase(points: &[Point]) -> f64 {
+    points
+        .windows(2)
+        .filter(|w| w[0].v.is_finite() && w[1].v.is_finite())
+        .map(|w| {
+            if w[1].v >= w[0].v {
+                w[1].v - w[0].v
+            } else {
+                w[1].v
+            }
+        })
+        .sum()
+}
+
+/// The finite values, and how many were not (NaN: no traffic in that step; Inf: beyond the last
+/// bucket).
+pub fn finite_values(points: &[Point]) -> (Vec<f64>, usize) {
+    let v: Vec<f64> = points
+        .iter()
+        .map(|p| p.v)
+        .filter(|v| v.is_finite())
+        .collect();
+    let dropped = points.len() - v.len();
+    (v, dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pts(vs: &[f64]) -> Vec<Point> {
+        vs.iter()
+            .enumerate()
+            .map(|(i, &v)| Point {
+                t_ms: i as i64 * 1000,
+                v,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_restart_is_growth_not_a_spike() {
+        assert_eq!(increase(&pts(&[10.0, 20.0, 30.0])), 20.0);
+        // Restarted between 30 and 5: 5 requests since the restart.
+        assert_eq!(increase(&pts(&[10.0, 20.0, 30.0, 5.0, 8.0])), 28.0);
+        assert_eq!(increase(&pts(&[7.0])), 0.0);
+        assert_eq!(increase(&pts(&[1.0, f64::NAN, 3.0])), 0.0);
+    }
+
+    #[test]
+    fn non_finite_values_are_counted_not_judged() {
+        let (v, dropped) = finite_values(&pts(&[0.1, f64::NAN, f64::INFINITY, 0.2]));
+        assert_eq!(v, vec![0.1, 0.2]);
+        assert_eq!(dropped, 2);
+    }
+}
