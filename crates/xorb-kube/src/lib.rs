@@ -1,0 +1,3 @@
+//! The Kubernetes adapter of `xorbctl`. Design: docs/design/kubernetes-target.md.
+
+pub mod rollout;
