@@ -1,3 +1,8 @@
-//! The Kubernetes adapter of `xorbctl`. Design: docs/design/kubernetes-target.md.
+//! The Kubernetes adapter of `xorbctl`: kubectl's semantics over kube-rs. Design: docs/design/kubernetes-target.md.
 
+pub mod error;
 pub mod rollout;
+#[cfg(test)]
+mod testing;
+
+pub use error::{KubeError, Site};
