@@ -1,6 +1,8 @@
 //! The Kubernetes adapter of `xorbctl`: kubectl's semantics over kube-rs. Design: docs/design/kubernetes-target.md.
 
+pub mod client;
 pub mod error;
+pub mod lease;
 pub mod rollout;
 #[cfg(test)]
 mod testing;
