@@ -6,5 +6,6 @@ pub mod lease;
 pub mod rollout;
 #[cfg(test)]
 mod testing;
+pub mod workload;
 
 pub use error::{KubeError, Site};

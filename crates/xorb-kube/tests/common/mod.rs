@@ -7,20 +7,80 @@ use std::time::{Duration, Instant};
 
 use xorb_kube::client::{Cluster, from_kubeconfig};
 use xorb_kubelab::KubeLab;
+use xorb_kubelab::agent::{AgentConfig, ImageMap, NodeAgent};
 
 pub struct Lab {
+    pub agent: Option<NodeAgent>,
     pub lab: KubeLab,
     pub dir: tempfile::TempDir,
+}
+
+/// The images the node agent runs in these tests; anything else waits in ErrImagePull.
+pub fn images() -> ImageMap {
+    ImageMap::new()
+        .image("xorb-test/sleep:1", "/bin/sleep", ["3600"])
+        .image("xorb-test/sleep:2", "/bin/sleep", ["3601"])
 }
 
 pub fn start() -> Lab {
     let dir = tempfile::tempdir().unwrap();
     let lab = KubeLab::start(&dir.path().join("lab"))
         .unwrap_or_else(|e| panic!("the Kubernetes lab did not start: {e}"));
-    Lab { lab, dir }
+    Lab {
+        agent: None,
+        lab,
+        dir,
+    }
+}
+
+/// A lab with the node agent running the `default` namespace's Pods.
+pub async fn start_with_agent() -> Lab {
+    let mut lab = start();
+    let cluster = lab.admin().await;
+    let config = AgentConfig {
+        namespace: "default".into(),
+        node_name: "xorb-node".into(),
+        images: images(),
+        work_dir: lab.dir.path().join("node"),
+    };
+    lab.agent = Some(NodeAgent::start(cluster.client, config).await.unwrap());
+    lab
 }
 
 impl Lab {
+    /// Stops the agent's containers while the runtime and the lab still run; call at the end of a test.
+    pub async fn stop(mut self) {
+        if let Some(a) = self.agent.take() {
+            a.stop().await;
+        }
+    }
+
+    /// kubectl apply of a manifest given on stdin.
+    pub fn apply(&self, manifest: &str) {
+        use std::io::Write;
+        let mut child = self
+            .lab
+            .kubectl()
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(manifest.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub async fn admin(&self) -> Cluster {
         from_kubeconfig(self.lab.kubeconfig_path(), None, None)
             .await
