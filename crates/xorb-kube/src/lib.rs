@@ -1,5 +1,6 @@
 //! The Kubernetes adapter of `xorbctl`: kubectl's semantics over kube-rs. Design: docs/design/kubernetes-target.md.
 
+pub mod apply;
 pub mod client;
 pub mod error;
 pub mod lease;
