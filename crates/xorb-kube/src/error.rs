@@ -66,12 +66,12 @@ pub enum KubeError {
         "{site}: unauthorized (401): the kubeconfig's credentials were not accepted (expired token?)"
     )]
     Unauthorized { site: Site },
-    #[error("{site}: the API server answered {code} {reason}: {message}")]
+    /// `detail`: the reason, then the server's message.
+    #[error("{site}: the API server answered {code} {detail}")]
     Server {
         site: Site,
         code: u16,
-        reason: String,
-        message: String,
+        detail: String,
     },
     #[error("{site}: no answer from the API server (connection failed or dropped): {cause}")]
     Unreachable { site: Site, cause: String },
@@ -131,8 +131,7 @@ impl KubeError {
                     (code, reason) => KubeError::Server {
                         site,
                         code,
-                        reason: reason.to_string(),
-                        message: status.message.clone(),
+                        detail: format!("{reason}: {}", status.message),
                     },
                 }
             }
@@ -155,8 +154,7 @@ impl KubeError {
             other => KubeError::Server {
                 site,
                 code: 0,
-                reason: "ClientError".into(),
-                message: chain(&other),
+                detail: format!("(no status: the client failed) {}", chain(&other)),
             },
         }
     }
