@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 
 use crate::common::*;
 
@@ -52,6 +53,11 @@ fn every_k8s_manifest_parses_as_a_typed_object() {
                     "NetworkPolicy" => {
                         serde_json::from_value::<NetworkPolicy>(doc.clone()).map(|_| ())
                     }
+                    "Role" => serde_json::from_value::<Role>(doc.clone()).map(|_| ()),
+                    "RoleBinding" => serde_json::from_value::<RoleBinding>(doc.clone()).map(|_| ()),
+                    "ServiceAccount" => {
+                        serde_json::from_value::<ServiceAccount>(doc.clone()).map(|_| ())
+                    }
                     other => panic!("{}: unexpected kind {other:?}", f.display()),
                 };
                 typed.unwrap_or_else(|e| panic!("{}: not a valid {kind}: {e}", f.display()));
@@ -73,7 +79,10 @@ fn deployments_carry_the_release_images() {
         let name = rel.file_name().unwrap().to_str().unwrap().to_string();
         let text = std::fs::read_to_string(rel.join("k8s/deployments/xorb-api.yaml")).unwrap();
         let d: Deployment = serde_saphyr::from_str(&text).unwrap();
-        let image = format!("{:?}", d.spec.template.spec.unwrap().containers[0].image);
+        let image = format!(
+            "{:?}",
+            d.spec.unwrap().template.spec.unwrap().containers[0].image
+        );
         assert!(image.contains(&format!("xorb/api:{name}")), "{image}");
     }
 }

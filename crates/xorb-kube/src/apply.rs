@@ -1,0 +1,253 @@
+//! `kubectl apply --server-side --force-conflicts --field-manager=xorbctl` of ConfigMaps, Secrets and
+//! NetworkPolicies, and its `--dry-run=server` twin for a plan's diff (`kubectl diff`): the API server computes
+//! the merged object, so the diff is what the apply would write, defaults and all.
+//!
+//! Conflicts are forced: the release's manifests are the truth a rollback restores, whoever last wrote a field
+//! (a person with `kubectl edit`, a client-side `kubectl apply`).
+
+use kube::Api;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use serde_json::Value;
+
+use crate::error::{KubeError, Site};
+use crate::workload::FIELD_MANAGER;
+
+/// The kinds a rollback applies, and nothing else (the Role grants exactly these).
+const KINDS: [(&str, &str, &str); 3] = [
+    ("", "v1", "ConfigMap"),
+    ("", "v1", "Secret"),
+    ("networking.k8s.io", "v1", "NetworkPolicy"),
+];
+
+/// What applying one object did (or, in a dry run, would do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub kind: String,
+    pub name: String,
+    /// The object did not exist.
+    pub created: bool,
+    /// Paths of the fields whose value changes (`data.LOG_LEVEL`, `spec.ingress[0].from`); never values, since a
+    /// Secret's are secret.
+    pub changed: Vec<String>,
+}
+
+impl Applied {
+    pub fn changes(&self) -> bool {
+        self.created || !self.changed.is_empty()
+    }
+}
+
+pub struct Applier {
+    client: kube::Client,
+    namespace: String,
+}
+
+fn resource(kind: &str) -> Option<ApiResource> {
+    KINDS
+        .iter()
+        .find(|(_, _, k)| *k == kind)
+        .map(|(g, v, k)| ApiResource::from_gvk(&GroupVersionKind::gvk(g, v, k)))
+}
+
+fn static_kind(kind: &str) -> &'static str {
+    match kind {
+        "ConfigMap" => "configmap",
+        "Secret" => "secret",
+        "NetworkPolicy" => "networkpolicy",
+        _ => "object",
+    }
+}
+
+impl Applier {
+    pub fn new(client: kube::Client, namespace: &str) -> Self {
+        Applier {
+            client,
+            namespace: namespace.into(),
+        }
+    }
+
+    /// Applies each object in order (or only asks the server what it would do, `dry_run`); stops at the first
+    /// error, which names the object.
+    pub async fn apply(&self, objects: &[Value], dry_run: bool) -> Result<Vec<Applied>, KubeError> {
+        let mut out = Vec::with_capacity(objects.len());
+        for o in objects {
+            out.push(self.apply_one(o, dry_run).await?);
+        }
+        Ok(out)
+    }
+
+    async fn apply_one(&self, object: &Value, dry_run: bool) -> Result<Applied, KubeError> {
+        let kind = object["kind"].as_str().unwrap_or("").to_string();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let verb = if dry_run { "dry-run apply" } else { "apply" };
+        let site = Site::new(verb, static_kind(&kind), &self.namespace, name.clone());
+        let Some(ar) = resource(&kind) else {
+            return Err(KubeError::Invalid {
+                site,
+                message: format!(
+                    "kind {kind:?} is not one a rollback applies (ConfigMap, Secret, NetworkPolicy)"
+                ),
+            });
+        };
+        if name.is_empty() {
+            return Err(KubeError::Invalid {
+                site,
+                message: "the manifest has no metadata.name".into(),
+            });
+        }
+        if let Some(ns) = object["metadata"]["namespace"].as_str()
+            && ns != self.namespace
+        {
+            return Err(KubeError::Invalid {
+                site,
+                message: format!(
+                    "the manifest names namespace {ns}, the target is {}",
+                    self.namespace
+                ),
+            });
+        }
+        let mut body = object.clone();
+        // Apply configurations never carry server-owned fields (a resourceVersion would make it a precondition).
+        if let Some(meta) = body["metadata"].as_object_mut() {
+            for k in [
+                "resourceVersion",
+                "uid",
+                "creationTimestamp",
+                "managedFields",
+                "generation",
+            ] {
+                meta.remove(k);
+            }
+            meta.insert("namespace".into(), Value::String(self.namespace.clone()));
+        }
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &self.namespace, &ar);
+        let live = api.get_opt(&name).await.map_err(|e| {
+            KubeError::from_kube(
+                Site::new("get", static_kind(&kind), &self.namespace, name.clone()),
+                e,
+            )
+        })?;
+        let mut pp = PatchParams::apply(FIELD_MANAGER).force();
+        pp.dry_run = dry_run;
+        let result = api
+            .patch(&name, &pp, &Patch::Apply(&body))
+            .await
+            .map_err(|e| KubeError::from_kube(site, e))?;
+        let after = serde_json::to_value(&result).unwrap_or(Value::Null);
+        let changed = match &live {
+            Some(l) => diff(&serde_json::to_value(l).unwrap_or(Value::Null), &after),
+            None => Vec::new(),
+        };
+        Ok(Applied {
+            kind,
+            name,
+            created: live.is_none(),
+            changed,
+        })
+    }
+}
+
+/// Field paths that differ between the live object and the applied one, leaving out what the server owns.
+pub fn diff(live: &Value, applied: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    walk("", &comparable(live), &comparable(applied), &mut out);
+    out
+}
+
+fn comparable(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("status");
+        if let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+            for k in [
+                "managedFields",
+                "resourceVersion",
+                "generation",
+                "creationTimestamp",
+                "uid",
+                "selfLink",
+            ] {
+                meta.remove(k);
+            }
+            if let Some(ann) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+                ann.remove("kubectl.kubernetes.io/last-applied-configuration");
+                if ann.is_empty() {
+                    meta.remove("annotations");
+                }
+            }
+        }
+    }
+    v
+}
+
+fn walk(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                walk(
+                    &p,
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                walk(&format!("{path}[{i}]"), p, q, out);
+            }
+        }
+        (x, y) if x != y => out.push(path.to_string()),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn diff_names_changed_added_and_removed_fields_only() {
+        let live = json!({"kind": "ConfigMap", "metadata": {"name": "c", "resourceVersion": "1",
+            "managedFields": [{"manager": "kubectl"}], "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"}},
+            "data": {"A": "1", "B": "2", "GONE": "x"}});
+        let applied = json!({"kind": "ConfigMap", "metadata": {"name": "c", "resourceVersion": "2",
+            "managedFields": [{"manager": "xorbctl"}]},
+            "data": {"A": "1", "B": "3", "NEW": "y"}});
+        assert_eq!(
+            diff(&live, &applied),
+            vec!["data.B", "data.GONE", "data.NEW"]
+        );
+        assert!(diff(&live, &live).is_empty());
+    }
+
+    #[test]
+    fn diff_walks_lists_and_reports_a_resized_list_whole() {
+        let a = json!({"spec": {"ingress": [{"from": [{"podSelector": {"app": "a"}}]}]}});
+        let b = json!({"spec": {"ingress": [{"from": [{"podSelector": {"app": "b"}}]}]}});
+        assert_eq!(
+            diff(&a, &b),
+            vec!["spec.ingress[0].from[0].podSelector.app"]
+        );
+        let c = json!({"spec": {"ingress": []}});
+        assert_eq!(diff(&a, &c), vec!["spec.ingress"]);
+    }
+
+    #[test]
+    fn only_the_rollbacks_kinds_have_a_resource() {
+        assert_eq!(resource("NetworkPolicy").unwrap().plural, "networkpolicies");
+        assert_eq!(resource("ConfigMap").unwrap().plural, "configmaps");
+        assert!(resource("ClusterRole").is_none());
+    }
+}
