@@ -17,6 +17,7 @@ pub mod agent;
 mod http;
 mod pki;
 mod process;
+pub mod proxy;
 
 use std::fs;
 use std::io::Write;

@@ -5,22 +5,25 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use super::env::command_line;
+use super::ports::{PORTS_ANNOTATION, PortMap};
+use super::probes::{ProbeTarget, Prober};
 use super::spawn::{Ctl, Exit, spawn_process};
 use super::state::{
-    Condition, ContainerRun, PodRun, State, Terminated, container_id, grace_of, signal,
+    BACKOFF_MAX, Condition, ContainerRun, PodRun, State, Terminated, container_id, grace_of, signal,
 };
 use super::{AgentConfig, AgentProcess, Entrypoint, Env, Shared, now};
 
 pub(super) struct Agent {
     pub(super) pods: Api<Pod>,
     pub(super) config_maps: Api<ConfigMap>,
+    pub(super) services: Api<Service>,
     pub(super) secrets: Api<Secret>,
     pub(super) config: AgentConfig,
     pub(super) runs: HashMap<String, PodRun>,
@@ -30,8 +33,6 @@ pub(super) struct Agent {
 }
 
 pub(super) const TICK: Duration = Duration::from_millis(200);
-pub(super) const BACKOFF_START: Duration = Duration::from_secs(1);
-pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub(super) const STOP_GRACE_CAP: Duration = Duration::from_secs(10);
 
 impl Agent {
@@ -197,7 +198,11 @@ impl Agent {
                 },
             );
         }
-        let now_i = Instant::now();
+        let (ports, refused) = match (refused, PortMap::allocate(&pod)) {
+            (Some(why), _) => (PortMap::default(), Some(why)),
+            (None, Ok(p)) => (p, None),
+            (None, Err(why)) => (PortMap::default(), Some(why)),
+        };
         PodRun {
             name: name.to_string(),
             uid: uid.to_string(),
@@ -206,24 +211,15 @@ impl Agent {
             containers: spec
                 .containers
                 .iter()
-                .map(|c| ContainerRun {
-                    spec: c.clone(),
-                    state: State::Waiting {
-                        reason: "ContainerCreating".into(),
-                        message: String::new(),
-                    },
-                    restart_count: 0,
-                    last: None,
-                    next_start: Some(now_i),
-                    backoff: BACKOFF_START,
-                    pull_failures: 0,
-                    started_once: false,
-                })
+                .cloned()
+                .map(ContainerRun::new)
                 .collect(),
             conditions,
             kill_at: None,
             gone: false,
             dirty: true,
+            ports,
+            annotated: false,
             refused,
             pod,
         }
@@ -272,11 +268,21 @@ impl Agent {
         }
         let code = exit.code.unwrap_or_else(|| 128 + exit.signal.unwrap_or(0));
         let reason = if code == 0 { "Completed" } else { "Error" };
+        let message = c.liveness_kill_at.is_some().then(|| {
+            format!(
+                "container {} failed its liveness probe and was restarted",
+                c.spec.name
+            )
+        });
+        c.readiness = None;
+        c.liveness = None;
+        c.probe_target = None;
+        c.liveness_kill_at = None;
         let t = Terminated {
             exit_code: code,
             signal: exit.signal,
             reason: reason.to_string(),
-            message: None,
+            message,
             started_at: Some(started_at.clone()),
             finished_at: now(),
             container_id: container_id(&exit.uid, &exit.container, exit.instance),
@@ -355,6 +361,33 @@ impl Agent {
             }
             return;
         }
+        if !run.annotated {
+            // Recorded before any container starts, so whoever sees a running container can find its ports.
+            let body =
+                json!({"metadata": {"annotations": {PORTS_ANNOTATION: run.ports.annotation()}}});
+            let name = run.name.clone();
+            match self
+                .pods
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&body))
+                .await
+            {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("node agent: recording the ports of {name}: {e}");
+                    return;
+                }
+            }
+        }
+        let Some(run) = self.runs.get_mut(uid) else {
+            return;
+        };
+        run.annotated = true;
+        let grace = grace_of(&run.pod);
+        for c in &mut run.containers {
+            if probe_step(c, grace).await {
+                run.dirty = true;
+            }
+        }
         let due: Vec<usize> = run
             .containers
             .iter()
@@ -422,7 +455,21 @@ impl Agent {
                 return;
             }
         };
+        let env: Env = env
+            .into_iter()
+            .map(|(k, v)| {
+                let v = run.ports.translate(&v);
+                (k, v)
+            })
+            .collect();
         let (program, args) = command_line(&spec, &entry, &env);
+        let args: Vec<String> = args.iter().map(|a| run.ports.translate(a)).collect();
+        let target = ProbeTarget {
+            spec: spec.clone(),
+            ports: run.ports.clone(),
+            env: env.clone(),
+            dir: run.dir.clone(),
+        };
         let spawned = spawn_process(
             &run.dir,
             &spec,
@@ -442,6 +489,17 @@ impl Agent {
                 }
                 c.started_once = true;
                 c.next_start = None;
+                let t0 = Instant::now();
+                c.readiness = spec
+                    .readiness_probe
+                    .as_ref()
+                    .map(|p| Prober::new(p, false, t0));
+                c.liveness = spec
+                    .liveness_probe
+                    .as_ref()
+                    .map(|p| Prober::new(p, true, t0));
+                c.probe_target = Some(target);
+                c.liveness_kill_at = None;
                 c.state = State::Running {
                     started_at: now(),
                     pid,
@@ -505,4 +563,38 @@ impl Agent {
             *shared = list;
         }
     }
+}
+
+/// Runs the container's probes; a liveness failure stops the container (SIGTERM, SIGKILL after the grace period)
+/// and its restart policy decides what follows, as for a kubelet. True when the readiness verdict changed.
+async fn probe_step(c: &mut ContainerRun, grace: Duration) -> bool {
+    if !matches!(c.state, State::Running { .. }) {
+        return false;
+    }
+    let Some(target) = c.probe_target.clone() else {
+        return false;
+    };
+    let mut changed = false;
+    if let Some(p) = c.readiness.as_mut() {
+        changed = p.step(&target).await;
+    }
+    if c.liveness_kill_at.is_none()
+        && let Some(p) = c.liveness.as_mut()
+    {
+        p.step(&target).await;
+        if !p.ok {
+            tracing::info!(
+                "node agent: container {} failed its liveness probe ({}), restarting it",
+                c.spec.name,
+                p.last_error.as_deref().unwrap_or("no detail")
+            );
+            c.liveness_kill_at = Some(Instant::now() + grace);
+            signal(c, Ctl::Term);
+            changed = true;
+        }
+    }
+    if c.liveness_kill_at.is_some_and(|k| Instant::now() >= k) {
+        signal(c, Ctl::Kill);
+    }
+    changed
 }

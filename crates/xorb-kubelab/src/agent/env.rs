@@ -5,11 +5,15 @@ use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
+use kube::api::ListParams;
+
 use super::Entrypoint;
 use super::driver::Agent;
+use crate::proxy::PROXY_ANNOTATION;
 
 impl Agent {
-    /// The container's environment, in Kubernetes' order: `envFrom` sources, then `env` (later wins).
+    /// The container's environment, in Kubernetes' order: the Services' variables, `envFrom` sources, then `env`
+    /// (later wins).
     pub(super) async fn environment(
         &self,
         spec: &Container,
@@ -19,6 +23,11 @@ impl Agent {
         fn set(env: &mut Vec<(String, String)>, k: String, v: String) {
             env.retain(|(e, _)| *e != k);
             env.push((k, v));
+        }
+        if pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false) {
+            for (k, v) in self.service_variables().await? {
+                set(&mut env, k, v);
+            }
         }
         for from in spec.env_from.iter().flatten() {
             let prefix = from.prefix.clone().unwrap_or_default();
@@ -98,6 +107,56 @@ impl Agent {
             };
             if let Some(v) = value {
                 set(&mut env, e.name.clone(), v);
+            }
+        }
+        Ok(env)
+    }
+
+    /// Kubelet's `<NAME>_SERVICE_HOST` and `<NAME>_SERVICE_PORT[_<PORT NAME>]` for every Service the proxy
+    /// serves: they point at the proxy's loopback ports (the Service's `xorb.dev/proxy-ports` annotation), as a
+    /// real kubelet's point at the cluster IP. A Service not proxied yet has none (as one created after the Pod).
+    async fn service_variables(&self) -> Result<Vec<(String, String)>, String> {
+        let list = self
+            .services
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| format!("listing services: {e}"))?;
+        let mut env = Vec::new();
+        for svc in list.items {
+            let Some(name) = svc.metadata.name.as_deref() else {
+                continue;
+            };
+            let proxied: BTreeMap<String, String> = svc
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(PROXY_ANNOTATION))
+                .and_then(|v| serde_json::from_str(v).ok())
+                .unwrap_or_default();
+            let var = name.to_uppercase().replace('-', "_");
+            let mut first = true;
+            for sp in svc.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
+                let key = sp
+                    .name
+                    .clone()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| sp.port.to_string());
+                let Some(port) = proxied
+                    .get(&key)
+                    .and_then(|a| a.rsplit_once(':'))
+                    .map(|(_, p)| p)
+                else {
+                    continue;
+                };
+                if first {
+                    env.push((format!("{var}_SERVICE_HOST"), "127.0.0.1".to_string()));
+                    env.push((format!("{var}_SERVICE_PORT"), port.to_string()));
+                    first = false;
+                }
+                if let Some(n) = sp.name.as_deref().filter(|n| !n.is_empty()) {
+                    let n = n.to_uppercase().replace('-', "_");
+                    env.push((format!("{var}_SERVICE_PORT_{n}"), port.to_string()));
+                }
             }
         }
         Ok(env)

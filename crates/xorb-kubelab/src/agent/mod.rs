@@ -6,9 +6,9 @@
 //! SIGTERM, then SIGKILL when the grace period ends, and the Pod is then removed for good. An image the map does
 //! not know stays waiting (`ErrImagePull`, then `ImagePullBackOff`), as a bad image does in a real cluster.
 //!
-//! Not yet (issue #9's next steps, refused honestly rather than faked): volumes (a Pod that has any stays
-//! `CreateContainerConfigError`), container ports on free loopback ports, readiness probes (a container that has
-//! one is reported not ready), liveness probes (not run). Env: literal values, `fieldRef` (metadata.name,
+//! Each declared containerPort gets a loopback port of its own, which the process learns by translation of its
+//! env and args (`ports.rs`); readiness and liveness probes run on it (`probes.rs`). Not yet (refused honestly
+//! rather than faked): volumes (a Pod that has any stays `CreateContainerConfigError`). Env: literal values, `fieldRef` (metadata.name,
 //! metadata.namespace, metadata.uid, spec.nodeName, status.podIP, status.hostIP), `configMapKeyRef`,
 //! `secretKeyRef`, and `envFrom` ConfigMaps and Secrets; `$(VAR)` in command and args is expanded.
 //!
@@ -21,6 +21,8 @@
 mod driver;
 mod env;
 mod images;
+mod ports;
+mod probes;
 mod spawn;
 mod state;
 mod status;
@@ -37,6 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use driver::Agent;
 pub use images::{Entrypoint, ImageMap};
+pub use ports::PORTS_ANNOTATION;
 use spawn::Ctl;
 
 #[derive(Debug, Clone)]
@@ -110,7 +113,8 @@ impl NodeAgent {
         let agent = Agent {
             pods: Api::namespaced(client.clone(), &config.namespace),
             config_maps: Api::namespaced(client.clone(), &config.namespace),
-            secrets: Api::namespaced(client, &config.namespace),
+            secrets: Api::namespaced(client.clone(), &config.namespace),
+            services: Api::namespaced(client, &config.namespace),
             config,
             runs: HashMap::new(),
             exit_tx,

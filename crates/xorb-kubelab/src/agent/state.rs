@@ -8,7 +8,12 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::mpsc;
 
+use super::ports::PortMap;
+use super::probes::{ProbeTarget, Prober};
 use super::spawn::Ctl;
+
+pub(super) const BACKOFF_START: Duration = Duration::from_secs(1);
+pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub(super) struct Terminated {
@@ -46,6 +51,41 @@ pub(super) struct ContainerRun {
     /// Image not resolvable: "pull" attempts so far (ErrImagePull on the first, ImagePullBackOff after).
     pub(super) pull_failures: u32,
     pub(super) started_once: bool,
+    /// Probes of the running instance (none while it is not running).
+    pub(super) readiness: Option<Prober>,
+    pub(super) liveness: Option<Prober>,
+    pub(super) probe_target: Option<ProbeTarget>,
+    /// A failed liveness probe sent SIGTERM: SIGKILL at this instant if the process is still there.
+    pub(super) liveness_kill_at: Option<Instant>,
+}
+
+impl ContainerRun {
+    pub(super) fn new(spec: Container) -> Self {
+        Self {
+            spec,
+            state: State::Waiting {
+                reason: "ContainerCreating".into(),
+                message: String::new(),
+            },
+            restart_count: 0,
+            last: None,
+            next_start: Some(Instant::now()),
+            backoff: BACKOFF_START,
+            pull_failures: 0,
+            started_once: false,
+            readiness: None,
+            liveness: None,
+            probe_target: None,
+            liveness_kill_at: None,
+        }
+    }
+
+    /// Ready as a kubelet says it: running, not being deleted, and its readiness probe (if any) passed.
+    pub(super) fn ready(&self) -> bool {
+        matches!(self.state, State::Running { .. })
+            && (self.spec.readiness_probe.is_none()
+                || self.readiness.as_ref().is_some_and(|p| p.ok))
+    }
 }
 
 pub(super) struct Condition {
@@ -68,6 +108,9 @@ pub(super) struct PodRun {
     /// The Pod is gone from the API (deleted without grace): stop and forget.
     pub(super) gone: bool,
     pub(super) dirty: bool,
+    /// The Pod's containerPorts on loopback, recorded on the Pod once `annotated`.
+    pub(super) ports: PortMap,
+    pub(super) annotated: bool,
     /// Unsupported features: the reason every container stays in CreateContainerConfigError.
     pub(super) refused: Option<String>,
 }

@@ -36,8 +36,7 @@ pub(super) fn status_of(run: &mut PodRun) -> Value {
     let (mut pending, mut running, mut restarting, mut failed, mut succeeded) = (0, 0, 0, 0, 0);
     let mut not_ready = Vec::new();
     for c in &run.containers {
-        let has_probe = c.spec.readiness_probe.is_some();
-        let ready = matches!(c.state, State::Running { .. }) && !has_probe && run.kill_at.is_none();
+        let ready = c.ready() && run.kill_at.is_none();
         if !ready {
             all_ready = false;
             not_ready.push(c.spec.name.clone());
@@ -107,18 +106,12 @@ pub(super) fn status_of(run: &mut PodRun) -> Value {
             _ => "Running",
         }
     };
-    let probe_note = run
-        .containers
-        .iter()
-        .any(|c| c.spec.readiness_probe.is_some())
-        .then_some("readiness probes are not run by the xorb node agent yet");
     let message = if all_ready {
         None
     } else {
         Some(format!(
-            "containers with unready status: [{}]{}",
-            not_ready.join(" "),
-            probe_note.map(|n| format!(" ({n})")).unwrap_or_default()
+            "containers with unready status: [{}]",
+            not_ready.join(" ")
         ))
     };
     let reason = (!all_ready).then(|| "ContainersNotReady".to_string());
