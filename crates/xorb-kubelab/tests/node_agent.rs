@@ -356,16 +356,14 @@ spec:
 apiVersion: v1
 kind: Pod
 metadata:
-  name: with-volume
+  name: with-init
 spec:
-  volumes:
-    - name: scratch
-      emptyDir: {}
+  initContainers:
+    - name: init
+      image: xorb-test/sleep:1
   containers:
     - name: app
       image: xorb-test/sleep:1
-      volumeMounts:
-        - {name: scratch, mountPath: /scratch}
 "#;
     s.ok(&["apply", "-f", "-"], Some(pods));
     let waiting = |name: &str| {
@@ -382,16 +380,16 @@ spec:
     };
     s.eventually(Duration::from_secs(30), || {
         let late = waiting("late");
-        let vol = waiting("with-volume");
+        let vol = waiting("with-init");
         if late.0 == "CreateContainerConfigError"
             && late.1.contains("late-cfg")
             && late.2 == "Pending"
             && vol.0 == "CreateContainerConfigError"
-            && vol.1.contains("volumes")
+            && vol.1.contains("init containers")
         {
             Ok(())
         } else {
-            Err(format!("late {late:?}, with-volume {vol:?}"))
+            Err(format!("late {late:?}, with-init {vol:?}"))
         }
     });
     assert!(s.agent().processes().is_empty());
@@ -409,5 +407,5 @@ spec:
         p["status"]["containerStatuses"][0]["restartCount"], 0,
         "{p}"
     );
-    assert_eq!(waiting("with-volume").0, "CreateContainerConfigError");
+    assert_eq!(waiting("with-init").0, "CreateContainerConfigError");
 }

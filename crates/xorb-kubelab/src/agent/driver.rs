@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
@@ -18,12 +20,15 @@ use super::spawn::{Ctl, Exit, spawn_process};
 use super::state::{
     BACKOFF_MAX, Condition, ContainerRun, PodRun, State, Terminated, container_id, grace_of, signal,
 };
+use super::volumes::Mounts;
 use super::{AgentConfig, AgentProcess, Entrypoint, Env, Shared, now};
 
 pub(super) struct Agent {
     pub(super) pods: Api<Pod>,
     pub(super) config_maps: Api<ConfigMap>,
     pub(super) services: Api<Service>,
+    pub(super) claims: Api<PersistentVolumeClaim>,
+    pub(super) volumes: Api<PersistentVolume>,
     pub(super) secrets: Api<Secret>,
     pub(super) config: AgentConfig,
     pub(super) runs: HashMap<String, PodRun>,
@@ -167,9 +172,7 @@ impl Agent {
 
     fn new_run(&mut self, name: &str, uid: &str, pod: Pod) -> PodRun {
         let spec = pod.spec.clone().unwrap_or_default();
-        let refused = if spec.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
-            Some("volumes are not supported by the xorb node agent yet".to_string())
-        } else if spec.init_containers.as_ref().is_some_and(|v| !v.is_empty()) {
+        let refused = if spec.init_containers.as_ref().is_some_and(|v| !v.is_empty()) {
             Some("init containers are not supported by the xorb node agent yet".to_string())
         } else {
             None
@@ -416,24 +419,36 @@ impl Agent {
         };
         let refused = self.runs.get(uid).and_then(|r| r.refused.clone());
         let image = spec.image.clone().unwrap_or_default();
-        let outcome: Result<(Entrypoint, Env), (&'static str, String)> =
+        let pod_dir = self
+            .runs
+            .get(uid)
+            .map(|r| r.dir.clone())
+            .unwrap_or_default();
+        let outcome: Result<(Entrypoint, Env, Mounts), (&'static str, String)> =
             match (&refused, self.config.images.resolve(&image)) {
                 (Some(why), _) => Err(("CreateContainerConfigError", why.clone())),
                 (None, None) => Err((
                     "ErrImagePull",
                     format!("image {image:?} is not in the xorb node agent's image map"),
                 )),
-                (None, Some(entry)) => match self.environment(&spec, &pod).await {
-                    Ok(env) => Ok((entry, env)),
-                    Err(why) => Err(("CreateContainerConfigError", why)),
-                },
+                (None, Some(entry)) => {
+                    let prepared = async {
+                        let env = self.environment(&spec, &pod).await?;
+                        let volumes = self.prepare_volumes(&pod, &pod_dir).await?;
+                        Ok::<_, String>((env, Mounts::of(&spec, &volumes)?))
+                    };
+                    match prepared.await {
+                        Ok((env, mounts)) => Ok((entry, env, mounts)),
+                        Err(why) => Err(("CreateContainerConfigError", why)),
+                    }
+                }
             };
         let Some(run) = self.runs.get_mut(uid) else {
             return;
         };
         run.dirty = true;
         let c = &mut run.containers[index];
-        let (entry, env) = match outcome {
+        let (entry, env, mounts) = match outcome {
             Ok(ok) => ok,
             Err((reason, message)) => {
                 let reason = if reason == "ErrImagePull" {
@@ -455,24 +470,36 @@ impl Agent {
                 return;
             }
         };
-        let env: Env = env
-            .into_iter()
-            .map(|(k, v)| {
-                let v = run.ports.translate(&v);
-                (k, v)
-            })
-            .collect();
-        let (program, args) = command_line(&spec, &entry, &env);
-        let args: Vec<String> = args.iter().map(|a| run.ports.translate(a)).collect();
+        // Everything the process is told is translated once, before `$(VAR)` expansion, so an expanded value is
+        // never translated twice (a volume's directory may itself start with a mountPath, as /tmp).
+        let ports = run.ports.clone();
+        let tr = |s: &str| mounts.translate(&ports.translate(s));
+        let env: Env = env.into_iter().map(|(k, v)| (k, tr(&v))).collect();
+        let mut told = spec.clone();
+        told.command = spec
+            .command
+            .as_ref()
+            .map(|v| v.iter().map(|a| tr(a)).collect());
+        told.args = spec
+            .args
+            .as_ref()
+            .map(|v| v.iter().map(|a| tr(a)).collect());
+        told.working_dir = spec.working_dir.as_deref().map(tr);
+        let entry = Entrypoint {
+            program: entry.program,
+            args: entry.args.iter().map(|a| tr(a)).collect(),
+        };
+        let (program, args) = command_line(&told, &entry, &env);
         let target = ProbeTarget {
             spec: spec.clone(),
             ports: run.ports.clone(),
+            mounts: mounts.clone(),
             env: env.clone(),
             dir: run.dir.clone(),
         };
         let spawned = spawn_process(
             &run.dir,
-            &spec,
+            &told,
             &run.name,
             program,
             args,

@@ -8,7 +8,8 @@
 //!
 //! Each declared containerPort gets a loopback port of its own, which the process learns by translation of its
 //! env and args (`ports.rs`); readiness and liveness probes run on it (`probes.rs`). Not yet (refused honestly
-//! rather than faked): volumes (a Pod that has any stays `CreateContainerConfigError`). Env: literal values, `fieldRef` (metadata.name,
+//! rather than faked): init containers and volume kinds other than configMap, secret, emptyDir and
+//! persistentVolumeClaim (`volumes.rs`; paths translated like ports). Env: literal values, `fieldRef` (metadata.name,
 //! metadata.namespace, metadata.uid, spec.nodeName, status.podIP, status.hostIP), `configMapKeyRef`,
 //! `secretKeyRef`, and `envFrom` ConfigMaps and Secrets; `$(VAR)` in command and args is expanded.
 //!
@@ -26,6 +27,7 @@ mod probes;
 mod spawn;
 mod state;
 mod status;
+mod volumes;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -114,7 +116,9 @@ impl NodeAgent {
             pods: Api::namespaced(client.clone(), &config.namespace),
             config_maps: Api::namespaced(client.clone(), &config.namespace),
             secrets: Api::namespaced(client.clone(), &config.namespace),
-            services: Api::namespaced(client, &config.namespace),
+            services: Api::namespaced(client.clone(), &config.namespace),
+            claims: Api::namespaced(client.clone(), &config.namespace),
+            volumes: Api::all(client),
             config,
             runs: HashMap::new(),
             exit_tx,

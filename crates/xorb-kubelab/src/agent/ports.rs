@@ -3,7 +3,8 @@
 //!
 //! The rewrite (docs/design/kubernetes-lab.md, "Ports"): in env values and args, `HOST:P` where P is a declared
 //! containerPort and HOST is empty, `0.0.0.0`, `127.0.0.1`, or `localhost` becomes `127.0.0.1:REAL`; an
-//! argument that is exactly `P` becomes `REAL` (as in `--port 6379`). An address of another host is left alone.
+//! argument that is exactly `P` becomes `REAL` (as in `--port 6379`), and one that is exactly `0.0.0.0` or `::`
+//! becomes `127.0.0.1` (as in `--bind 0.0.0.0`). An address of another host is left alone.
 
 use std::collections::BTreeMap;
 
@@ -81,6 +82,10 @@ impl PortMap {
 
     /// `s` as the container must see it: its declared ports replaced by their loopback ports.
     pub(super) fn translate(&self, s: &str) -> String {
+        // "Every address" of a Pod is only loopback here: nothing may listen beyond it.
+        if s == "0.0.0.0" || s == "::" {
+            return "127.0.0.1".into();
+        }
         if let Some(r) = s.parse::<i32>().ok().and_then(|p| self.real.get(&p)) {
             return r.to_string();
         }
@@ -141,6 +146,8 @@ mod tests {
         assert_eq!(m.translate("0.0.0.0:9000"), "0.0.0.0:9000");
         assert_eq!(m.translate("a:b:8000"), "a:b:8000");
         assert_eq!(m.translate("plain"), "plain");
+        assert_eq!(m.translate("0.0.0.0"), "127.0.0.1");
+        assert_eq!(m.translate("::"), "127.0.0.1");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::Env;
 use super::ports::PortMap;
+use super::volumes::Mounts;
 
 /// One probe of one running container.
 pub(super) struct Prober {
@@ -31,6 +32,7 @@ pub(super) struct Prober {
 pub(super) struct ProbeTarget {
     pub(super) spec: Container,
     pub(super) ports: PortMap,
+    pub(super) mounts: Mounts,
     pub(super) env: Env,
     pub(super) dir: PathBuf,
 }
@@ -127,7 +129,7 @@ async fn run(probe: &Probe, target: &ProbeTarget) -> Result<(), String> {
                 .command
                 .iter()
                 .flatten()
-                .map(|a| target.ports.translate(a))
+                .map(|a| target.mounts.translate(&target.ports.translate(a)))
                 .collect();
             exec(&command, target).await
         } else {
