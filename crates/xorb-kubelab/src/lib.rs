@@ -18,6 +18,7 @@ mod http;
 mod pki;
 mod process;
 pub mod proxy;
+pub mod stack;
 
 use std::fs;
 use std::io::Write;
