@@ -17,6 +17,8 @@ pub mod agent;
 mod http;
 mod pki;
 mod process;
+pub mod proxy;
+pub mod stack;
 
 use std::fs;
 use std::io::Write;

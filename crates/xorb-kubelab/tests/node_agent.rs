@@ -2,153 +2,11 @@
 //! runs them as local processes and reports their status, and Debian's kubectl judges the result
 //! (`kubectl rollout status` reads the same conditions a real cluster's would).
 
-use std::io::Write;
-use std::process::Stdio;
+mod support;
+
 use std::time::{Duration, Instant};
 
-use xorb_kubelab::KubeLab;
-use xorb_kubelab::agent::{AgentConfig, ImageMap, NodeAgent};
-
-const NODE: &str = "xorb-node";
-
-struct Setup {
-    agent: Option<NodeAgent>,
-    rt: tokio::runtime::Runtime,
-    lab: KubeLab,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        // The agent's containers stop first (SIGTERM, grace, SIGKILL), while the runtime and the lab still run.
-        self.stop_agent();
-    }
-}
-
-fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let lab = KubeLab::start(&dir.path().join("lab"))
-        .unwrap_or_else(|e| panic!("the Kubernetes lab did not start: {e}"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let images = ImageMap::new()
-        .image("xorb-test/sleep:1", "/bin/sleep", ["3600"])
-        .image("xorb-test/sleep:2", "/bin/sleep", ["3601"])
-        .image("xorb-test/shell:1", "/bin/sh", ["-c", "exit 0"]);
-    let config = AgentConfig {
-        namespace: "default".into(),
-        node_name: NODE.into(),
-        images,
-        work_dir: dir.path().join("node"),
-    };
-    let kubeconfig = lab.kubeconfig_path().to_path_buf();
-    let agent = rt.block_on(async move {
-        let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
-        let cfg =
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .unwrap();
-        let client = kube::Client::try_from(cfg).unwrap();
-        NodeAgent::start(client, config).await.unwrap()
-    });
-    Setup {
-        agent: Some(agent),
-        rt,
-        lab,
-        _dir: dir,
-    }
-}
-
-impl Setup {
-    fn agent(&self) -> &NodeAgent {
-        self.agent.as_ref().unwrap()
-    }
-
-    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-        let mut cmd = self.lab.kubectl();
-        cmd.args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("kubectl starts");
-        if let Some(input) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-        }
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let (ok, out, err) = self.kubectl(args, stdin);
-        assert!(ok, "kubectl {args:?} failed: {err}");
-        out
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&all, None)).unwrap()
-    }
-
-    fn eventually(&self, within: Duration, mut check: impl FnMut() -> Result<(), String>) {
-        let t0 = Instant::now();
-        loop {
-            match check() {
-                Ok(()) => return,
-                Err(why) if t0.elapsed() >= within => {
-                    panic!(
-                        "after {}s: {why}\n{}",
-                        within.as_secs(),
-                        self.lab.log_tails(20)
-                    )
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
-    }
-
-    fn stop_agent(&mut self) {
-        if let Some(agent) = self.agent.take() {
-            self.rt.block_on(agent.stop());
-        }
-    }
-}
-
-fn cmdline(pid: u32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| {
-            String::from_utf8_lossy(&b)
-                .replace('\0', " ")
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_default()
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            let state = s[s.rfind(')').unwrap() + 2..].chars().next().unwrap();
-            state != 'Z' && state != 'X'
-        })
-        .unwrap_or(false)
-}
+use support::{NODE, alive, cmdline, setup};
 
 fn deployment(image: &str) -> String {
     format!(
@@ -498,16 +356,14 @@ spec:
 apiVersion: v1
 kind: Pod
 metadata:
-  name: with-volume
+  name: with-init
 spec:
-  volumes:
-    - name: scratch
-      emptyDir: {}
+  initContainers:
+    - name: init
+      image: xorb-test/sleep:1
   containers:
     - name: app
       image: xorb-test/sleep:1
-      volumeMounts:
-        - {name: scratch, mountPath: /scratch}
 "#;
     s.ok(&["apply", "-f", "-"], Some(pods));
     let waiting = |name: &str| {
@@ -524,16 +380,16 @@ spec:
     };
     s.eventually(Duration::from_secs(30), || {
         let late = waiting("late");
-        let vol = waiting("with-volume");
+        let vol = waiting("with-init");
         if late.0 == "CreateContainerConfigError"
             && late.1.contains("late-cfg")
             && late.2 == "Pending"
             && vol.0 == "CreateContainerConfigError"
-            && vol.1.contains("volumes")
+            && vol.1.contains("init containers")
         {
             Ok(())
         } else {
-            Err(format!("late {late:?}, with-volume {vol:?}"))
+            Err(format!("late {late:?}, with-init {vol:?}"))
         }
     });
     assert!(s.agent().processes().is_empty());
@@ -551,5 +407,5 @@ spec:
         p["status"]["containerStatuses"][0]["restartCount"], 0,
         "{p}"
     );
-    assert_eq!(waiting("with-volume").0, "CreateContainerConfigError");
+    assert_eq!(waiting("with-init").0, "CreateContainerConfigError");
 }

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 
@@ -53,6 +53,10 @@ fn every_k8s_manifest_parses_as_a_typed_object() {
                     "NetworkPolicy" => {
                         serde_json::from_value::<NetworkPolicy>(doc.clone()).map(|_| ())
                     }
+                    "StatefulSet" => serde_json::from_value::<StatefulSet>(doc.clone()).map(|_| ()),
+                    "PersistentVolumeClaim" => {
+                        serde_json::from_value::<PersistentVolumeClaim>(doc.clone()).map(|_| ())
+                    }
                     "Role" => serde_json::from_value::<Role>(doc.clone()).map(|_| ()),
                     "RoleBinding" => serde_json::from_value::<RoleBinding>(doc.clone()).map(|_| ()),
                     "ServiceAccount" => {
@@ -61,13 +65,54 @@ fn every_k8s_manifest_parses_as_a_typed_object() {
                     other => panic!("{}: unexpected kind {other:?}", f.display()),
                 };
                 typed.unwrap_or_else(|e| panic!("{}: not a valid {kind}: {e}", f.display()));
+                let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+                // The datastores' ConfigMaps carry the release's own files, byte for byte.
+                let sources: &[(&str, &str)] = match name {
+                    "redis-config" => &[("redis.conf", "redis/redis.conf")],
+                    "prometheus-config" => &[
+                        ("prometheus.yml", "monitoring/prometheus.yml"),
+                        ("alert-rules.yml", "monitoring/alert-rules.yml"),
+                    ],
+                    "alertmanager-config" => &[("alertmanager.yml", "monitoring/alertmanager.yml")],
+                    _ => &[],
+                };
+                for (key, src) in sources {
+                    let want = std::fs::read_to_string(rel.join(src)).unwrap();
+                    assert_eq!(
+                        doc["data"][key].as_str(),
+                        Some(want.as_str()),
+                        "{}: {key}",
+                        f.display()
+                    );
+                }
+                if kind == "Deployment" && name.starts_with("xorb-") {
+                    *kinds.entry("Deployment of a role".into()).or_default() += 1;
+                }
                 *kinds.entry(kind).or_default() += 1;
             }
         }
-        let deployments = kinds.get("Deployment").copied().unwrap_or(0);
+        // The roles (rc1 has the control plane), then Redis, Prometheus and Alertmanager.
+        let roles = kinds.get("Deployment of a role").copied().unwrap_or(0);
         let want = if rel.ends_with("v2025.08-rc1") { 5 } else { 4 };
-        assert_eq!(deployments, want, "{}: {kinds:?}", rel.display());
-        for k in ["Service", "ConfigMap", "NetworkPolicy"] {
+        assert_eq!(roles, want, "{}: {kinds:?}", rel.display());
+        assert_eq!(
+            kinds.get("Deployment").copied(),
+            Some(want + 3),
+            "{}: {kinds:?}",
+            rel.display()
+        );
+        assert_eq!(
+            kinds.get("StatefulSet").copied(),
+            Some(1),
+            "{}: {kinds:?}",
+            rel.display()
+        );
+        for k in [
+            "Service",
+            "ConfigMap",
+            "NetworkPolicy",
+            "PersistentVolumeClaim",
+        ] {
             assert!(kinds.contains_key(k), "{} has no {k}", rel.display());
         }
     }
