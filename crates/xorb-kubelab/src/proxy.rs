@@ -34,6 +34,16 @@ use crate::agent::PORTS_ANNOTATION;
 /// proxy's `127.0.0.1:PORT`.
 pub const PROXY_ANNOTATION: &str = "xorb.dev/proxy-ports";
 
+/// The stable ports the proxy recorded on `svc` (port name or number → loopback port); empty before it has.
+pub(crate) fn proxy_ports(svc: &Service) -> BTreeMap<String, String> {
+    svc.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PROXY_ANNOTATION))
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_default()
+}
+
 /// How an Endpoints object names this machine (the API server refuses 127.0.0.0/8 there).
 pub const HOST_ALIAS_IP: &str = "192.0.2.1";
 
@@ -168,13 +178,7 @@ impl Proxy {
             if svc.metadata.deletion_timestamp.is_some() {
                 continue;
             }
-            let recorded: BTreeMap<String, String> = svc
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(PROXY_ANNOTATION))
-                .and_then(|v| serde_json::from_str(v).ok())
-                .unwrap_or_default();
+            let recorded = proxy_ports(&svc);
             let mut annotation = BTreeMap::new();
             for sp in svc.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
                 if sp.protocol.as_deref().is_some_and(|p| p != "TCP") {

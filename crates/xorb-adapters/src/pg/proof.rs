@@ -8,7 +8,7 @@ use xorb_engine::runner::{StepContext, StepError};
 use xorb_integrity::FullReport;
 
 use super::backup::{BackupRecord, backup_path, check_dump};
-use super::schema::drop_scratch;
+use super::schema::{create_scratch, drop_scratch};
 use super::*;
 use crate::context::{TargetRunner, failed};
 use crate::integrity;
@@ -100,14 +100,11 @@ pub async fn prove<T: Target>(
 
     let conn = r.pg()?;
     let admin = connect(&conn.with_db("postgres")).await?;
-    let scratch = format!(
-        "{SCRATCH_PREFIX}{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    admin
-        .batch_execute(&format!("CREATE DATABASE \"{scratch}\""))
-        .await
-        .map_err(db("create a scratch database to restore the backup into"))?;
+    let scratch = create_scratch(
+        &admin,
+        "create a scratch database to restore the backup into",
+    )
+    .await?;
     let restored = restore_and_scan(&conn.with_db(&scratch), &dump).await;
     let dropped = drop_scratch(&admin, &scratch).await;
     let (restore_ms, restored) = restored?;

@@ -47,6 +47,22 @@ pub(crate) async fn drop_scratch(
         .await
 }
 
+/// A new empty scratch database (dropped by [`drop_scratch`]; an earlier one cut off is dropped by `verify`).
+pub(crate) async fn create_scratch(
+    admin: &tokio_postgres::Client,
+    what: &'static str,
+) -> Result<String, StepError> {
+    let scratch = format!(
+        "{SCRATCH_PREFIX}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    admin
+        .batch_execute(&format!("CREATE DATABASE \"{scratch}\""))
+        .await
+        .map_err(db(what))?;
+    Ok(scratch)
+}
+
 pub async fn verify<T: Target>(
     r: &TargetRunner<T>,
     revision: &str,
@@ -94,14 +110,7 @@ pub async fn verify<T: Target>(
             .await
             .map_err(db("drop an old scratch database"))?;
     }
-    let scratch = format!(
-        "{SCRATCH_PREFIX}{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    admin
-        .batch_execute(&format!("CREATE DATABASE \"{scratch}\""))
-        .await
-        .map_err(db("create a scratch database"))?;
+    let scratch = create_scratch(&admin, "create a scratch database").await?;
     let compared = async {
         alembic(
             &r.paths,

@@ -9,7 +9,7 @@ use kube::api::ListParams;
 
 use super::Entrypoint;
 use super::driver::Agent;
-use crate::proxy::PROXY_ANNOTATION;
+use crate::proxy::proxy_ports;
 
 impl Agent {
     /// The container's environment, in Kubernetes' order: the Services' variables, `envFrom` sources, then `env`
@@ -126,13 +126,7 @@ impl Agent {
             let Some(name) = svc.metadata.name.as_deref() else {
                 continue;
             };
-            let proxied: BTreeMap<String, String> = svc
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(PROXY_ANNOTATION))
-                .and_then(|v| serde_json::from_str(v).ok())
-                .unwrap_or_default();
+            let proxied = proxy_ports(&svc);
             let var = name.to_uppercase().replace('-', "_");
             let mut first = true;
             for sp in svc.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
