@@ -9,11 +9,11 @@ use xorb_engine::runner::{StepContext, StepError};
 use xorb_model::release::Release;
 
 use super::scripts::alembic;
+use super::snapshot;
 use super::*;
 use crate::context::{TargetRunner, failed};
 use crate::evidence::sha256_file;
 use crate::files::{mkdir, write_private};
-use crate::integrity;
 use crate::target::Target;
 
 /// Where the phase-3 dump of a run is.
@@ -91,7 +91,7 @@ pub async fn backup<T: Target>(
         .and_then(|b| serde_json::from_slice::<BackupRecord>(&b).ok())
     {
         let whole = match check_dump(&dump, &rec).await {
-            Ok(_) => integrity::snapshot_of(ctx.run_dir, rec.snapshot_taken_at.as_deref()),
+            Ok(_) => snapshot::snapshot_of(ctx.run_dir, rec.snapshot_taken_at.as_deref()),
             Err(why) => Err(why),
         };
         match whole {
@@ -142,7 +142,7 @@ pub async fn backup<T: Target>(
     let taken_at = report.taken_at.clone();
     let rows: u64 = report.tables.iter().map(|t| t.rows).sum();
     let tables = report.tables.len();
-    integrity::install_snapshot(ctx.run_dir, &snapshot_tmp, report)?;
+    snapshot::install_snapshot(ctx.run_dir, &snapshot_tmp, report)?;
 
     set_private(&partial)?;
     let sha = tokio::task::block_in_place(|| sha256_file(&partial)).map_err(failed)?;

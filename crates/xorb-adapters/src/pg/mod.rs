@@ -14,6 +14,7 @@ pub mod proof;
 pub mod reimport;
 pub mod schema;
 pub mod scripts;
+pub mod snapshot;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -9,9 +9,9 @@ use xorb_integrity::FullReport;
 
 use super::backup::{BackupRecord, backup_path, check_dump};
 use super::schema::{create_scratch, drop_scratch};
+use super::snapshot;
 use super::*;
 use crate::context::{TargetRunner, failed};
-use crate::integrity;
 use crate::target::Target;
 
 /// `<run>/db/backup-proof.json`.
@@ -77,9 +77,9 @@ pub async fn prove<T: Target>(
     check_dump(&dump, &rec)
         .await
         .map_err(|why| fatal(format!("the backup cannot be proven: {why}")))?;
-    integrity::snapshot_of(ctx.run_dir, rec.snapshot_taken_at.as_deref())
+    snapshot::snapshot_of(ctx.run_dir, rec.snapshot_taken_at.as_deref())
         .map_err(|why| fatal(format!("the backup cannot be proven: {why}")))?;
-    let snapshot = integrity::read_full_report(ctx.run_dir).map_err(fatal)?;
+    let snapshot = snapshot::read_full_report(ctx.run_dir).map_err(fatal)?;
 
     if let Some(done) = std::fs::read(&proof_path)
         .ok()
