@@ -20,10 +20,6 @@ pub enum Scope<'a> {
     Services(&'a [String]),
 }
 
-/// How long a service may take to report healthy again before the health check fails, and how often it is asked.
-const HEALTH_SETTLE: std::time::Duration = std::time::Duration::from_secs(20);
-const HEALTH_POLL: std::time::Duration = std::time::Duration::from_secs(1);
-
 impl Scope<'_> {
     fn includes(&self, name: &str) -> bool {
         match self {
@@ -43,37 +39,20 @@ impl<T: Target> TargetRunner<T> {
         let ep = self.endpoints()?;
         match check {
             Check::Health => {
-                // A service that has just reconnected to a dependency (after a restart, or a server back from an
-                // outage) can report one slow dependency check: only a service still unhealthy after
-                // HEALTH_SETTLE fails the check, with what it said last.
-                let started = std::time::Instant::now();
-                loop {
-                    let mut bad = Vec::new();
-                    let mut n = 0;
-                    for (name, base) in ep.services.iter().filter(|(n, _)| scope.includes(n)) {
-                        n += 1;
-                        match probe_service(&self.http, base).await {
-                            Ok(h) if h.healthy => {}
-                            Ok(h) => bad.push(format!("{name}: {}", h.detail)),
-                            Err(e) => bad.push(format!("{name}: {e}")),
-                        }
+                let mut bad = Vec::new();
+                let mut n = 0;
+                for (name, base) in ep.services.iter().filter(|(n, _)| scope.includes(n)) {
+                    n += 1;
+                    match probe_service(&self.http, base).await {
+                        Ok(h) if h.healthy => {}
+                        Ok(h) => bad.push(format!("{name}: {}", h.detail)),
+                        Err(e) => bad.push(format!("{name}: {e}")),
                     }
-                    if bad.is_empty() {
-                        let waited = started.elapsed();
-                        return Ok(StepOutcome::succeeded(if waited < HEALTH_POLL {
-                            format!("{n} services healthy")
-                        } else {
-                            format!("{n} services healthy (after {} s)", waited.as_secs())
-                        }));
-                    }
-                    if started.elapsed() >= HEALTH_SETTLE {
-                        return Err(failed(format!(
-                            "unhealthy for {} s: {}",
-                            started.elapsed().as_secs(),
-                            bad.join("; ")
-                        )));
-                    }
-                    tokio::time::sleep(HEALTH_POLL).await;
+                }
+                if bad.is_empty() {
+                    Ok(StepOutcome::succeeded(format!("{n} services healthy")))
+                } else {
+                    Err(failed(format!("unhealthy: {}", bad.join("; "))))
                 }
             }
             Check::Release => {
