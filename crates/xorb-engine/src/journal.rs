@@ -355,8 +355,23 @@ fn redacted_json<T: Serialize>(red: &Redactor, value: &T) -> Result<String, serd
 }
 
 /// The current time at the journal's precision (microseconds), so that what is journaled reads back identical.
+///
+/// Strictly increasing within a process: two events journaled in the same microsecond would otherwise share a
+/// stamp, and their order (the timeline, a step's duration, which attempt came first) would then depend on how
+/// fast the machine was. A wall clock stepped back by NTP stalls the stamps a little instead of reordering them.
 pub fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(i64::MIN);
+    let wall = Utc::now().timestamp_micros();
+    let mut last = LAST.load(Ordering::Relaxed);
+    let stamp = loop {
+        let next = wall.max(last.saturating_add(1));
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => break next,
+            Err(seen) => last = seen,
+        }
+    };
+    DateTime::from_timestamp_micros(stamp).unwrap_or_else(|| Utc::now().trunc_subsecs(6))
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -1042,6 +1057,28 @@ impl Journal {
 mod tests {
     use super::*;
     use xorb_model::plan::{Action, Phase, Safety};
+
+    #[test]
+    fn stamps_never_tie_even_from_many_threads_in_the_same_microsecond() {
+        let stamps: Vec<DateTime<Utc>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..2000).map(|_| now()).collect::<Vec<_>>()))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        let mut sorted = stamps.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), stamps.len(), "two calls shared a stamp");
+        assert!(
+            stamps
+                .iter()
+                .all(|t| t.timestamp_subsec_nanos() % 1000 == 0)
+        );
+    }
 
     fn plan() -> Plan {
         Plan::new("v2025.08-rc1", "v2025.07-stable")

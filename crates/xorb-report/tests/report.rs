@@ -193,8 +193,11 @@ fn redact(record: &RunRecord, state_dir: &std::path::Path) -> RunRecord {
     // the same instant on a fast machine and not on a slow one then still give the same report.
     let mut stamps = Vec::new();
     collect_stamps(&v, &mut stamps);
+    // Compared as instants, not as text: serde writes 0, 3, 6 or 9 fraction digits, so "…01.123Z" sorts after
+    // "…01.123001Z" as text.
+    let instants: Vec<DateTime<Utc>> = stamps.iter().map(|s| s.parse().unwrap()).collect();
     let mut order: Vec<usize> = (0..stamps.len()).collect();
-    order.sort_by(|a, b| (&stamps[*a], a).cmp(&(&stamps[*b], b)));
+    order.sort_by(|a, b| (&instants[*a], a).cmp(&(&instants[*b], b)));
     let t0: DateTime<Utc> = "2025-08-14T10:15:00Z".parse().unwrap();
     let mut clock = vec![String::new(); stamps.len()];
     for (rank, occurrence) in order.into_iter().enumerate() {
