@@ -239,14 +239,26 @@ impl KubeStack {
             why: e.to_string(),
         })?;
         self.rollout("statefulset/nats-cluster")?;
-        // Through the proxy, as the services reach NATS.
+        // Through the proxy, as the services reach NATS. A rollout that is complete does not mean the Service
+        // forwards yet: the proxy learns of the Ready Pod on its next refresh (kube-proxy's lag, in small), and
+        // until then a connection is closed unanswered. So this polls, with the rollout's deadline.
         let nats_url = format!("nats://{}", addresses.nats);
-        xorb_adapters::nats::ensure_streams(&nats_url, &release.streams)
-            .await
-            .map_err(|e| StackError::Start {
-                what: "the release's JetStream streams".into(),
-                why: e.to_string(),
-            })?;
+        let t0 = Instant::now();
+        loop {
+            match xorb_adapters::nats::ensure_streams(&nats_url, &release.streams).await {
+                Ok(_) => break,
+                Err(e) if t0.elapsed() >= READY_DEADLINE => {
+                    return Err(StackError::Start {
+                        what: format!(
+                            "the release's JetStream streams (tried for {}s)",
+                            t0.elapsed().as_secs()
+                        ),
+                        why: e.to_string(),
+                    });
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
 
         for dir in ["configmaps", "network-policies", "deployments"] {
             self.kubectl(&["apply", "-f"], &k8s.join(dir))?;
