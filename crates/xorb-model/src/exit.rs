@@ -31,11 +31,13 @@ pub enum Exit {
     AuditUnverified = 8,
     /// A rollback waits at its approval gate (`xorbctl approve`).
     WaitingForApproval = 9,
+    /// A judgement could not be made: too little data (`monitor` with no traffic or too few points).
+    Inconclusive = 10,
 }
 
 impl Exit {
     /// Every exit code, in order.
-    pub const ALL: [Exit; 10] = [
+    pub const ALL: [Exit; 11] = [
         Exit::Ok,
         Exit::Other,
         Exit::BadInput,
@@ -46,6 +48,7 @@ impl Exit {
         Exit::WaitingForPerson,
         Exit::AuditUnverified,
         Exit::WaitingForApproval,
+        Exit::Inconclusive,
     ];
 
     /// The process's exit status.
@@ -66,6 +69,7 @@ impl Exit {
             Exit::WaitingForPerson => "WaitingForPerson",
             Exit::AuditUnverified => "AuditUnverified",
             Exit::WaitingForApproval => "WaitingForApproval",
+            Exit::Inconclusive => "Inconclusive",
         }
     }
 
@@ -80,12 +84,13 @@ impl Exit {
             Exit::Refused => "refused: the stack or the run is not as the command expects",
             Exit::DependencyFailed => "a server or dependency failed",
             Exit::Unhealthy => {
-                "a check found a problem (status, runs, integrity --critical, assess)"
+                "a check found a problem (status, runs, integrity --critical, assess, monitor)"
             }
             Exit::RunFailed => "a rollback ran and stopped on a failure",
             Exit::WaitingForPerson => "a rollback waits for a person (confirm or mark a step done)",
             Exit::AuditUnverified => "the audit trail does not verify (or was erased)",
             Exit::WaitingForApproval => "a rollback waits at its approval gate",
+            Exit::Inconclusive => "too little data to judge (monitor)",
         }
     }
 

@@ -5,10 +5,10 @@
 
 use crate::prom::Range;
 use crate::series::Point;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A half-open window `[start_ms, end_ms)` of Unix milliseconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Window {
     pub start_ms: i64,
     pub end_ms: i64,

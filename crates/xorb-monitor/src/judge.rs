@@ -23,6 +23,17 @@ pub enum Verdict {
     Fail,
 }
 
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Pass => "PASS",
+            Verdict::Inconclusive => "INCONCLUSIVE",
+            Verdict::Error => "ERROR",
+            Verdict::Fail => "FAIL",
+        })
+    }
+}
+
 impl Verdict {
     /// The verdict of a whole report: the worst of its metrics (PASS only when all pass).
     pub fn overall(vs: impl IntoIterator<Item = Verdict>) -> Verdict {

@@ -5,7 +5,11 @@
 
 pub mod baseline;
 pub mod judge;
+pub mod live;
+pub mod monitor;
 pub mod prom;
+pub mod queries;
+pub mod record;
 pub mod series;
 pub mod spending;
 pub mod stats;

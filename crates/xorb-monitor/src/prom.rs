@@ -2,8 +2,8 @@
 //! than Prometheus's 11,000 points per series, with values parsed as Prometheus writes them
 //! (`"NaN"`, `"+Inf"`, `"-Inf"`). Parsing is pure; only [`Prometheus::query_range`] does I/O.
 
-use crate::series::Point;
-use serde::Serialize;
+use crate::series::{Point, parse_value};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -35,6 +35,16 @@ pub enum PromError {
     Range { query: String, why: String },
 }
 
+impl PromError {
+    pub fn exit(&self) -> xorb_model::exit::Exit {
+        use xorb_model::exit::Exit;
+        match self {
+            PromError::Range { .. } => Exit::BadInput,
+            _ => Exit::DependencyFailed,
+        }
+    }
+}
+
 /// One series of a range query: its labels (sorted) and points.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Series {
@@ -43,7 +53,7 @@ pub struct Series {
 }
 
 /// A range, in Unix milliseconds, inclusive at both ends, sampled every `step_ms`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Range {
     pub start_ms: i64,
     pub end_ms: i64,
@@ -70,16 +80,6 @@ impl Range {
 
 fn secs(ms: i64) -> String {
     format!("{}.{:03}", ms.div_euclid(1000), ms.rem_euclid(1000))
-}
-
-/// A sample value as Prometheus writes it.
-pub fn parse_value(s: &str) -> Option<f64> {
-    match s {
-        "NaN" => Some(f64::NAN),
-        "+Inf" | "Inf" => Some(f64::INFINITY),
-        "-Inf" => Some(f64::NEG_INFINITY),
-        _ => s.parse::<f64>().ok(),
-    }
 }
 
 /// The series of a `query_range` answer (`resultType` `matrix`).

@@ -69,6 +69,9 @@ pub enum Command {
     },
     /// Evaluate the decision matrix against the live stack: severity, decision time, approver, evidence.
     Assess(AssessArgs),
+    /// Watch the stack after a rollback against the baseline release's history in Prometheus: PASS, FAIL,
+    /// INCONCLUSIVE or ERROR, with interim reports as it goes.
+    Monitor(MonitorArgs),
     /// Approve a run waiting at its approval gate.
     Approve {
         run: String,
@@ -284,6 +287,48 @@ pub struct AssessArgs {
     /// A non-critical bug an operator reports (P3 evidence).
     #[arg(long = "bug", value_name = "TEXT")]
     pub bugs: Vec<String>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct MonitorArgs {
+    /// The release to compare with: its windows in Prometheus's history (`xorb_build_info`).
+    #[arg(long, required_unless_present = "replay")]
+    pub baseline: Option<String>,
+    /// How long to watch: "2 hours", 90m, 30s.
+    #[arg(long, default_value = "2 hours")]
+    pub duration: String,
+    /// The allowed degradation against the baseline: 10%.
+    #[arg(long, default_value = "10%")]
+    pub alert_threshold: String,
+    /// How often to write an interim report: 15min.
+    #[arg(long, default_value = "15min")]
+    pub report_interval: String,
+    /// The rollback run this monitor follows: the baseline is what ran before it, and the reports go to its
+    /// directory (a run id, a unique prefix, or `latest`).
+    #[arg(long)]
+    pub run: Option<String>,
+    /// Evaluation interval, query step and rate window (at least two scrape intervals).
+    #[arg(long, default_value = "30s")]
+    pub step: String,
+    /// The Prometheus jobs to watch (a regular expression on `job`).
+    #[arg(long, default_value = "xorb-.*")]
+    pub jobs: String,
+    /// Prometheus's address (default: the stack's).
+    #[arg(long, value_name = "URL")]
+    pub prometheus: Option<String>,
+    /// Pin the baseline to this window instead of looking it up: START,END as RFC 3339 times.
+    #[arg(long, value_name = "START,END")]
+    pub baseline_window: Option<String>,
+    /// How far back to look for the baseline's windows.
+    #[arg(long, default_value = "7d")]
+    pub lookback: String,
+    /// Where to write the recording and the reports (default: the run's `monitor/`, else
+    /// `<state-dir>/monitor/<time>/`).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Recompute the report of a recorded monitor (its `recording.jsonl`, or the directory holding it) and print it.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["baseline", "run", "prometheus", "baseline_window"])]
+    pub replay: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -98,6 +98,8 @@ fn known_exit(cause: &(dyn std::error::Error + 'static)) -> Option<Exit> {
         xorb_audit::VerifyError,
         xorb_model::release::ReleaseError,
         xorb_model::policy::PolicyError,
+        xorb_monitor::prom::PromError,
+        xorb_monitor::record::RecordError,
     );
     target::exit_of(cause)
 }

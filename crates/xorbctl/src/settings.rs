@@ -116,6 +116,7 @@ pub enum CommandSettings {
     Plan(Plan),
     Rollback(Rollback),
     Assess(Assess),
+    Monitor(Monitor),
     Approve(Approve),
     Check(Check),
     Resume(Resume),
@@ -233,6 +234,13 @@ pub struct Assess {
     pub baseline_offset: String,
     pub declare: Vec<String>,
     pub bugs: Vec<String>,
+}
+
+/// `monitor`: the flags as given; their values are parsed (and refused) by the command, before it reads anything.
+#[derive(Debug, Clone)]
+pub struct Monitor {
+    pub state_dir: PathBuf,
+    pub args: crate::cli::MonitorArgs,
 }
 
 /// What reading a run's governance needs (`show`, `report`, the dashboard).
@@ -428,6 +436,7 @@ pub fn resolve(cli: Cli) -> Settings {
             declare: a.declare,
             bugs: a.bugs,
         }),
+        Command::Monitor(args) => CommandSettings::Monitor(Monitor { state_dir, args }),
         Command::Approve {
             run: id,
             name,

@@ -12,6 +12,7 @@ pub mod dashboard;
 pub mod integrity;
 pub mod loss;
 pub mod man;
+pub mod monitor;
 pub mod plan;
 pub mod report;
 pub mod resume;

@@ -16,6 +16,7 @@ mod integrity;
 mod lost_journal;
 mod memtarget;
 mod monitor;
+mod monitor_live;
 mod notify;
 mod platform;
 mod releases;

@@ -8,9 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// An api process of our own; killed (by its handle) when dropped.
-struct Svc {
-    child: Child,
-    base: String,
+pub(crate) struct Svc {
+    pub(crate) child: Child,
+    pub(crate) base: String,
     dir: PathBuf,
 }
 
@@ -27,12 +27,12 @@ impl Svc {
         std::fs::read_to_string(self.dir.join("api.log")).unwrap_or_default()
     }
 
-    fn faults_file(&self) -> PathBuf {
+    pub(crate) fn faults_file(&self) -> PathBuf {
         self.dir.join("faults")
     }
 
     /// Replaces the faults file in one rename, so the service never reads half of it.
-    fn set_faults(&self, text: &str) {
+    pub(crate) fn set_faults(&self, text: &str) {
         let tmp = self.dir.join("faults.tmp");
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(&tmp, self.faults_file()).unwrap();
@@ -63,7 +63,7 @@ fn svc_env(st: &Stack, port: u16) -> Vec<(String, String)> {
     env
 }
 
-async fn start_api(st: &Stack) -> Svc {
+pub(crate) async fn start_api(st: &Stack) -> Svc {
     let dir = Stack::new_dir();
     let port = xorb_local::process::free_port().unwrap();
     let log = std::fs::File::create(dir.join("api.log")).unwrap();
@@ -98,7 +98,11 @@ async fn start_api(st: &Stack) -> Svc {
     svc
 }
 
-async fn list(http: &reqwest::Client, base: &str, token: &str) -> (u16, serde_json::Value) {
+pub(crate) async fn list(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+) -> (u16, serde_json::Value) {
     let r = http
         .get(format!("{base}/api/v1/ptaas/sessions"))
         .bearer_auth(token)

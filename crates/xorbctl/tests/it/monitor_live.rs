@@ -1,0 +1,343 @@
+//! `xorbctl monitor` on a real Prometheus scraping a real api every 500 ms (issue 13). Each test has
+//! its own api (against the shared stable stack's datastores), its own Prometheus and its own
+//! traffic: a baseline window of traffic first, pinned with `--baseline-window`, then the monitor
+//! over what follows. Every request carries 100 ms of injected latency, so the p99 compared is that
+//! sleep and not the machine's load.
+
+use crate::common::*;
+use crate::monitor::{Svc, list, start_api};
+use nix::sys::signal::Signal;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use xorb_local::servers::Server;
+
+const STEP: &str = "2s";
+const BASELINE: Duration = Duration::from_secs(32);
+
+struct Lab {
+    api: Svc,
+    prom: Option<Server>,
+    prom_dir: PathBuf,
+    prom_cfg: PathBuf,
+    token: String,
+    traffic: Arc<AtomicBool>,
+    dir: PathBuf,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.traffic.store(false, Ordering::Relaxed);
+        if let Some(p) = self.prom.take() {
+            p.proc.stop(Signal::SIGTERM, Duration::from_secs(10));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Lab {
+    /// An api with 100 ms of latency, Prometheus scraping it, traffic, and a baseline window of it.
+    async fn up(tag: &str) -> (Lab, String) {
+        let st = stable();
+        let token = st
+            .add_tenant(&format!(
+                "{tag}-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ))
+            .await;
+        let api = start_api(st).await;
+        api.set_faults("XORB_FAULT_LATENCY_MS=100\n");
+        let dir = Stack::new_dir();
+        let prom_dir = dir.join("prometheus");
+        std::fs::create_dir_all(&prom_dir).unwrap();
+        let prom_cfg = dir.join("prometheus.yml");
+        let target = api.base.trim_start_matches("http://").to_string();
+        let cfg = serde_json::json!({
+            "global": {"scrape_interval": "500ms", "scrape_timeout": "400ms", "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": "xorb-api", "static_configs": [{"targets": [target]}]}]
+        });
+        std::fs::write(&prom_cfg, cfg.to_string()).unwrap();
+        let prom = xorb_local::servers::start_prometheus(&prom_dir, &prom_cfg)
+            .await
+            .unwrap();
+        let mut lab = Lab {
+            api,
+            prom: Some(prom),
+            prom_dir,
+            prom_cfg,
+            token,
+            traffic: Arc::new(AtomicBool::new(false)),
+            dir,
+        };
+        lab.start_traffic();
+        // The latency fault is in force once a request takes its 100 ms.
+        let http = reqwest::Client::new();
+        eventually("the latency fault", Duration::from_secs(10), || {
+            let (http, base, token) = (http.clone(), lab.api.base.clone(), lab.token.clone());
+            async move {
+                let t = std::time::Instant::now();
+                (list(&http, &base, &token).await.0 == 200
+                    && t.elapsed() >= Duration::from_millis(100))
+                .then_some(())
+            }
+        })
+        .await;
+        let from = chrono::Utc::now() + chrono::Duration::seconds(1);
+        tokio::time::sleep(BASELINE).await;
+        let window = format!("{},{}", rfc3339(from), rfc3339(chrono::Utc::now()));
+        (lab, window)
+    }
+
+    /// Eight clients, each sending its next request when the last is answered.
+    fn start_traffic(&mut self) {
+        self.traffic.store(true, Ordering::Relaxed);
+        for _ in 0..8 {
+            let (on, base, token) = (
+                self.traffic.clone(),
+                self.api.base.clone(),
+                self.token.clone(),
+            );
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                while on.load(Ordering::Relaxed) {
+                    if http
+                        .get(format!("{base}/api/v1/ptaas/sessions"))
+                        .bearer_auth(&token)
+                        .send()
+                        .await
+                        .is_err()
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            });
+        }
+    }
+
+    fn prom_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.prom.as_ref().unwrap().port)
+    }
+
+    fn out(&self) -> PathBuf {
+        self.dir.join("monitor")
+    }
+
+    fn monitor(&self, window: &str, duration: &str) -> Child {
+        Command::new(xorbctl_bin())
+            .env("XORB_STATE_DIR", self.dir.join("state"))
+            .args([
+                "monitor",
+                "--baseline",
+                "v2025.07-stable",
+                "--baseline-window",
+                window,
+                "--duration",
+                duration,
+                "--step",
+                STEP,
+                "--report-interval",
+                "4s",
+                "--alert-threshold",
+                "10%",
+                "--jobs",
+                "xorb-api",
+                "--prometheus",
+                &self.prom_url(),
+                "--out",
+            ])
+            .arg(self.out())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn report(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.out().join("monitor.json")).unwrap()).unwrap()
+    }
+}
+
+fn finish(child: Child) -> (i32, String) {
+    let out = child.wait_with_output().unwrap();
+    (out.status.code().unwrap_or(-1), text(&out))
+}
+
+fn metric<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    &report["latest"]["metrics"][name]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_behaviour_before_and_after_passes_and_replays_byte_for_byte() {
+    let (lab, window) = Lab::up("aa").await;
+    let (code, out) = finish(lab.monitor(&window, "24s"));
+    let report = lab.report();
+    assert_eq!(code, 0, "{out}\n{report:#}");
+    assert_eq!(report["verdict"], "PASS");
+    assert_eq!(report["finished"], true);
+    for m in [
+        "up",
+        "error_ratio",
+        "latency_p99",
+        "postgres_connections_active",
+    ] {
+        assert_eq!(metric(&report, m)["verdict"], "PASS", "{m}: {report:#}");
+    }
+    let lat = metric(&report, "latency_p99");
+    let base_median = lat["baseline"]["median"].as_f64().unwrap();
+    assert!(
+        (0.1..0.2).contains(&base_median),
+        "the p99 is the injected 100 ms: {lat:#}"
+    );
+    assert!(
+        lat["query"]
+            .as_str()
+            .unwrap()
+            .contains("histogram_quantile(0.99")
+    );
+    let reports = std::fs::read_dir(lab.out())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("report-")
+        })
+        .count();
+    assert!(
+        reports >= 5,
+        "an interim report every 4 s of 24 s: {reports}"
+    );
+
+    let replay = Command::new(xorbctl_bin())
+        .args(["monitor", "--replay"])
+        .arg(lab.out())
+        .output()
+        .unwrap();
+    assert_eq!(replay.status.code(), Some(0), "{}", text(&replay));
+    assert!(
+        replay.stdout == std::fs::read(lab.out().join("monitor.json")).unwrap(),
+        "the replay differs from the live report"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_5xx_burst_fails_at_once_with_both_ratios() {
+    let (lab, window) = Lab::up("burst").await;
+    let child = lab.monitor(&window, "60s");
+    lab.api
+        .set_faults("XORB_FAULT_LATENCY_MS=100\nXORB_FAULT_ERROR_RATIO=0.5\n");
+    let (code, out) = finish(child);
+    let report = lab.report();
+    assert_eq!(code, 5, "FAIL exits 5 (Unhealthy): {out}\n{report:#}");
+    assert_eq!(report["verdict"], "FAIL");
+    let err = metric(&report, "error_ratio");
+    assert_eq!(err["verdict"], "FAIL", "{err:#}");
+    let reason = err["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("error ratio") && reason.contains("against the baseline's 0.00%"),
+        "{reason}"
+    );
+    // Two scrape intervals and one evaluation (a 2 s step, and its 0.5 s lag) after the start.
+    let s = &report["settings"];
+    let took = report["latest"]["at_ms"].as_i64().unwrap() - s["start_ms"].as_i64().unwrap();
+    assert!(took <= 2 * 2000, "FAIL after {took} ms: {report:#}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_service_fails_the_up_gate_at_the_next_evaluation() {
+    let (mut lab, window) = Lab::up("kill").await;
+    let child = lab.monitor(&window, "60s");
+    let first = lab.out().join("monitor.json");
+    eventually("a first evaluation", Duration::from_secs(30), || {
+        let r = first.clone();
+        async move { r.exists().then_some(()) }
+    })
+    .await;
+    lab.api.child.kill().unwrap();
+    let killed_ms = chrono::Utc::now().timestamp_millis();
+    let (code, out) = finish(child);
+    let report = lab.report();
+    assert_eq!(code, 5, "{out}\n{report:#}");
+    let up = metric(&report, "up");
+    assert_eq!(up["verdict"], "FAIL", "{up:#}");
+    assert!(
+        up["reason"].as_str().unwrap().contains("failed scrape"),
+        "{up:#}"
+    );
+    let took = report["latest"]["at_ms"].as_i64().unwrap() - killed_ms;
+    assert!(
+        took <= 2 * 2000 + 1000,
+        "the up gate failed {took} ms after the kill"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_stopped_is_an_error_the_monitor_survives_and_no_traffic_is_inconclusive() {
+    let (mut lab, window) = Lab::up("gap").await;
+    let child = lab.monitor(&window, "40s");
+    let report = lab.out().join("monitor.json");
+    eventually("a first evaluation", Duration::from_secs(30), || {
+        let r = report.clone();
+        async move { r.exists().then_some(()) }
+    })
+    .await;
+    let prom = lab.prom.take().unwrap();
+    let port = prom.port;
+    prom.proc.stop(Signal::SIGTERM, Duration::from_secs(10));
+    eventually("an ERROR evaluation", Duration::from_secs(30), || {
+        let r = report.clone();
+        async move {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&r).ok()?).ok()?;
+            (v["latest"]["verdict"] == "ERROR").then_some(())
+        }
+    })
+    .await;
+    lab.prom = Some(
+        xorb_local::servers::start_prometheus_on(&lab.prom_dir, &lab.prom_cfg, Some(port))
+            .await
+            .unwrap(),
+    );
+    let (code, out) = finish(child);
+    let v = lab.report();
+    assert_ne!(
+        code, 4,
+        "the monitor resumed once Prometheus was back: {out}\n{v:#}"
+    );
+    assert_ne!(v["verdict"], "ERROR", "{v:#}");
+    let history: Vec<&str> = v["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["verdict"].as_str().unwrap())
+        .collect();
+    let first_error = history.iter().position(|h| *h == "ERROR").unwrap();
+    assert!(
+        history[first_error..].iter().any(|h| *h != "ERROR"),
+        "{history:?}"
+    );
+    assert!(
+        v["history"][first_error]["metrics"]
+            .as_object()
+            .unwrap()
+            .is_empty(),
+        "an ERROR evaluation judges nothing"
+    );
+
+    // No traffic: never PASS.
+    lab.traffic.store(false, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    std::fs::remove_dir_all(lab.out()).unwrap();
+    let (code, out) = finish(lab.monitor(&window, "8s"));
+    let v = lab.report();
+    assert_eq!(code, 10, "INCONCLUSIVE exits 10: {out}\n{v:#}");
+    let reason = metric(&v, "error_ratio")["reason"].as_str().unwrap();
+    assert!(reason.contains("too little traffic"), "{reason}");
+}
