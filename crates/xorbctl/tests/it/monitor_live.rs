@@ -1,7 +1,7 @@
 //! `xorbctl monitor` on a real Prometheus scraping a real api every 500 ms (issue 13). Each test has
 //! its own api (against the shared stable stack's datastores), its own Prometheus and its own
 //! traffic: a baseline window of traffic first, pinned with `--baseline-window`, then the monitor
-//! over what follows. Every request carries 100 ms of injected latency, so the p99 compared is that
+//! over what follows. Every request carries 200 ms of injected latency, so the p99 compared is that
 //! sleep and not the machine's load.
 
 use crate::common::*;
@@ -42,7 +42,7 @@ fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 impl Lab {
-    /// An api with 100 ms of latency, Prometheus scraping it, traffic, and a baseline window of it.
+    /// An api with 200 ms of latency, Prometheus scraping it, traffic, and a baseline window of it.
     async fn up(tag: &str) -> (Lab, String) {
         let st = stable();
         let token = st
@@ -52,7 +52,7 @@ impl Lab {
             ))
             .await;
         let api = start_api(st).await;
-        api.set_faults("XORB_FAULT_LATENCY_MS=100\n");
+        api.set_faults("XORB_FAULT_LATENCY_MS=200\n");
         let dir = Stack::new_dir();
         let prom_dir = dir.join("prometheus");
         std::fs::create_dir_all(&prom_dir).unwrap();
@@ -76,14 +76,14 @@ impl Lab {
             dir,
         };
         lab.start_traffic();
-        // The latency fault is in force once a request takes its 100 ms.
+        // The latency fault is in force once a request takes its 200 ms.
         let http = reqwest::Client::new();
         eventually("the latency fault", Duration::from_secs(10), || {
             let (http, base, token) = (http.clone(), lab.api.base.clone(), lab.token.clone());
             async move {
                 let t = std::time::Instant::now();
                 (list(&http, &base, &token).await.0 == 200
-                    && t.elapsed() >= Duration::from_millis(100))
+                    && t.elapsed() >= Duration::from_millis(200))
                 .then_some(())
             }
         })
@@ -94,10 +94,10 @@ impl Lab {
         (lab, window)
     }
 
-    /// Eight clients, each sending its next request when the last is answered.
+    /// Sixteen clients, each sending its next request when the last is answered.
     fn start_traffic(&mut self) {
         self.traffic.store(true, Ordering::Relaxed);
-        for _ in 0..8 {
+        for _ in 0..16 {
             let (on, base, token) = (
                 self.traffic.clone(),
                 self.api.base.clone(),
@@ -192,8 +192,8 @@ async fn the_same_behaviour_before_and_after_passes_and_replays_byte_for_byte() 
     let lat = metric(&report, "latency_p99");
     let base_median = lat["baseline"]["median"].as_f64().unwrap();
     assert!(
-        (0.1..0.2).contains(&base_median),
-        "the p99 is the injected 100 ms: {lat:#}"
+        (0.2..0.3).contains(&base_median),
+        "the p99 is the injected 200 ms: {lat:#}"
     );
     assert!(
         lat["query"]
@@ -233,7 +233,7 @@ async fn a_5xx_burst_fails_at_once_with_both_ratios() {
     let (lab, window) = Lab::up("burst").await;
     let child = lab.monitor(&window, "60s");
     lab.api
-        .set_faults("XORB_FAULT_LATENCY_MS=100\nXORB_FAULT_ERROR_RATIO=0.5\n");
+        .set_faults("XORB_FAULT_LATENCY_MS=200\nXORB_FAULT_ERROR_RATIO=0.5\n");
     let (code, out) = finish(child);
     let report = lab.report();
     assert_eq!(code, 5, "FAIL exits 5 (Unhealthy): {out}\n{report:#}");
@@ -340,4 +340,39 @@ async fn prometheus_stopped_is_an_error_the_monitor_survives_and_no_traffic_is_i
     assert_eq!(code, 10, "INCONCLUSIVE exits 10: {out}\n{v:#}");
     let reason = metric(&v, "error_ratio")["reason"].as_str().unwrap();
     assert!(reason.contains("too little traffic"), "{reason}");
+}
+
+/// The baseline at 200 ms of injected latency, the current window at `ms`.
+async fn latency_case(tag: &str, ms: u64) -> (i32, String, serde_json::Value) {
+    let (lab, window) = Lab::up(tag).await;
+    // The monitor's window starts at the step before it, so a moment of the old latency is in it:
+    // that only makes a slowdown harder to find, never easier.
+    lab.api.set_faults(&format!("XORB_FAULT_LATENCY_MS={ms}\n"));
+    let (code, out) = finish(lab.monitor(&window, "24s"));
+    let report = lab.report();
+    (code, out, report)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thirty_percent_slower_fails_on_latency() {
+    let (code, out, report) = latency_case("slow30", 260).await;
+    let lat = metric(&report, "latency_p99");
+    assert_eq!(code, 5, "{out}\n{report:#}");
+    assert_eq!(lat["verdict"], "FAIL", "{lat:#}");
+    let reason = lat["reason"].as_str().unwrap();
+    assert!(reason.contains("more than the allowed"), "{reason}");
+    assert!(
+        lat["effect"]["lower"].as_f64().unwrap() > lat["effect"]["allowed"].as_f64().unwrap(),
+        "{lat:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn five_percent_slower_passes_a_ten_percent_threshold() {
+    let (code, out, report) = latency_case("slow5", 210).await;
+    let lat = metric(&report, "latency_p99");
+    assert_eq!(lat["verdict"], "PASS", "{lat:#}");
+    assert_eq!(code, 0, "{out}\n{report:#}");
+    let shift = lat["effect"]["estimate"].as_f64().unwrap();
+    assert!(shift > 0.0, "the 10 ms are seen, and allowed: {lat:#}");
 }
