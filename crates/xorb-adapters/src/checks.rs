@@ -165,6 +165,7 @@ impl<T: Target> TargetRunner<T> {
                     Err(failed("control plane unhealthy"))
                 }
             }
+            Check::Monitoring => crate::monitoring_restored::monitoring_restored(self).await,
             Check::IntegrityQuick => self.integrity_quick(ctx).await,
             Check::IntegrityFull => Ok(StepOutcome::succeeded(
                 crate::integrity::check_full(self, ctx).await?,

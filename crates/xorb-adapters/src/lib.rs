@@ -12,6 +12,7 @@ pub mod evidence;
 pub mod files;
 pub mod integrity;
 pub mod monitoring;
+mod monitoring_restored;
 pub mod nats;
 pub mod pg;
 pub mod poll;

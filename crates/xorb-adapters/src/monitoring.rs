@@ -179,7 +179,9 @@ fn rule_groups(path: &Path) -> Result<Vec<(String, Vec<String>)>, StepError> {
         .unwrap_or_default())
 }
 
-fn target_rule_groups(target: &Release) -> Result<BTreeSet<(String, Vec<String>)>, StepError> {
+pub(crate) fn target_rule_groups(
+    target: &Release,
+) -> Result<BTreeSet<(String, Vec<String>)>, StepError> {
     let mut out = BTreeSet::new();
     for rule in &target.manifest.monitoring.rules {
         out.extend(rule_groups(&target.path(rule))?);

@@ -449,6 +449,8 @@ pub fn plan_with(
             "integrity-full" | "loss" => has_db,
             "health" | "info" => true,
             "integrity-quick" => matches!(scope, Scope::All | Scope::Services | Scope::Database),
+            // Phase 4 replaces the monitoring configuration; only a plan with it proves monitoring restored.
+            "monitoring" => matches!(scope, Scope::All | Scope::Infrastructure),
             _ => matches!(scope, Scope::All | Scope::Services),
         })
         .collect();
@@ -502,6 +504,9 @@ fn check_title(name: &str, to: &str) -> String {
         "tenant-isolation" => "Tenant isolation: one tenant cannot see another's sessions".into(),
         "evidence-legacy" => "Evidence: legacy mode where the target has no evidence system (existing evidence kept, none created); otherwise enabled and every record verifies".into(),
         "quota" => "Quota system (skipped where the release has none)".into(),
+        "monitoring" => format!(
+            "Monitoring restored: Prometheus scrapes every target of {to} and serves its rule groups"
+        ),
         "integrity-quick" => "Quick integrity scan: no rows lost since phase 1".into(),
         "loss" => "Data-loss assessment against phase 3's snapshot, preserved data accounted for".into(),
         other => other.to_string(),

@@ -21,6 +21,8 @@ pub enum Check {
     EvidenceLegacy,
     /// The control plane's quotas, when the target has one.
     Quota,
+    /// Prometheus scrapes every target of the target release (each up, scraped lately) and serves its rule groups.
+    Monitoring,
     /// No table lost rows since phase 1's counts.
     IntegrityQuick,
     /// Every table checksummed again and compared with phase 3's full scan.
@@ -30,7 +32,7 @@ pub enum Check {
 }
 
 impl Check {
-    pub const ALL: [Check; 10] = [
+    pub const ALL: [Check; 11] = [
         Check::Health,
         Check::Release,
         Check::Info,
@@ -38,6 +40,7 @@ impl Check {
         Check::TenantIsolation,
         Check::EvidenceLegacy,
         Check::Quota,
+        Check::Monitoring,
         Check::IntegrityQuick,
         Check::IntegrityFull,
         Check::Loss,
@@ -52,6 +55,7 @@ impl Check {
             Check::TenantIsolation => "tenant-isolation",
             Check::EvidenceLegacy => "evidence-legacy",
             Check::Quota => "quota",
+            Check::Monitoring => "monitoring",
             Check::IntegrityQuick => "integrity-quick",
             Check::IntegrityFull => "integrity-full",
             Check::Loss => "loss",

@@ -92,7 +92,22 @@ async fn a_full_rollback_ends_on_stable_with_every_phase_5_check_green() {
         .iter()
         .filter(|s| s["spec"]["phase"] == 5 || s["spec"]["id"].as_str().unwrap().starts_with("5."))
         .collect();
-    assert_eq!(checks.len(), 8, "the seven checks and the loss assessment");
+    assert_eq!(checks.len(), 9, "the eight checks and the loss assessment");
+    let monitoring = checks
+        .iter()
+        .find(|c| c["spec"]["id"] == "5.check.monitoring")
+        .expect("5.check.monitoring");
+    assert!(
+        monitoring["outcome"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("Prometheus scrapes all") && d.contains("rule groups")),
+        "{monitoring:#}"
+    );
+    let report = text(&st.xorbctl(&["report", "latest", "--format", "md"]));
+    assert!(
+        report.contains("[x] Monitoring restored"),
+        "the check proves the checklist item:\n{report}"
+    );
     for c in checks {
         assert!(
             matches!(c["state"].as_str(), Some("succeeded" | "skipped")),
