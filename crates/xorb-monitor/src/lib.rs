@@ -4,6 +4,7 @@
 //! docs/design/monitor.md.
 
 pub mod baseline;
+pub mod charts;
 pub mod judge;
 pub mod live;
 pub mod monitor;

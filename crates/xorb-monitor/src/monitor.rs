@@ -96,6 +96,14 @@ impl Monitor {
         &self.settings
     }
 
+    pub fn baseline(&self) -> &Samples {
+        &self.baseline
+    }
+
+    pub fn current(&self) -> &Samples {
+        &self.current
+    }
+
     /// The range the next fetch should cover, up to `now_ms` (aligned on the step); `None` when no
     /// whole step has passed since the last one.
     pub fn next_range(&self, now_ms: i64) -> Option<Range> {
@@ -165,11 +173,15 @@ impl Monitor {
             baseline_ranges: s.baseline_windows.clone(),
             current_range,
         };
+        // The first point's step ends at the monitor's start: its scrapes are from before it.
         let up: Vec<(String, Vec<crate::series::Point>)> = self
             .current
             .up
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| {
+                let after: Vec<_> = v.iter().filter(|p| p.t_ms > s.start_ms).copied().collect();
+                (k.clone(), after)
+            })
             .collect();
         let mut up_j = judge::up(&up);
         up_j.baseline = judge::Figures::default();

@@ -34,7 +34,10 @@ impl Queries {
         let j = quoted(jobs);
         let window = format!("{}ms", step_ms.max(1));
         Queries {
-            up: format!("up{{job=~\"{j}\"}}"),
+            // The worst scrape of each step, from the scrapes made in that step only: `up` alone would
+            // repeat a target's last scrape for five minutes, and a failed scrape from before the
+            // monitor (a restart during the rollback) would fail its gate.
+            up: format!("min_over_time(up{{job=~\"{j}\"}}[{window}])"),
             requests: format!("http_requests_total{{job=~\"{j}\",route!~\"{SHARED_ROUTES}\"}}"),
             latency_p99: format!(
                 "histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket{{job=~\"{j}\",route!~\"{SHARED_ROUTES}\"}}[{window}])))"
@@ -166,7 +169,10 @@ mod tests {
     #[test]
     fn a_job_name_cannot_change_the_queries() {
         let q = Queries::new(r#"x"} or vector(1) or {"#, 2000);
-        assert_eq!(q.up, r#"up{job=~"x\"} or vector(1) or {"}"#);
+        assert_eq!(
+            q.up,
+            r#"min_over_time(up{job=~"x\"} or vector(1) or {"}[2000ms])"#
+        );
         assert!(q.latency_p99.contains("[2000ms]"));
     }
 

@@ -512,6 +512,18 @@ pub fn render_markdown_document(doc: &model::Document) -> String {
             ));
         }
     }
+    if !doc.monitors.is_empty() {
+        md.push_str("\n## Post-rollback monitoring\n\n| Metric | Verdict | Why |\n|---|---|---|\n");
+        for m in &doc.monitors {
+            md.push_str(&format!(
+                "| `{}` | {} {} | {} |\n",
+                cell(&m.metric),
+                m.verdict.symbol(),
+                m.verdict.word(),
+                cell(&m.reason)
+            ));
+        }
+    }
     for w in &doc.warnings {
         md.push_str(&format!("\n> warning: {}\n", cell(w)));
     }

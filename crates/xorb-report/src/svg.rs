@@ -10,12 +10,15 @@ use xorb_engine::format_duration_ms;
 use crate::escape::esc;
 use crate::timeline::{SpanEnd, Timeline};
 
-/// A metric's verdict, as a canary analysis gives it.
+/// A metric's verdict, as `xorbctl monitor` gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Pass,
-    Marginal,
+    /// Too little data to judge: never a PASS.
+    Inconclusive,
+    /// Prometheus could not be read.
+    Error,
     Fail,
 }
 
@@ -23,21 +26,23 @@ impl Verdict {
     pub fn word(self) -> &'static str {
         match self {
             Verdict::Pass => "PASS",
-            Verdict::Marginal => "MARGINAL",
+            Verdict::Inconclusive => "INCONCLUSIVE",
+            Verdict::Error => "ERROR",
             Verdict::Fail => "FAIL",
         }
     }
     pub fn symbol(self) -> &'static str {
         match self {
             Verdict::Pass => "✓",
-            Verdict::Marginal => "!",
+            Verdict::Inconclusive => "?",
+            Verdict::Error => "!",
             Verdict::Fail => "✗",
         }
     }
     pub fn class(self) -> &'static str {
         match self {
             Verdict::Pass => "ok",
-            Verdict::Marginal => "warn",
+            Verdict::Inconclusive | Verdict::Error => "warn",
             Verdict::Fail => "bad",
         }
     }
@@ -399,7 +404,7 @@ mod tests {
 
     #[test]
     fn a_chart_without_finite_points_says_so() {
-        let mut c = chart(Verdict::Marginal);
+        let mut c = chart(Verdict::Inconclusive);
         c.baseline = vec![(f64::NAN, 1.0)];
         c.current = vec![];
         let svg = metric_chart(&c);

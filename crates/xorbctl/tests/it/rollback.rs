@@ -108,6 +108,40 @@ async fn a_full_rollback_ends_on_stable_with_every_phase_5_check_green() {
         report.contains("[x] Monitoring restored"),
         "the check proves the checklist item:\n{report}"
     );
+
+    // A short monitor after the run: stable never ran before it on this stack, so there is no baseline and
+    // nothing but the up gate can judge. INCONCLUSIVE (exit 10), and the run's report carries the verdicts.
+    let out = st.xorbctl(&[
+        "monitor",
+        "--run",
+        "latest",
+        "--baseline",
+        STABLE,
+        "--duration",
+        "4s",
+        "--step",
+        "2s",
+        "--report-interval",
+        "2s",
+    ]);
+    assert_eq!(out.status.code(), Some(10), "{}", text(&out));
+    assert!(
+        text(&out).contains("only the up gate can judge"),
+        "{}",
+        text(&out)
+    );
+    let report = text(&st.xorbctl(&["report", "latest", "--format", "md"]));
+    assert!(report.contains("## Post-rollback monitoring"), "{report}");
+    assert!(report.contains("| `up` | ✓ PASS |"), "{report}");
+    assert!(
+        report.contains("| `latency_p99` | ? INCONCLUSIVE |"),
+        "{report}"
+    );
+    let page = text(&st.xorbctl(&["report", "latest", "--format", "html"]));
+    assert!(
+        page.contains("<section id=\"monitors\">"),
+        "the HTML report draws them"
+    );
     for c in checks {
         assert!(
             matches!(c["state"].as_str(), Some("succeeded" | "skipped")),
