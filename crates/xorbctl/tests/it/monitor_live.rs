@@ -159,6 +159,16 @@ impl Lab {
             .unwrap()
     }
 
+    /// Until the monitor has written its first evaluation.
+    async fn first_evaluation(&self) {
+        let first = self.out().join("monitor.json");
+        eventually("a first evaluation", Duration::from_secs(30), || {
+            let r = first.clone();
+            async move { r.exists().then_some(()) }
+        })
+        .await;
+    }
+
     fn report(&self) -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(self.out().join("monitor.json")).unwrap()).unwrap()
     }
@@ -255,12 +265,7 @@ async fn a_5xx_burst_fails_at_once_with_both_ratios() {
 async fn a_killed_service_fails_the_up_gate_at_the_next_evaluation() {
     let (mut lab, window) = Lab::up("kill").await;
     let child = lab.monitor(&window, "60s");
-    let first = lab.out().join("monitor.json");
-    eventually("a first evaluation", Duration::from_secs(30), || {
-        let r = first.clone();
-        async move { r.exists().then_some(()) }
-    })
-    .await;
+    lab.first_evaluation().await;
     lab.api.child.kill().unwrap();
     let killed_ms = chrono::Utc::now().timestamp_millis();
     let (code, out) = finish(child);
@@ -283,12 +288,8 @@ async fn a_killed_service_fails_the_up_gate_at_the_next_evaluation() {
 async fn prometheus_stopped_is_an_error_the_monitor_survives_and_no_traffic_is_inconclusive() {
     let (mut lab, window) = Lab::up("gap").await;
     let child = lab.monitor(&window, "40s");
+    lab.first_evaluation().await;
     let report = lab.out().join("monitor.json");
-    eventually("a first evaluation", Duration::from_secs(30), || {
-        let r = report.clone();
-        async move { r.exists().then_some(()) }
-    })
-    .await;
     let prom = lab.prom.take().unwrap();
     let port = prom.port;
     prom.proc.stop(Signal::SIGTERM, Duration::from_secs(10));
