@@ -7,6 +7,7 @@ pub mod baseline;
 pub mod charts;
 pub mod judge;
 pub mod live;
+pub mod load;
 pub mod monitor;
 pub mod prom;
 pub mod queries;

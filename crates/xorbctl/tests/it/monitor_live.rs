@@ -377,3 +377,63 @@ async fn five_percent_slower_passes_a_ten_percent_threshold() {
     let shift = lat["effect"]["estimate"].as_f64().unwrap();
     assert!(shift > 0.0, "the 10 ms are seen, and allowed: {lat:#}");
 }
+
+/// What a closed loop measures (ab, hey, wrk without its own correction): one connection sending its
+/// next request when the last is answered, each latency from its send. Its 99th percentile, in ms.
+async fn closed_loop_p99_ms(url: String, token: String, for_: Duration) -> (f64, usize) {
+    let http = reqwest::Client::new();
+    let end = std::time::Instant::now() + for_;
+    let mut ms = Vec::new();
+    while std::time::Instant::now() < end {
+        let t = std::time::Instant::now();
+        let r = http.get(&url).bearer_auth(&token).send().await.unwrap();
+        let _ = r.bytes().await;
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    ms.sort_by(f64::total_cmp);
+    (ms[(ms.len() * 99 / 100).min(ms.len() - 1)], ms.len())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_one_second_stall_shows_in_the_corrected_p99_and_a_closed_loop_hides_it() {
+    let st = stable();
+    let token = st
+        .add_tenant(&format!(
+            "perf-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ))
+        .await;
+    let api = start_api(st).await;
+    let url = format!("{}/api/v1/ptaas/sessions", api.base);
+    let closed = tokio::spawn(closed_loop_p99_ms(
+        url.clone(),
+        token.clone(),
+        Duration::from_secs(20),
+    ));
+    let spec = xorb_monitor::load::Spec {
+        url,
+        token,
+        rate: 100.0,
+        duration: Duration::from_secs(20),
+        timeout: Duration::from_secs(10),
+        max_in_flight: 1000,
+    };
+    let load = tokio::spawn(async move { xorb_monitor::load::run(&spec).await });
+    // The stimulus, on a schedule: every request arriving in this second waits one second more.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    api.set_faults("XORB_FAULT_LATENCY_MS=1000\n");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    api.set_faults("\n");
+    let ours = load.await.unwrap().unwrap();
+    let (closed_p99, closed_n) = closed.await.unwrap();
+    assert_eq!(ours.due, 2000);
+    assert!(ours.ok >= 1990, "{ours:#?}");
+    assert!(
+        ours.response.p99_ms >= 900.0,
+        "the users arriving in the stall waited a second: {ours:#?}"
+    );
+    assert!(
+        closed_p99 < 300.0,
+        "a closed loop sends nothing while it waits, so its p99 hides the stall: {closed_p99} ms over {closed_n} requests"
+    );
+}
