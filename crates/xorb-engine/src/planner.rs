@@ -463,6 +463,7 @@ pub fn plan_with(
             Safety::Idempotent,
         );
         s.checks = vec![c.clone()];
+        s.policy = Policy::failure_policy(&policy.verification);
         steps.push(s);
     }
 

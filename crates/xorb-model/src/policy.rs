@@ -21,6 +21,11 @@ pub struct Policy {
     /// not happen; no emergency procedure runs by default (the services keep running on the expand-only schema).
     #[serde(default = "StepPolicy::stateful")]
     pub stateful: StepPolicy,
+    /// Phase 5's checks. A check that fails is tried again after a pause: a service that has just reconnected to
+    /// a dependency can fail one probe and be healthy a second later, and a run must not fail on that. A check that
+    /// finds something wrong for certain (tenant isolation broken) is not retried.
+    #[serde(default = "StepPolicy::verification")]
+    pub verification: StepPolicy,
     pub checks: Checks,
     /// Release name (dots replaced by dashes, since TOML keys with dots nest) → forced settings.
     #[serde(default)]
@@ -58,6 +63,14 @@ pub struct StepPolicy {
 }
 
 impl StepPolicy {
+    fn verification() -> Self {
+        StepPolicy {
+            attempts: 3,
+            backoff_ms: 3000,
+            emergency: "none".into(),
+        }
+    }
+
     fn stateful() -> Self {
         StepPolicy {
             attempts: 2,
@@ -115,7 +128,7 @@ impl Policy {
                 )));
             }
         }
-        for sp in [&p.services, &p.config, &p.stateful] {
+        for sp in [&p.services, &p.config, &p.stateful, &p.verification] {
             parse_emergency(&sp.emergency).map_err(err)?;
         }
         p.check_numbers().map_err(err)?;
@@ -150,6 +163,7 @@ impl Policy {
             ("services", &self.services),
             ("config", &self.config),
             ("stateful", &self.stateful),
+            ("verification", &self.verification),
         ] {
             limits::ATTEMPTS.check(&format!("{table}.attempts"), sp.attempts)?;
             limits::BACKOFF_MS.check(&format!("{table}.backoff_ms"), sp.backoff_ms)?;
