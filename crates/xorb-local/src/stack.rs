@@ -69,15 +69,15 @@ pub async fn up_with(
         }
         // A running stack keeps its Prometheus configuration; saying so beats ignoring the flag.
         let wanted = opts.scrape_interval.map(servers::prometheus_duration);
-        if wanted.is_some() && wanted != existing.scrape_interval {
-            return Err(LocalError::Config(format!(
-                "the stack in {} scrapes every {}; `xorbctl stack down` first to change the scrape interval",
-                state_dir.display(),
-                existing
+        if let Some(wanted) = wanted.filter(|w| Some(w) != existing.scrape_interval.as_ref()) {
+            return Err(LocalError::OtherScrapeInterval {
+                dir: state_dir.to_path_buf(),
+                running: existing
                     .scrape_interval
-                    .as_deref()
-                    .unwrap_or("(the release's interval)")
-            )));
+                    .clone()
+                    .unwrap_or_else(|| "the release's interval".into()),
+                wanted,
+            });
         }
         let dead: Vec<String> = existing
             .all_procs()

@@ -75,6 +75,36 @@ async fn assess_under_load(release: &str) -> Outcome {
     .unwrap();
     assert_eq!(phase4["global"]["scrape_interval"], "1s", "{phase4:#}");
     assert_eq!(phase4["global"]["scrape_timeout"], "1s", "{phase4:#}");
+    // What would reach PromQL unchecked and a window with one sample are bad input (2); another interval for a
+    // running stack is refused (3).
+    for (args, code, says) in [
+        (
+            &["assess", "--baseline-offset", "1h) or vector(1"][..],
+            2,
+            "--baseline-offset",
+        ),
+        (
+            &["assess", "--window", "1500ms"][..],
+            2,
+            "at least two scrape intervals (2s)",
+        ),
+        (
+            &[
+                "stack",
+                "up",
+                "--release",
+                release,
+                "--scrape-interval",
+                "5s",
+            ][..],
+            3,
+            "scrapes every 1s",
+        ),
+    ] {
+        let out = st.xorbctl(args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(says), "{args:?}: {}", text(&out));
+    }
 
     let pg = st.pg().await;
     pg.batch_execute(&format!(
