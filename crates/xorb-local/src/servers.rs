@@ -383,7 +383,7 @@ pub fn parse_prometheus_duration(s: &str) -> Result<Duration, String> {
 /// `d` as Prometheus spells a duration: whole seconds when it has no milliseconds.
 pub fn prometheus_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
