@@ -148,8 +148,13 @@ pub enum TriggerKind {
     ChecksFailed {
         checks: Vec<String>,
     },
+    /// A measure counts as degraded when it exceeds `factor` times its baseline, or times its floor when the
+    /// baseline is below it: a p99 of 3 ms against 1 ms, or one 5xx against none, is not what the runbook's
+    /// "degradation > 2x" means, and a baseline of zero errors has no ratio at all.
     Degradation {
         factor: f64,
+        min_p99_secs: f64,
+        min_error_rate: f64,
     },
     MonitoringIssues,
     ReportedBugs,
@@ -214,6 +219,8 @@ struct RawTrigger {
     longer_than: Option<String>,
     checks: Option<Vec<String>>,
     factor: Option<f64>,
+    min_p99_secs: Option<f64>,
+    min_error_rate: Option<f64>,
 }
 
 const KINDS: &str = "service_unavailable, data_corruption, security_breach, slo_breach, checks_failed, degradation, monitoring_issues, reported_bugs";
@@ -411,28 +418,42 @@ fn trigger(file: &str, at: &str, rt: &RawTrigger) -> Result<Trigger, PolicyError
                 )
             })?,
         },
-        "degradation" => match rt.factor {
-            Some(f) if f.is_finite() && f > 1.0 && f <= limits::DEGRADATION_FACTOR_MAX => {
-                TriggerKind::Degradation { factor: f }
-            }
-            Some(f) => {
-                return Err(PolicyError::invalid(
+        "degradation" => {
+            let factor = match rt.factor {
+                Some(f) if f.is_finite() && f > 1.0 && f <= limits::DEGRADATION_FACTOR_MAX => f,
+                Some(f) => {
+                    return Err(PolicyError::invalid(
+                        file,
+                        field("factor"),
+                        format!(
+                            "{f} is out of range: allowed greater than 1, at most {}",
+                            limits::DEGRADATION_FACTOR_MAX
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(PolicyError::invalid(
+                        file,
+                        field("factor"),
+                        "required for kind \"degradation\" (e.g. 2.0)",
+                    ));
+                }
+            };
+            let floor = |name: &str, v: Option<f64>, max: f64| match v {
+                None => Ok(0.0),
+                Some(x) if x.is_finite() && (0.0..=max).contains(&x) => Ok(x),
+                Some(x) => Err(PolicyError::invalid(
                     file,
-                    field("factor"),
-                    format!(
-                        "{f} is out of range: allowed greater than 1, at most {}",
-                        limits::DEGRADATION_FACTOR_MAX
-                    ),
-                ));
+                    field(name),
+                    format!("{x} is out of range: allowed 0 to {max}"),
+                )),
+            };
+            TriggerKind::Degradation {
+                factor,
+                min_p99_secs: floor("min_p99_secs", rt.min_p99_secs, 60.0)?,
+                min_error_rate: floor("min_error_rate", rt.min_error_rate, 1.0)?,
             }
-            None => {
-                return Err(PolicyError::invalid(
-                    file,
-                    field("factor"),
-                    "required for kind \"degradation\" (e.g. 2.0)",
-                ));
-            }
-        },
+        }
         other => {
             return Err(PolicyError::invalid(
                 file,
@@ -453,6 +474,8 @@ fn trigger(file: &str, at: &str, rt: &RawTrigger) -> Result<Trigger, PolicyError
         ("longer_than", rt.longer_than.is_some()),
         ("checks", rt.checks.is_some()),
         ("factor", rt.factor.is_some()),
+        ("min_p99_secs", rt.min_p99_secs.is_some()),
+        ("min_error_rate", rt.min_error_rate.is_some()),
     ] {
         if set && !uses(p) {
             return Err(PolicyError::invalid(
@@ -658,12 +681,16 @@ fn evaluate(kind: &TriggerKind, ev: &Evidence) -> (bool, String) {
                 (true, format!("failed: {}", list.join(", ")))
             }
         }
-        TriggerKind::Degradation { factor } => {
+        TriggerKind::Degradation {
+            factor,
+            min_p99_secs,
+            min_error_rate,
+        } => {
             let mut fired = false;
             let mut parts = Vec::new();
-            for (what, m) in [
-                ("p99 latency", ev.p99_latency_secs),
-                ("error rate", ev.error_rate),
+            for (what, m, floor) in [
+                ("p99 latency", ev.p99_latency_secs, *min_p99_secs),
+                ("error rate", ev.error_rate, *min_error_rate),
             ] {
                 match m {
                     None => parts.push(format!("{what}: not measured")),
@@ -674,17 +701,23 @@ fn evaluate(kind: &TriggerKind, ev: &Evidence) -> (bool, String) {
                     Some(Comparison {
                         now,
                         baseline: Some(b),
-                    }) if b <= 0.0 => {
+                    }) if b.max(floor) <= 0.0 => {
                         parts.push(format!("{what}: {now} now, baseline {b} (no ratio)"))
                     }
                     Some(Comparison {
                         now,
                         baseline: Some(b),
                     }) => {
-                        let ratio = now / b;
+                        let against = b.max(floor);
+                        let ratio = now / against;
                         fired |= ratio > *factor;
+                        let base = if b < floor {
+                            format!("{b} baseline, below its floor {floor}")
+                        } else {
+                            format!("{b} baseline")
+                        };
                         parts.push(format!(
-                            "{what}: {now} now vs {b} baseline ({ratio:.2}x, threshold >{factor}x)"
+                            "{what}: {now} now vs {base} ({ratio:.2}x, threshold >{factor}x)"
                         ));
                     }
                 }
@@ -873,6 +906,58 @@ mod tests {
         });
         assert_eq!(err.severity, Some(Severity::P2));
         assert!(err.fired().next().unwrap().evidence.contains("9.00x"));
+    }
+
+    #[test]
+    fn degradation_compares_a_baseline_below_its_floor_as_the_floor() {
+        let a = |p99: Comparison, err: Comparison| {
+            m().assess(&Evidence {
+                p99_latency_secs: Some(p99),
+                error_rate: Some(err),
+                ..Default::default()
+            })
+        };
+        let c = |now, b| Comparison {
+            now,
+            baseline: Some(b),
+        };
+        // 4 ms against 1 ms is 4x, yet under 2 x 100 ms; 1.5% errors against none is under 2 x 1%.
+        let quiet = a(c(0.004, 0.001), c(0.015, 0.0));
+        assert_eq!(quiet.severity, None, "{quiet}");
+        assert!(
+            quiet.to_string().contains("below its floor 0.01"),
+            "{quiet}"
+        );
+        // Errors rising from none to 30% fire, with the figures.
+        let errors = a(c(0.004, 0.001), c(0.3, 0.0));
+        assert_eq!(errors.severity, Some(Severity::P2));
+        let t = errors.fired().next().unwrap();
+        assert!(
+            t.evidence
+                .contains("error rate: 0.3 now vs 0 baseline, below its floor 0.01 (30.00x"),
+            "{}",
+            t.evidence
+        );
+        // Above the floor, the baseline itself is the reference.
+        assert_eq!(a(c(0.5, 0.2), c(0.0, 0.0)).severity, Some(Severity::P2));
+        assert_eq!(a(c(0.35, 0.2), c(0.0, 0.0)).severity, None);
+    }
+
+    #[test]
+    fn degradation_floors_out_of_range_are_refused() {
+        let base = crate::builtin::DECISION_MATRIX;
+        for (from, to, f) in [
+            ("min_p99_secs = 0.1", "min_p99_secs = -1.0", "min_p99_secs"),
+            (
+                "min_error_rate = 0.01",
+                "min_error_rate = 1.5",
+                "min_error_rate",
+            ),
+        ] {
+            let (field, msg) = invalid(&base.replacen(from, to, 1));
+            assert_eq!(field, format!("severity[2].trigger[0].{f}"));
+            assert!(msg.contains("out of range"), "{msg}");
+        }
     }
 
     #[test]

@@ -43,6 +43,14 @@ pub enum LocalError {
         running: String,
         wanted: String,
     },
+    #[error(
+        "the stack in {dir} scrapes every {running}; `xorbctl stack down` first to scrape every {wanted}"
+    )]
+    OtherScrapeInterval {
+        dir: PathBuf,
+        running: String,
+        wanted: String,
+    },
     #[error("{service} did not become healthy within {secs} s: {why}")]
     Unhealthy {
         service: String,
@@ -61,7 +69,9 @@ impl LocalError {
         use xorb_model::exit::Exit;
         match self {
             LocalError::Config(_) | LocalError::Release(_) => Exit::BadInput,
-            LocalError::NoStack(_) | LocalError::OtherReleaseRunning { .. } => Exit::Refused,
+            LocalError::NoStack(_)
+            | LocalError::OtherReleaseRunning { .. }
+            | LocalError::OtherScrapeInterval { .. } => Exit::Refused,
             LocalError::Adapter(a) => a.exit(),
             LocalError::Io { .. }
             | LocalError::Start { .. }

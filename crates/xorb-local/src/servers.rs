@@ -236,11 +236,15 @@ pub async fn restart_nats(dir: &Path, old: &NatsServer) -> Result<NatsServer, Lo
 /// service of the same name (`xorb-api` → api); jobs of services the stack does not run are dropped; `alerting`
 /// points at the stack's own Alertmanager when it runs one (the release's k8s host name is never resolved from
 /// here); rule files are named as read from `rules_dir`. JSON is valid YAML, so it is kept as JSON.
+///
+/// `scrape_interval` (the stack's `--scrape-interval`) replaces the release's everywhere it is set, and caps the
+/// scrape timeout, which Prometheus refuses above the interval.
 pub fn prometheus_config(
     release: &Release,
     rules_dir: &Path,
     service_ports: &std::collections::BTreeMap<String, u16>,
     alertmanager_port: Option<u16>,
+    scrape_interval: Option<Duration>,
 ) -> Result<serde_json::Value, LocalError> {
     let src = release.path(&release.manifest.monitoring.prometheus);
     let text = std::fs::read_to_string(&src)
@@ -283,7 +287,107 @@ pub fn prometheus_config(
             true
         });
     }
+    if let Some(every) = scrape_interval {
+        let global = cfg
+            .as_object_mut()
+            .and_then(|o| {
+                o.entry("global")
+                    .or_insert_with(|| serde_json::json!({}))
+                    .as_object_mut()
+            })
+            .ok_or_else(|| {
+                LocalError::Config(format!("{}: global is not a mapping", src.display()))
+            })?;
+        set_scrape_interval(global, every);
+        if let Some(jobs) = cfg.get_mut("scrape_configs").and_then(|v| v.as_array_mut()) {
+            for job in jobs.iter_mut().filter_map(|j| j.as_object_mut()) {
+                if job.contains_key("scrape_interval") || job.contains_key("scrape_timeout") {
+                    set_scrape_interval(job, every);
+                }
+            }
+        }
+    }
     Ok(cfg)
+}
+
+fn set_scrape_interval(o: &mut serde_json::Map<String, serde_json::Value>, every: Duration) {
+    let timeout = o
+        .get("scrape_timeout")
+        .and_then(|v| v.as_str())
+        .and_then(|t| parse_prometheus_duration(t).ok())
+        .map_or(every, |t| t.min(every));
+    o.insert("scrape_interval".into(), prometheus_duration(every).into());
+    o.insert("scrape_timeout".into(), prometheus_duration(timeout).into());
+}
+
+/// The release's own scrape interval (its Prometheus configuration's `global.scrape_interval`, else Prometheus's
+/// default of 1m).
+pub fn release_scrape_interval(release: &Release) -> Result<Duration, LocalError> {
+    let src = release.path(&release.manifest.monitoring.prometheus);
+    let text = std::fs::read_to_string(&src)
+        .map_err(|e| LocalError::io(format!("cannot read {}", src.display()), e))?;
+    let cfg: serde_json::Value = serde_saphyr::from_str(&text)
+        .map_err(|e| LocalError::Config(format!("{} is not valid YAML: {e}", src.display())))?;
+    match cfg["global"]["scrape_interval"].as_str() {
+        None => Ok(Duration::from_secs(60)),
+        Some(t) => parse_prometheus_duration(t).map_err(|e| {
+            LocalError::Config(format!("{}: global.scrape_interval: {e}", src.display()))
+        }),
+    }
+}
+
+/// A Prometheus duration (`500ms`, `15s`, `1h30m`: units ms, s, m, h, d, w, y from the largest down), greater than
+/// zero. What the flags that end up in PromQL or in Prometheus's configuration accept, so neither sees anything else.
+pub fn parse_prometheus_duration(s: &str) -> Result<Duration, String> {
+    const UNITS: [(&str, u64); 7] = [
+        ("y", 365 * 86_400_000),
+        ("w", 7 * 86_400_000),
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+        ("ms", 1),
+    ];
+    let bad = || format!("{s:?} is not a duration like 500ms, 15s, 5m or 1h30m");
+    let mut rest = s;
+    let mut ms: u64 = 0;
+    let mut next_unit = 0;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        // "ms" before "m", or "5ms" would read as 5 minutes followed by garbage.
+        let (i, (unit, scale)) = UNITS
+            .iter()
+            .enumerate()
+            .skip(next_unit)
+            .filter(|(_, (u, _))| rest.starts_with(u))
+            .max_by_key(|(_, (u, _))| u.len())
+            .ok_or_else(bad)?;
+        rest = &rest[unit.len()..];
+        ms = n
+            .checked_mul(*scale)
+            .and_then(|x| ms.checked_add(x))
+            .ok_or_else(bad)?;
+        next_unit = i + 1;
+    }
+    if ms == 0 {
+        return Err(format!("{s:?}: must be greater than zero"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// `d` as Prometheus spells a duration: whole seconds when it has no milliseconds.
+pub fn prometheus_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
 }
 
 /// Writes [`prometheus_config`] and the release's rule files into `dir`, as `stack up` starts Prometheus.
@@ -292,8 +396,15 @@ pub fn write_prometheus_config(
     dir: &Path,
     service_ports: &std::collections::BTreeMap<String, u16>,
     alertmanager_port: Option<u16>,
+    scrape_interval: Option<Duration>,
 ) -> Result<PathBuf, LocalError> {
-    let cfg = prometheus_config(release, dir, service_ports, alertmanager_port)?;
+    let cfg = prometheus_config(
+        release,
+        dir,
+        service_ports,
+        alertmanager_port,
+        scrape_interval,
+    )?;
     for rule in &release.manifest.monitoring.rules {
         let Some(name) = rule.file_name() else {
             continue;
@@ -398,4 +509,45 @@ async fn wait_http_ready(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_durations_parse_and_print_back() {
+        for (s, ms) in [
+            ("500ms", 500),
+            ("1s", 1000),
+            ("15s", 15_000),
+            ("5m", 300_000),
+            ("1h30m", 5_400_000),
+            ("1m5s250ms", 65_250),
+        ] {
+            assert_eq!(
+                parse_prometheus_duration(s),
+                Ok(Duration::from_millis(ms)),
+                "{s}"
+            );
+        }
+        assert_eq!(prometheus_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(prometheus_duration(Duration::from_secs(60)), "60s");
+        // What would reach PromQL or Prometheus's configuration unchecked otherwise.
+        for s in [
+            "",
+            "0s",
+            "1",
+            "s",
+            "5 m",
+            "1.5s",
+            "30s1m",
+            "1s1s",
+            "1h]",
+            "-1s",
+            "1h) or vector(1",
+        ] {
+            assert!(parse_prometheus_duration(s).is_err(), "{s:?} accepted");
+        }
+    }
 }

@@ -36,6 +36,9 @@ pub struct UpReport {
 pub struct UpOptions {
     /// A directory a Grafana provisions dashboards from: the release's dashboards are written there.
     pub grafana_dashboards: Option<PathBuf>,
+    /// Prometheus's scrape interval instead of the release's (tests scrape every second to see load within
+    /// seconds).
+    pub scrape_interval: Option<Duration>,
 }
 
 pub async fn up(
@@ -62,6 +65,18 @@ pub async fn up_with(
                 dir: state_dir.to_path_buf(),
                 running: existing.release,
                 wanted: release_name.into(),
+            });
+        }
+        // A running stack keeps its Prometheus configuration; saying so beats ignoring the flag.
+        let wanted = opts.scrape_interval.map(servers::prometheus_duration);
+        if let Some(wanted) = wanted.filter(|w| Some(w) != existing.scrape_interval.as_ref()) {
+            return Err(LocalError::OtherScrapeInterval {
+                dir: state_dir.to_path_buf(),
+                running: existing
+                    .scrape_interval
+                    .clone()
+                    .unwrap_or_else(|| "the release's interval".into()),
+                wanted,
             });
         }
         let dead: Vec<String> = existing
@@ -172,6 +187,7 @@ async fn fresh_up(
             &prom_dir,
             &ports,
             Some(alertmanager.port),
+            opts.scrape_interval,
         )?;
         let prometheus = servers::start_prometheus(&prom_dir, &prom_cfg).await?;
         started.push(prometheus.proc.clone());
@@ -193,6 +209,7 @@ async fn fresh_up(
             prometheus,
             alertmanager: Some(alertmanager),
             grafana_dashboards,
+            scrape_interval: opts.scrape_interval.map(servers::prometheus_duration),
             services,
         };
         for i in 0..stack.services.len() {

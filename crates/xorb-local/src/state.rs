@@ -40,6 +40,10 @@ pub struct StackState {
     /// Where a Grafana reads the stack's dashboards (`stack up --grafana-dashboards DIR`); None: no Grafana.
     #[serde(default)]
     pub grafana_dashboards: Option<PathBuf>,
+    /// Prometheus's scrape interval when `stack up --scrape-interval` set one (a Prometheus duration), used by
+    /// every Prometheus configuration the stack writes, phase 4's included; None: the release's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrape_interval: Option<String>,
     /// In the runbook's order.
     pub services: Vec<ServiceState>,
 }

@@ -439,11 +439,18 @@ impl Target for LocalTarget {
             .iter()
             .map(|s| (s.name.clone(), s.port))
             .collect();
+        let scrape_interval = st
+            .scrape_interval
+            .as_deref()
+            .map(crate::servers::parse_prometheus_duration)
+            .transpose()
+            .map_err(|e| StepError::fatal(format!("the stack's scrape_interval: {e}")))?;
         crate::servers::prometheus_config(
             release,
             rules_dir,
             &ports,
             st.alertmanager.as_ref().map(|a| a.port),
+            scrape_interval,
         )
         .map_err(|e| StepError::fatal(e.to_string()))
     }

@@ -199,6 +199,10 @@ pub enum StackCmd {
         /// of a rollback replaces them).
         #[arg(long)]
         grafana_dashboards: Option<PathBuf>,
+        /// Prometheus scrapes every this long instead of the release's interval (e.g. 1s), in this and every
+        /// later Prometheus configuration of the stack (phase 4's too).
+        #[arg(long, value_name = "DURATION")]
+        scrape_interval: Option<String>,
     },
     /// Stop exactly the processes `stack up` started. Data stays in the state directory.
     Down,
@@ -278,9 +282,14 @@ pub struct RollbackGovArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AssessArgs {
-    /// The baseline for latency and error rate: the same measure this long before now (Prometheus `offset`).
+    /// The baseline for latency and error rate: the same measure this long before now (Prometheus `offset`,
+    /// e.g. 1h, 90s).
     #[arg(long, default_value = "1h")]
     pub baseline_offset: String,
+    /// The rate window of latency and error rate, at least two scrape intervals (default: twenty of the
+    /// stack's scrape intervals, 5m at the releases' 15s).
+    #[arg(long, value_name = "DURATION")]
+    pub window: Option<String>,
     /// Declare what the stack cannot show: `data-corruption` or `security-breach`.
     #[arg(long = "declare", value_name = "WHAT")]
     pub declare: Vec<String>,

@@ -143,6 +143,7 @@ pub struct StackUp {
     pub release: String,
     pub demo_data: bool,
     pub grafana_dashboards: Option<PathBuf>,
+    pub scrape_interval: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,6 +233,7 @@ pub struct Assess {
     pub locations: Locations,
     pub policies: PolicyFiles,
     pub baseline_offset: String,
+    pub window: Option<String>,
     pub declare: Vec<String>,
     pub bugs: Vec<String>,
 }
@@ -374,12 +376,14 @@ pub fn resolve(cli: Cli) -> Settings {
                     release,
                     demo_data,
                     grafana_dashboards,
+                    scrape_interval,
                 },
         } => CommandSettings::StackUp(StackUp {
             locations: loc,
             release,
             demo_data,
             grafana_dashboards,
+            scrape_interval,
         }),
         Command::Stack {
             action: StackCmd::Down,
@@ -433,6 +437,7 @@ pub fn resolve(cli: Cli) -> Settings {
             locations: loc,
             policies,
             baseline_offset: a.baseline_offset,
+            window: a.window,
             declare: a.declare,
             bugs: a.bugs,
         }),

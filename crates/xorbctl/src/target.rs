@@ -17,6 +17,9 @@ pub use xorb_adapters::deps::Cause;
 pub use xorb_adapters::pg::CriticalReport;
 pub use xorb_adapters::pg::PgConn as Database;
 pub use xorb_local::LocalError as TargetError;
+pub use xorb_local::servers::{
+    parse_prometheus_duration, prometheus_duration, release_scrape_interval,
+};
 pub use xorb_local::stack::{DownEntry, StackState, StackStatus, UpReport};
 
 /// What runs a rollback's steps on the target (the engine's `StepRunner`): the shared adapters over the local
@@ -56,9 +59,11 @@ pub async fn stack_up(
     release: &str,
     demo_data: bool,
     grafana_dashboards: Option<&Path>,
+    scrape_interval: Option<std::time::Duration>,
 ) -> Result<UpReport, TargetError> {
     let opts = xorb_local::stack::UpOptions {
         grafana_dashboards: grafana_dashboards.map(Path::to_path_buf),
+        scrape_interval,
     };
     xorb_local::stack::up_with(paths, state_dir, release, demo_data, &opts).await
 }

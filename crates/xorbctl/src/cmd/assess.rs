@@ -29,8 +29,25 @@ struct AssessReport {
     #[serde(flatten)]
     assessment: Assessment,
     evidence: Evidence,
+    /// How Prometheus's figures in `evidence` were measured.
+    measured: Measured,
     notes: Vec<String>,
 }
+
+#[derive(Debug, Serialize)]
+struct Measured {
+    scrape_interval: String,
+    window: String,
+    baseline_offset: String,
+    routes_excluded: &'static str,
+}
+
+/// Prometheus's own scrapes and the supervisor's health probes: traffic no regression touches, which would dilute
+/// every ratio (docs/design/monitor.md).
+const SHARED_ROUTES: &str = "/metrics|/api/v1/health|/api/v1/info";
+
+/// The default rate window in scrape intervals: 5m at the releases' 15 s, as `assess` always used.
+const WINDOW_SCRAPES: u32 = 20;
 
 const OBSERVED_DOWN: &str = "governance/observed-down.json";
 
@@ -39,6 +56,9 @@ pub async fn run(args: &Assess, out: &Reporter, red: &Redactor) -> anyhow::Resul
     let state_dir = &args.locations.state_dir;
     let trail = Trail::new(state_dir, red);
     let st = target::stack_state(state_dir)?;
+    let paths = target::paths(&args.locations)?;
+    let release = xorb_model::release::Release::load_named(&paths.releases_root, &st.release)?;
+    let measured = measured(args, &st, &release)?;
     let at = now()?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -106,8 +126,6 @@ pub async fn run(args: &Assess, out: &Reporter, red: &Redactor) -> anyhow::Resul
     let _ = std::fs::write(&obs_path, serde_json::to_vec_pretty(&observed)?);
 
     // Functionality: phase 5's checks that make sense on a live stack, exactly as a rollback runs them.
-    let paths = target::paths(&args.locations)?;
-    let release = xorb_model::release::Release::load_named(&paths.releases_root, &st.release)?;
     let runner = target::runner(state_dir, paths, release);
     let scratch = tempfile_dir(state_dir)?;
     for name in ["health", "smoke", "tenant-isolation"] {
@@ -147,9 +165,15 @@ pub async fn run(args: &Assess, out: &Reporter, red: &Redactor) -> anyhow::Resul
                 ev.monitoring_issues
                     .push(format!("scrape target {job} is down"));
             }
-            let offset = &args.baseline_offset;
-            let p99 = "histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket[5m]%O)))";
-            let err = "sum(rate(http_requests_total{status=~\"5..\"}[5m]%O)) / sum(rate(http_requests_total[5m]%O))";
+            let (w, offset) = (&measured.window, &measured.baseline_offset);
+            let sel = format!("route!~\"{SHARED_ROUTES}\"");
+            let p99 = format!(
+                "histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket{{{sel}}}[{w}]%O)))"
+            );
+            // No 5xx series at all is a ratio of 0, not "no data"; no requests at all stays no data.
+            let err = format!(
+                "(sum(rate(http_requests_total{{status=~\"5..\",{sel}}}[{w}]%O)) or vector(0)) / sum(rate(http_requests_total{{{sel}}}[{w}]%O))"
+            );
             for (q, slot) in [(p99, &mut ev.p99_latency_secs), (err, &mut ev.error_rate)] {
                 let now_v = prom_scalar(&http, &prom, &q.replace("%O", "")).await;
                 let base_v =
@@ -176,6 +200,7 @@ pub async fn run(args: &Assess, out: &Reporter, red: &Redactor) -> anyhow::Resul
         state_dir: state_dir.clone(),
         assessment,
         evidence: ev,
+        measured,
         notes,
     };
     out.result(&report, |r| {
@@ -190,12 +215,53 @@ pub async fn run(args: &Assess, out: &Reporter, red: &Redactor) -> anyhow::Resul
         if r.assessment.severity.is_none() {
             s.push_str("No rollback needed.\n");
         }
+        let m = &r.measured;
+        let _ = writeln!(
+            s,
+            "  note: latency and error rate over {} windows, now against {} before, scraped every {}, without {}",
+            m.window, m.baseline_offset, m.scrape_interval, m.routes_excluded
+        );
         for n in &r.notes {
             let _ = writeln!(s, "  note: {n}");
         }
         s
     });
     Ok(if warranted { Exit::Unhealthy } else { Exit::Ok })
+}
+
+/// The scrape interval, rate window and baseline offset, checked before they go into PromQL: a window under two
+/// scrapes holds one sample and has no rate.
+fn measured(
+    args: &Assess,
+    st: &target::StackState,
+    release: &xorb_model::release::Release,
+) -> anyhow::Result<Measured> {
+    let every = match &st.scrape_interval {
+        Some(d) => target::parse_prometheus_duration(d)
+            .map_err(|e| bad(format!("the stack's scrape interval {e}")))?,
+        None => target::release_scrape_interval(release)?,
+    };
+    let offset = target::parse_prometheus_duration(&args.baseline_offset)
+        .map_err(|e| bad(format!("--baseline-offset {e}")))?;
+    let window = match &args.window {
+        None => every * WINDOW_SCRAPES,
+        Some(w) => {
+            target::parse_prometheus_duration(w).map_err(|e| bad(format!("--window {e}")))?
+        }
+    };
+    if window < every * 2 {
+        return Err(bad(format!(
+            "--window {}: at least two scrape intervals ({}), or a rate has one sample",
+            target::prometheus_duration(window),
+            target::prometheus_duration(every * 2)
+        )));
+    }
+    Ok(Measured {
+        scrape_interval: target::prometheus_duration(every),
+        window: target::prometheus_duration(window),
+        baseline_offset: target::prometheus_duration(offset),
+        routes_excluded: SHARED_ROUTES,
+    })
 }
 
 fn tempfile_dir(state_dir: &Path) -> anyhow::Result<PathBuf> {

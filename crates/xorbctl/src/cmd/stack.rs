@@ -5,12 +5,21 @@ use std::fmt::Write as _;
 use anyhow::Context;
 use xorb_model::exit::Exit;
 
+use crate::errors::UsageError;
 use crate::output::Reporter;
 use crate::settings::{StackUp, StateDir};
 use crate::target;
 
 pub async fn up(s: &StackUp, out: &Reporter) -> anyhow::Result<Exit> {
     let (state_dir, release) = (&s.locations.state_dir, &s.release);
+    let scrape_interval = s
+        .scrape_interval
+        .as_deref()
+        .map(|d| {
+            target::parse_prometheus_duration(d)
+                .map_err(|e| UsageError(format!("--scrape-interval {e}")))
+        })
+        .transpose()?;
     let paths = target::paths(&s.locations)?;
     out.line(format!(
         "Starting the local stack at {} on release {release}…",
@@ -22,6 +31,7 @@ pub async fn up(s: &StackUp, out: &Reporter) -> anyhow::Result<Exit> {
         release,
         s.demo_data,
         s.grafana_dashboards.as_deref(),
+        scrape_interval,
     )
     .await
     .with_context(|| format!("stack up --release {release} failed"))?;

@@ -66,6 +66,11 @@ impl Stack {
 
     /// As [`Stack::up`], in a state directory the test prepared (an empty directory, maybe a mount point).
     pub fn up_in(dir: PathBuf, release: &str, demo: bool) -> Stack {
+        Self::up_with(dir, release, demo, &[])
+    }
+
+    /// As [`Stack::up_in`], with more `stack up` flags (`--scrape-interval 1s`).
+    pub fn up_with(dir: PathBuf, release: &str, demo: bool, flags: &[&str]) -> Stack {
         let stack = Stack {
             dir,
             release: release.to_string(),
@@ -75,6 +80,7 @@ impl Stack {
         if demo {
             args.push("--demo-data");
         }
+        args.extend_from_slice(flags);
         let out = stack.xorbctl(&args);
         assert!(
             out.status.success(),

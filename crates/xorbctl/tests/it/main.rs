@@ -2,6 +2,7 @@
 //! tools. Stacks are private (temporary state directories, loopback, free ports) and stopped by a watchdog when
 //! this process ends, whatever way it ends.
 
+mod assess_load;
 mod common;
 mod database;
 mod faults;
