@@ -35,6 +35,8 @@ struct Outcome {
     code: i32,
     report: Value,
     output: String,
+    /// `assess` without `--output json`.
+    human: String,
     /// Status of every response during the load (503s counted only as `tenant_metrics_busy`, else as their code).
     load: BTreeMap<String, u64>,
 }
@@ -175,19 +177,17 @@ async fn assess_under_load(release: &str) -> Outcome {
         })
         .collect();
     tokio::time::sleep_until((l0 + ASSESS_AFTER).into()).await;
-    let mut cmd = st.cmd();
-    cmd.args([
-        "assess",
-        "--output",
-        "json",
-        "--window",
-        WINDOW,
-        "--baseline-offset",
-        OFFSET,
-    ]);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
+    // JSON, then the same in text, both under the load and within the timeline.
+    let assess = |json: bool| {
+        let mut cmd = st.cmd();
+        cmd.args(["assess", "--window", WINDOW, "--baseline-offset", OFFSET]);
+        if json {
+            cmd.args(["--output", "json"]);
+        }
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let out = assess(true).await.unwrap();
+    let human = text(&assess(false).await.unwrap());
     let took = l0.elapsed();
     stop.store(true, Ordering::Relaxed);
     let mut load = BTreeMap::new();
@@ -217,6 +217,7 @@ async fn assess_under_load(release: &str) -> Outcome {
         code: out.status.code().unwrap_or(-1),
         report,
         output,
+        human,
         load,
     }
 }
@@ -291,4 +292,11 @@ async fn assess_finds_no_degradation_on_stable_under_the_same_load() {
     assert!(figure(r, "p99_latency_secs", "baseline") > 0.0);
     assert_eq!(r["severity"], Value::Null, "{r:#}");
     assert_eq!(o.code, 0, "{}", o.output);
+    assert!(
+        o.human
+            .contains("  [ ] P2 performance-degradation: p99 latency: "),
+        "{}",
+        o.human
+    );
+    assert!(o.human.contains("No rollback needed."), "{}", o.human);
 }
