@@ -437,3 +437,90 @@ async fn a_one_second_stall_shows_in_the_corrected_p99_and_a_closed_loop_hides_i
         "a closed loop sends nothing while it waits, so its p99 hides the stall: {closed_p99} ms over {closed_n} requests"
     );
 }
+
+/// Fifty A/A monitors on what one real Prometheus scraped of one steady api: each pins 20 s of history as its
+/// baseline and judges the 20 s after it, every 2 s as `xorbctl monitor --step 2s` does. The monitor is a fold
+/// over fetched samples, so a monitor started in the past is the same fold as a live one, fed at once: the 50
+/// runs need four minutes of history rather than fifty times forty seconds. Consecutive runs start 4 s apart,
+/// so neighbours share data; what the test can show is that one stretch of steady traffic, cut fifty ways,
+/// raises at most one false alarm.
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_a_a_monitors_on_real_scrapes_raise_at_most_one_false_fail() {
+    use xorb_monitor::baseline::Window;
+    use xorb_monitor::judge::Verdict;
+    use xorb_monitor::live;
+    use xorb_monitor::monitor::{Monitor, Settings};
+    use xorb_monitor::prom::Prometheus;
+    use xorb_monitor::queries::Queries;
+
+    const RUNS: i64 = 50;
+    const STEP_MS: i64 = 2_000;
+    const HALF_MS: i64 = 20_000;
+    const SLIDE_MS: i64 = 4_000;
+    let (lab, _) = Lab::up("aa50").await;
+    // Lab::up returns after its baseline of steady traffic; Prometheus's first seconds of it lack the points a
+    // rate needs (runs starting there were INCONCLUSIVE: too few points), so the history starts 8 s later.
+    let t0 = (live::now_ms() - BASELINE.as_millis() as i64 + 8_000).div_euclid(STEP_MS) * STEP_MS;
+    let end = t0 + (RUNS - 1) * SLIDE_MS + 2 * HALF_MS;
+    // The history has to be lived through; the last point is in once the scrape after it is.
+    while live::now_ms() < end + STEP_MS {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let prom = Prometheus::new(&lab.prom_url(), Duration::from_secs(10)).unwrap();
+    let queries = Queries::new("xorb-api", STEP_MS);
+    let mut verdicts = std::collections::BTreeMap::<String, usize>::new();
+    let mut fails = Vec::new();
+    for i in 0..RUNS {
+        let base = Window {
+            start_ms: t0 + i * SLIDE_MS,
+            end_ms: t0 + i * SLIDE_MS + HALF_MS,
+        };
+        let baseline = live::fetch_baseline(&prom, &queries, &[base], STEP_MS)
+            .await
+            .unwrap();
+        let settings = Settings {
+            baseline_release: "v2025.07-stable".into(),
+            baseline_source: "pinned by the operator".into(),
+            baseline_windows: vec![base],
+            start_ms: base.end_ms,
+            duration_ms: HALF_MS,
+            step_ms: STEP_MS,
+            report_interval_ms: 4_000,
+            threshold: 0.10,
+            // As `xorbctl monitor` sets them (cmd/monitor.rs).
+            alpha: 0.05,
+            min_points: 10,
+            min_requests: 100,
+            queries: queries.clone(),
+        };
+        let mut m = Monitor::new(settings, baseline);
+        live::run(&prom, &mut m, Duration::ZERO, |_| Ok(()), |_| Ok(()))
+            .await
+            .unwrap();
+        let last = m.evaluations.last().expect("an evaluation");
+        assert_eq!(
+            last.at_ms,
+            base.end_ms + HALF_MS,
+            "run {i} ended early without a FAIL"
+        );
+        *verdicts.entry(format!("{:?}", last.verdict)).or_default() += 1;
+        if last.verdict == Verdict::Fail {
+            fails.push(serde_json::to_string(&m.report()).unwrap());
+        }
+        if last.verdict != Verdict::Pass {
+            let why: Vec<String> = last
+                .metrics
+                .iter()
+                .filter(|(_, r)| r.judgement.verdict != Verdict::Pass)
+                .map(|(n, r)| format!("{n}: {}", r.judgement.reason))
+                .collect();
+            eprintln!("run {i} ({:?}): {why:?}", last.verdict);
+        }
+    }
+    eprintln!("50 A/A monitors on real scrapes: {verdicts:?}");
+    assert!(fails.len() <= 1, "{verdicts:?}: {fails:#?}");
+    assert!(
+        verdicts.get("Pass").copied().unwrap_or(0) + fails.len() == RUNS as usize,
+        "every run must be judged (no INCONCLUSIVE or ERROR on steady traffic): {verdicts:?}"
+    );
+}
