@@ -142,6 +142,7 @@ pub struct StackUp {
     pub locations: Locations,
     pub release: String,
     pub demo_data: bool,
+    pub bulk_sessions: u64,
     pub grafana_dashboards: Option<PathBuf>,
     pub scrape_interval: Option<String>,
 }
@@ -375,6 +376,7 @@ pub fn resolve(cli: Cli) -> Settings {
                 StackCmd::Up {
                     release,
                     demo_data,
+                    bulk_sessions,
                     grafana_dashboards,
                     scrape_interval,
                 },
@@ -382,6 +384,7 @@ pub fn resolve(cli: Cli) -> Settings {
             locations: loc,
             release,
             demo_data,
+            bulk_sessions,
             grafana_dashboards,
             scrape_interval,
         }),
