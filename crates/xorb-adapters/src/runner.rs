@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use xorb_engine::runner::{Probe, StepContext, StepError, StepRunner};
 use xorb_model::check::{Check, CheckRun};
-use xorb_model::plan::{Action, EmergencyProcedure, StepOutcome, StepSpec};
+use xorb_model::plan::{Action, CheckParams, EmergencyProcedure, StepOutcome, StepSpec};
 
 use crate::checks::Scope;
 use crate::context::{TargetRunner, failed};
@@ -285,11 +285,15 @@ impl<T: Target> StepRunner for TargetRunner<T> {
 
     async fn run(&self, step: &StepSpec, ctx: &StepContext<'_>) -> Result<StepOutcome, StepError> {
         safety::guard_destructive(self, step).await?;
-        if let Action::Check { name } = &step.action {
+        if let Action::Check { name, params } = &step.action {
             let check = Check::parse(name).ok_or_else(|| StepError::Unsupported {
                 action: format!("check {name}"),
                 why: format!("unknown check (known: {})", Check::names()),
             })?;
+            // A check with the runbook's parameters runs with those the plan journaled.
+            if let Some(CheckParams::Performance(p)) = params {
+                return self.check_performance(p, ctx).await;
+            }
             return self.check(check, Scope::All, ctx).await;
         }
         let detail = self.act(step, ctx).await?;

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use xorb_model::plan::{
-    Action, Change, ChangeKind, FailurePolicy, MigrationDirection, Phase, Plan, Preserve, Safety,
-    StepSpec,
+    Action, Change, ChangeKind, CheckParams, FailurePolicy, MigrationDirection, Phase, Plan,
+    Preserve, Safety, StepSpec,
 };
 use xorb_model::policy::Policy;
 use xorb_model::release::Release;
@@ -455,11 +455,20 @@ pub fn plan_with(
         })
         .collect();
     for c in checks {
+        let params =
+            (c == "performance").then(|| CheckParams::Performance(policy.performance.clone()));
+        let title = match &params {
+            Some(CheckParams::Performance(p)) => performance_title(p, to.name()),
+            None => check_title(c, to.name()),
+        };
         let mut s = step(
             format!("5.check.{c}"),
             Phase::Verification,
-            check_title(c, to.name()),
-            Action::Check { name: c.clone() },
+            title,
+            Action::Check {
+                name: c.clone(),
+                params,
+            },
             Safety::Idempotent,
         );
         s.checks = vec![c.clone()];
@@ -512,6 +521,17 @@ fn check_title(name: &str, to: &str) -> String {
         "loss" => "Data-loss assessment against phase 3's snapshot, preserved data accounted for".into(),
         other => other.to_string(),
     }
+}
+
+/// The performance check's title says its tolerance: the plan is where an operator sees what will pass.
+fn performance_title(p: &xorb_model::policy::Performance, to: &str) -> String {
+    format!(
+        "Performance baseline: the load of {to}'s kept figures (`xorbctl perf`) again; p99 within {}% or {} ms of \
+         theirs, errors within {:.1} points",
+        p.p99_tolerance_pct,
+        p.p99_slack_ms,
+        f64::from(p.error_increase_permille) / 10.0
+    )
 }
 
 #[derive(Debug, Default)]

@@ -23,6 +23,8 @@ pub enum Check {
     Quota,
     /// Prometheus scrapes every target of the target release (each up, scraped lately) and serves its rule groups.
     Monitoring,
+    /// A load of known rate against the api, compared with the target release's kept figures (`xorbctl perf`).
+    Performance,
     /// No table lost rows since phase 1's counts.
     IntegrityQuick,
     /// Every table checksummed again and compared with phase 3's full scan.
@@ -32,7 +34,7 @@ pub enum Check {
 }
 
 impl Check {
-    pub const ALL: [Check; 11] = [
+    pub const ALL: [Check; 12] = [
         Check::Health,
         Check::Release,
         Check::Info,
@@ -41,6 +43,7 @@ impl Check {
         Check::EvidenceLegacy,
         Check::Quota,
         Check::Monitoring,
+        Check::Performance,
         Check::IntegrityQuick,
         Check::IntegrityFull,
         Check::Loss,
@@ -56,6 +59,7 @@ impl Check {
             Check::EvidenceLegacy => "evidence-legacy",
             Check::Quota => "quota",
             Check::Monitoring => "monitoring",
+            Check::Performance => "performance",
             Check::IntegrityQuick => "integrity-quick",
             Check::IntegrityFull => "integrity-full",
             Check::Loss => "loss",

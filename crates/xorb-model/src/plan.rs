@@ -325,8 +325,13 @@ pub enum Action {
         service: Option<String>,
         changes: BTreeMap<String, String>,
     },
-    /// A named check (phase 5, or a gate after a step).
-    Check { name: String },
+    /// A named check (phase 5, or a gate after a step), with the runbook's parameters for the checks that have
+    /// some: journaled with the plan, so a resumed run judges as it was planned whatever the file says later.
+    Check {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        params: Option<CheckParams>,
+    },
     /// Create the named release's streams that do not exist yet (additive: expand before the switch).
     EnsureStreams { release: String },
     /// Phase 2.2: run each named service with exactly this configuration (restarting those that differ).
@@ -470,7 +475,7 @@ impl fmt::Display for Action {
                     None => write!(f, "apply configuration ({})", keys.join(", ")),
                 }
             }
-            Action::Check { name } => write!(f, "check {name}"),
+            Action::Check { name, .. } => write!(f, "check {name}"),
             Action::EnsureStreams { release } => write!(f, "ensure the streams of {release}"),
             Action::ConfigureServices { services } => {
                 let names: Vec<&str> = services.keys().map(String::as_str).collect();
@@ -525,6 +530,13 @@ impl fmt::Display for Action {
 
 fn default_timeout_secs() -> u64 {
     StepSpec::DEFAULT_TIMEOUT_SECS
+}
+
+/// The parameters a check takes from the runbook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum CheckParams {
+    Performance(crate::policy::Performance),
 }
 
 /// One step of a plan.
@@ -1099,6 +1111,7 @@ mod tests {
                     "h",
                     Action::Check {
                         name: "health".into(),
+                        params: None,
                     },
                     Safety::Idempotent,
                 ),
