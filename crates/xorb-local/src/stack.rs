@@ -39,6 +39,8 @@ pub struct UpOptions {
     /// Prometheus's scrape interval instead of the release's (tests scrape every second to see load within
     /// seconds).
     pub scrape_interval: Option<Duration>,
+    /// With the demo data: this many completed sessions of a third tenant, `bulk` (see [`demo_bulk_sessions`]).
+    pub bulk_sessions: u64,
 }
 
 pub async fn up(
@@ -87,7 +89,7 @@ pub async fn up_with(
             .collect();
         if dead.is_empty() {
             let demo_report = if demo {
-                Some(demo_data(state_dir, &existing).await?)
+                Some(demo_data_with(state_dir, &existing, opts.bulk_sessions).await?)
             } else {
                 None
             };
@@ -102,7 +104,10 @@ pub async fn up_with(
         // port and with the configuration it last had, and leave what runs alone (see restart.rs).
         let restarted = crate::restart::restart_missing(paths, state_dir).await?;
         let demo_report = if demo {
-            Some(demo_data(state_dir, &StackState::load(state_dir)?).await?)
+            Some(
+                demo_data_with(state_dir, &StackState::load(state_dir)?, opts.bulk_sessions)
+                    .await?,
+            )
         } else {
             None
         };
@@ -250,7 +255,7 @@ async fn fresh_up(
         }
     };
     let demo_report = if demo {
-        Some(demo_data(state_dir, &stack).await?)
+        Some(demo_data_with(state_dir, &stack, opts.bulk_sessions).await?)
     } else {
         None
     };
@@ -461,11 +466,79 @@ pub struct DemoReport {
     pub sessions_completed: usize,
     pub findings: i64,
     pub evidence: Option<i64>,
+    /// The bulk tenant's sessions, when asked for (`--bulk-sessions`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bulk_sessions: Option<i64>,
 }
 
 /// Demo data: two tenants, and sessions that scan the stack's own loopback ports (some open, one closed), created
 /// through the API as a user would and waited for until they complete.
 pub async fn demo_data(state_dir: &Path, stack: &StackState) -> Result<DemoReport, LocalError> {
+    demo_data_with(state_dir, stack, 0).await
+}
+
+/// [`demo_data`], then (when `bulk` > 0) [`demo_bulk_sessions`].
+pub async fn demo_data_with(
+    state_dir: &Path,
+    stack: &StackState,
+    bulk: u64,
+) -> Result<DemoReport, LocalError> {
+    let mut report = demo_data_only(state_dir, stack).await?;
+    if bulk > 0 {
+        let secrets = Secrets::load(state_dir)?;
+        let client = stack.pg(&secrets).connect().await?;
+        report.bulk_sessions = Some(demo_bulk_sessions(&client, bulk).await?);
+    }
+    Ok(report)
+}
+
+/// A platform's worth of history: completed sessions of a third tenant, `bulk`, which has no token (nobody
+/// logs in as it), inserted in one statement and dated one a second back from now. The demo data's handful of
+/// sessions makes rc1's recount of every tenant's sessions free; over a few hundred thousand it is what makes
+/// concurrent listings queue. Tops the tenant up to `n` sessions, so a second `stack up --demo-data` adds none.
+/// Returns the tenant's session count.
+pub async fn demo_bulk_sessions(
+    client: &tokio_postgres::Client,
+    n: u64,
+) -> Result<i64, LocalError> {
+    let n = i64::try_from(n)
+        .map_err(|_| LocalError::Config(format!("--bulk-sessions {n}: too many")))?;
+    client
+        .batch_execute(
+            "INSERT INTO tenants (slug, name, token_sha256) VALUES ('bulk', 'Bulk history', repeat('0', 64)) \
+             ON CONFLICT (slug) DO NOTHING",
+        )
+        .await
+        .map_err(|e| LocalError::db("create the bulk tenant", e))?;
+    let have: i64 = client
+        .query_one(
+            "SELECT count(*) FROM ptaas_sessions WHERE tenant_id = (SELECT id FROM tenants WHERE slug = 'bulk')",
+            &[],
+        )
+        .await
+        .map_err(|e| LocalError::db("count the bulk sessions", e))?
+        .get(0);
+    if have < n {
+        client
+            .execute(
+                "INSERT INTO ptaas_sessions (tenant_id, status, created_at, completed_at) \
+                 SELECT (SELECT id FROM tenants WHERE slug = 'bulk'), 'completed', \
+                        now() - make_interval(secs => g), now() - make_interval(secs => g) \
+                 FROM generate_series($1::bigint + 1, $2::bigint) g",
+                &[&have, &n],
+            )
+            .await
+            .map_err(|e| LocalError::db("insert the bulk sessions", e))?;
+        // Vacuumed now rather than by autovacuum (its insert threshold) in the middle of the demo's baseline.
+        client
+            .batch_execute("VACUUM (ANALYZE) ptaas_sessions")
+            .await
+            .map_err(|e| LocalError::db("vacuum ptaas_sessions", e))?;
+    }
+    Ok(have.max(n))
+}
+
+async fn demo_data_only(state_dir: &Path, stack: &StackState) -> Result<DemoReport, LocalError> {
     let mut secrets = Secrets::load(state_dir)?;
     let client = stack.pg(&secrets).connect().await?;
     for (slug, name) in [("acme", "Acme Security"), ("globex", "Globex Corporation")] {
@@ -545,6 +618,7 @@ pub async fn demo_data(state_dir: &Path, stack: &StackState) -> Result<DemoRepor
         sessions_completed: ids.len(),
         findings,
         evidence,
+        bulk_sessions: None,
     })
 }
 

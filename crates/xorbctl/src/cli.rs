@@ -201,6 +201,10 @@ pub enum StackCmd {
         /// Create tenants, sessions with findings and (rc1) evidence.
         #[arg(long)]
         demo_data: bool,
+        /// With --demo-data: also N completed sessions of a third tenant, `bulk` (a platform's history; the demo
+        /// uses 300000, over which rc1's recount of every tenant's sessions is slow). Tops up to N, never more.
+        #[arg(long, value_name = "N", requires = "demo_data", default_value_t = 0)]
+        bulk_sessions: u64,
         /// A directory a Grafana provisions dashboards from: the release's dashboards go there (and phase 4
         /// of a rollback replaces them).
         #[arg(long)]

@@ -143,6 +143,7 @@ pub struct StackUp {
     pub locations: Locations,
     pub release: String,
     pub demo_data: bool,
+    pub bulk_sessions: u64,
     pub grafana_dashboards: Option<PathBuf>,
     pub scrape_interval: Option<String>,
 }
@@ -385,6 +386,7 @@ pub fn resolve(cli: Cli) -> Settings {
                 StackCmd::Up {
                     release,
                     demo_data,
+                    bulk_sessions,
                     grafana_dashboards,
                     scrape_interval,
                 },
@@ -392,6 +394,7 @@ pub fn resolve(cli: Cli) -> Settings {
             locations: loc,
             release,
             demo_data,
+            bulk_sessions,
             grafana_dashboards,
             scrape_interval,
         }),

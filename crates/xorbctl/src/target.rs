@@ -60,10 +60,12 @@ pub async fn stack_up(
     demo_data: bool,
     grafana_dashboards: Option<&Path>,
     scrape_interval: Option<std::time::Duration>,
+    bulk_sessions: u64,
 ) -> Result<UpReport, TargetError> {
     let opts = xorb_local::stack::UpOptions {
         grafana_dashboards: grafana_dashboards.map(Path::to_path_buf),
         scrape_interval,
+        bulk_sessions,
     };
     xorb_local::stack::up_with(paths, state_dir, release, demo_data, &opts).await
 }

@@ -32,6 +32,7 @@ pub async fn up(s: &StackUp, out: &Reporter) -> anyhow::Result<Exit> {
         s.demo_data,
         s.grafana_dashboards.as_deref(),
         scrape_interval,
+        s.bulk_sessions,
     )
     .await
     .with_context(|| format!("stack up --release {release} failed"))?;
@@ -67,6 +68,9 @@ pub async fn up(s: &StackUp, out: &Reporter) -> anyhow::Result<Exit> {
                     .map(|e| format!(", {e} evidence records"))
                     .unwrap_or_default()
             );
+            if let Some(n) = d.bulk_sessions {
+                let _ = writeln!(s, "Bulk history: {n} completed sessions of tenant bulk.");
+            }
         }
         s
     });

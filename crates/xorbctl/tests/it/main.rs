@@ -5,6 +5,7 @@
 mod assess_load;
 mod common;
 mod database;
+mod demo_data;
 mod faults;
 mod governance;
 mod hardening_input;
