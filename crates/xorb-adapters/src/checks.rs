@@ -34,6 +34,7 @@ impl<T: Target> TargetRunner<T> {
         &self,
         check: Check,
         scope: Scope<'_>,
+        since_secs: Option<u64>,
         ctx: &StepContext<'_>,
     ) -> Result<StepOutcome, StepError> {
         let ep = self.endpoints()?;
@@ -173,6 +174,15 @@ impl<T: Target> TargetRunner<T> {
             Check::Loss => Ok(StepOutcome::succeeded(
                 crate::integrity::check_loss(self, ctx).await?,
             )),
+            // The runbook's `--since "1 hour ago"` when the plan names no window (a gate, `assess`).
+            Check::AuditLog => {
+                crate::pg::audit::check_audit_log(
+                    self,
+                    ctx,
+                    Duration::from_secs(since_secs.unwrap_or(3600)),
+                )
+                .await
+            }
         }
     }
 
@@ -189,7 +199,7 @@ impl<T: Target> TargetRunner<T> {
             index: 0,
             attempt: 1,
         };
-        match self.check(check, Scope::All, &ctx).await {
+        match self.check(check, Scope::All, None, &ctx).await {
             Ok(StepOutcome::Failed { error, .. }) => Err(error),
             Ok(o) => Ok(o.to_string()),
             Err(e) => Err(e.to_string()),

@@ -93,7 +93,7 @@ impl<T: Target> TargetRunner<T> {
             } else {
                 Scope::Services(&services)
             };
-            match self.check(check, scope, ctx).await {
+            match self.check(check, scope, None, ctx).await {
                 Ok(StepOutcome::Failed { error, retryable }) => {
                     return Err(StepError::Failed {
                         message: format!("check {name} after the step failed: {error}"),
@@ -285,12 +285,12 @@ impl<T: Target> StepRunner for TargetRunner<T> {
 
     async fn run(&self, step: &StepSpec, ctx: &StepContext<'_>) -> Result<StepOutcome, StepError> {
         safety::guard_destructive(self, step).await?;
-        if let Action::Check { name } = &step.action {
+        if let Action::Check { name, since_secs } = &step.action {
             let check = Check::parse(name).ok_or_else(|| StepError::Unsupported {
                 action: format!("check {name}"),
                 why: format!("unknown check (known: {})", Check::names()),
             })?;
-            return self.check(check, Scope::All, ctx).await;
+            return self.check(check, Scope::All, *since_secs, ctx).await;
         }
         let detail = self.act(step, ctx).await?;
         // A services-only rollback ends with no configuration step: the target records its release when every

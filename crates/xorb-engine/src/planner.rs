@@ -446,7 +446,7 @@ pub fn plan_with(
         .verification
         .iter()
         .filter(|c| match c.as_str() {
-            "integrity-full" | "loss" => has_db,
+            "integrity-full" | "loss" | "audit-log" => has_db,
             "health" | "info" => true,
             "integrity-quick" => matches!(scope, Scope::All | Scope::Services | Scope::Database),
             // Phase 4 replaces the monitoring configuration; only a plan with it proves monitoring restored.
@@ -454,12 +454,19 @@ pub fn plan_with(
             _ => matches!(scope, Scope::All | Scope::Services),
         })
         .collect();
+    let audit_window = policy
+        .checks
+        .audit_window_secs()
+        .map_err(PlanError::BadOption)?;
     for c in checks {
         let mut s = step(
             format!("5.check.{c}"),
             Phase::Verification,
             check_title(c, to.name()),
-            Action::Check { name: c.clone() },
+            Action::Check {
+                name: c.clone(),
+                since_secs: (c == "audit-log").then_some(audit_window),
+            },
             Safety::Idempotent,
         );
         s.checks = vec![c.clone()];
@@ -510,6 +517,7 @@ fn check_title(name: &str, to: &str) -> String {
         ),
         "integrity-quick" => "Quick integrity scan: no rows lost since phase 1".into(),
         "loss" => "Data-loss assessment against phase 3's snapshot, preserved data accounted for".into(),
+        "audit-log" => "Platform audit log: chained entries verify up to the rollback, plain ones after it, no gap".into(),
         other => other.to_string(),
     }
 }
@@ -527,6 +535,7 @@ fn preserve_of(d: &xorb_model::schema::Destroys) -> Option<Preserve> {
         ("table", "evidence") => Some(Preserve::Evidence),
         ("table", "tenant_quotas" | "usage_records") => Some(Preserve::ControlPlane),
         ("column", "tenants.isolation_mode") => Some(Preserve::IsolationModes),
+        ("table", "audit_chain") => Some(Preserve::AuditChain),
         _ => None,
     }
 }
@@ -1037,6 +1046,7 @@ mod tests {
                 vec![
                     destroys("table", "tenant_quotas"),
                     destroys("table", "usage_records"),
+                    destroys("table", "audit_chain"),
                 ],
             ),
             r(
@@ -1158,7 +1168,16 @@ mod tests {
             }
             other => panic!("{other:?}"),
         };
-        assert_eq!(preserve("3.g8.downgrade.8d9a2c3"), [Preserve::ControlPlane]);
+        assert_eq!(
+            preserve("3.g8.downgrade.8d9a2c3"),
+            [Preserve::ControlPlane, Preserve::AuditChain]
+        );
+        // The audit-log check runs last, over the policy's window, fixed in the plan.
+        assert!(pos("5.check.audit-log") > pos("5.check.loss"));
+        assert!(matches!(
+            &p.steps[pos("5.check.audit-log")].action,
+            Action::Check { name, since_secs: Some(3600) } if name == "audit-log"
+        ));
         assert_eq!(preserve("3.g7.downgrade.7c8f1b2"), [Preserve::Evidence]);
         assert_eq!(
             preserve("3.g6.downgrade.6b7e0a1"),

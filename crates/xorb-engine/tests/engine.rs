@@ -156,6 +156,7 @@ fn plan() -> Plan {
             "Health",
             Action::Check {
                 name: "health".into(),
+                since_secs: None,
             },
             Safety::Idempotent,
         ))

@@ -29,10 +29,13 @@ pub enum Check {
     IntegrityFull,
     /// Every row lost since phase 3's snapshot is accounted for by a verified preservation.
     Loss,
+    /// The platform's own audit log over a window: rc1's chained entries verify up to the rollback, stable's
+    /// plain entries follow, nothing missing in between (the runbook's `audit_log_integrity.py --since`).
+    AuditLog,
 }
 
 impl Check {
-    pub const ALL: [Check; 11] = [
+    pub const ALL: [Check; 12] = [
         Check::Health,
         Check::Release,
         Check::Info,
@@ -44,6 +47,7 @@ impl Check {
         Check::IntegrityQuick,
         Check::IntegrityFull,
         Check::Loss,
+        Check::AuditLog,
     ];
 
     pub fn name(self) -> &'static str {
@@ -59,6 +63,7 @@ impl Check {
             Check::IntegrityQuick => "integrity-quick",
             Check::IntegrityFull => "integrity-full",
             Check::Loss => "loss",
+            Check::AuditLog => "audit-log",
         }
     }
 

@@ -325,8 +325,13 @@ pub enum Action {
         service: Option<String>,
         changes: BTreeMap<String, String>,
     },
-    /// A named check (phase 5, or a gate after a step).
-    Check { name: String },
+    /// A named check (phase 5, or a gate after a step). `since_secs`: the window of a check over recent data
+    /// (`audit-log`: the policy's `checks.audit_window`), fixed in the plan so that a resume checks the same one.
+    Check {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since_secs: Option<u64>,
+    },
     /// Create the named release's streams that do not exist yet (additive: expand before the switch).
     EnsureStreams { release: String },
     /// Phase 2.2: run each named service with exactly this configuration (restarting those that differ).
@@ -406,6 +411,8 @@ pub enum Preserve {
     ControlPlane,
     /// G6: each tenant's isolation mode (tenants return to basic isolation).
     IsolationModes,
+    /// rc1's advanced audit logs (the hash chain over `audit_log`) and, beside them, its per-tenant metrics.
+    AuditChain,
 }
 
 impl Preserve {
@@ -414,6 +421,7 @@ impl Preserve {
             Preserve::Evidence => "evidence",
             Preserve::ControlPlane => "control-plane",
             Preserve::IsolationModes => "isolation-modes",
+            Preserve::AuditChain => "audit-chain",
         }
     }
 }
@@ -470,7 +478,7 @@ impl fmt::Display for Action {
                     None => write!(f, "apply configuration ({})", keys.join(", ")),
                 }
             }
-            Action::Check { name } => write!(f, "check {name}"),
+            Action::Check { name, .. } => write!(f, "check {name}"),
             Action::EnsureStreams { release } => write!(f, "ensure the streams of {release}"),
             Action::ConfigureServices { services } => {
                 let names: Vec<&str> = services.keys().map(String::as_str).collect();
@@ -1099,6 +1107,7 @@ mod tests {
                     "h",
                     Action::Check {
                         name: "health".into(),
+                        since_secs: None,
                     },
                     Safety::Idempotent,
                 ),

@@ -262,7 +262,7 @@ pub fn build(record: &RunRecord) -> Report {
     for step in &record.steps {
         // Only what ran, with its own result: a phase-5 check is its step; a gate after a service step is listed
         // when the runner says it ran (a step found already done, or that failed, ran none of its gates).
-        if let Action::Check { name } = &step.spec.action {
+        if let Action::Check { name, .. } = &step.spec.action {
             let (result, detail) = check_result(step);
             checks.push(CheckReport {
                 name: name.clone(),

@@ -30,7 +30,7 @@ impl StepRunner for Scripted {
             });
         }
         let detail = match &step.action {
-            Action::Check { name } if name == "quota" => {
+            Action::Check { name, .. } if name == "quota" => {
                 return Ok(StepOutcome::Skipped {
                     reason: format!("no quota system on {}", ctx.to),
                 });
@@ -90,7 +90,7 @@ fn check(name: &str) -> StepSpec {
         format!("5.{name}"),
         Phase::Verification,
         format!("Check {name}"),
-        Action::Check { name: name.into() },
+        Action::Check { name: name.into(), since_secs: None },
         Safety::Idempotent,
     )
 }

@@ -36,7 +36,7 @@ fn proofs_of(run: &RunRecord) -> Vec<(String, DateTime<Utc>)> {
         let Some(at) = s.finished_at else { continue };
         out.push((s.spec.id.clone(), at));
         // Only checks that ran and passed: a phase-5 check step that succeeded, and the gates the runner says ran.
-        if let (xorb_model::plan::Action::Check { name }, StepState::Succeeded) =
+        if let (xorb_model::plan::Action::Check { name, .. }, StepState::Succeeded) =
             (&s.spec.action, s.state)
         {
             out.push((format!("check.{name}"), at));
