@@ -224,19 +224,20 @@ async fn tenant_metrics<T: Target>(
     let Some(m) = manifests(run_dir).remove(Preserve::AuditChain.name()) else {
         return Ok(());
     };
-    let kept: crate::pg::audit::TenantMetrics = match std::fs::read(dir.join(crate::pg::audit::METRICS_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-    {
-        Some(k) if m.verified => k,
-        _ => {
-            a.unaccounted.push(format!(
-                "tenant metrics: no verified export in {}",
-                dir.display()
-            ));
-            return Ok(());
-        }
-    };
+    let kept: crate::pg::audit::TenantMetrics =
+        match std::fs::read(dir.join(crate::pg::audit::METRICS_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+        {
+            Some(k) if m.verified => k,
+            _ => {
+                a.unaccounted.push(format!(
+                    "tenant metrics: no verified export in {}",
+                    dir.display()
+                ));
+                return Ok(());
+            }
+        };
     let client = r.pg()?.connect().await.map_err(failed)?;
     let live = crate::pg::audit::tenant_series(&client).await?;
     let short = crate::pg::audit::tenants_short(&kept, &live);

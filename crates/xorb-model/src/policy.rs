@@ -246,7 +246,16 @@ mod tests {
         assert_eq!(Policy::embedded().checks.audit_window_secs(), Ok(3600));
         assert_eq!(parse_window("30m"), Ok(1800));
         assert_eq!(parse_window("2d"), Ok(172_800));
-        for bad in ["", "h", "1", "1 hour ago", "0h", "-1h", "400d", "99999999999999999999s"] {
+        for bad in [
+            "",
+            "h",
+            "1",
+            "1 hour ago",
+            "0h",
+            "-1h",
+            "400d",
+            "99999999999999999999s",
+        ] {
             assert!(parse_window(bad).is_err(), "{bad:?}");
         }
         let e = Policy::parse(

@@ -90,7 +90,10 @@ fn check(name: &str) -> StepSpec {
         format!("5.{name}"),
         Phase::Verification,
         format!("Check {name}"),
-        Action::Check { name: name.into(), since_secs: None },
+        Action::Check {
+            name: name.into(),
+            since_secs: None,
+        },
         Safety::Idempotent,
     )
 }

@@ -139,9 +139,10 @@ pub fn verify_window(chain: &[ChainEntry], rows: &[LiveRow], since_us: i64) -> W
     let first = chained_ids.first().copied();
     let last = chained_ids.last().copied();
     r.last_chained = last;
-    for row in rows.iter().filter(|row| {
-        row.created_us >= since_us || chained_ids.contains(&row.id)
-    }) {
+    for row in rows
+        .iter()
+        .filter(|row| row.created_us >= since_us || chained_ids.contains(&row.id))
+    {
         match (first, last) {
             (Some(lo), Some(hi)) if row.id >= lo && row.id <= hi => {
                 if !chained_ids.contains(&row.id) {
@@ -256,7 +257,9 @@ pub(crate) async fn tenant_series(
         .collect())
 }
 
-async fn read_chain(client: &impl tokio_postgres::GenericClient) -> Result<Vec<ChainEntry>, StepError> {
+async fn read_chain(
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<Vec<ChainEntry>, StepError> {
     let rows = client
         .query(
             "SELECT seq, audit_id, created_us, encode(prev_hash, 'hex'), encode(row_hash, 'hex'), \
@@ -280,9 +283,7 @@ async fn read_chain(client: &impl tokio_postgres::GenericClient) -> Result<Vec<C
 
 /// What Prometheus last held of the tenant series (best effort: phase 2 already moved the api to a release
 /// that exports none, so only the last hour's samples remain).
-async fn prometheus_series<T: Target>(
-    r: &TargetRunner<T>,
-) -> Result<serde_json::Value, String> {
+async fn prometheus_series<T: Target>(r: &TargetRunner<T>) -> Result<serde_json::Value, String> {
     let base = r.endpoints().map_err(|e| e.to_string())?.prometheus;
     let resp = r
         .http
@@ -329,7 +330,9 @@ pub(crate) async fn preserve_audit_chain<T: Target>(
         .map_err(db("begin the audit chain export"))?;
     let chain = read_chain(&tx).await?;
     let series = tenant_series(&tx).await?;
-    tx.commit().await.map_err(db("end the audit chain export"))?;
+    tx.commit()
+        .await
+        .map_err(db("end the audit chain export"))?;
 
     let lines: Vec<String> = chain
         .iter()
@@ -353,19 +356,22 @@ pub(crate) async fn preserve_audit_chain<T: Target>(
     let back = std::fs::read_to_string(tmp.join(CHAIN_FILE)).map_err(failed)?;
     let read = parse_chain(&back).map_err(|e| fatal(format!("the audit chain export: {e}")))?;
     if read != chain {
-        return Err(fatal("the audit chain export does not read back as written"));
+        return Err(fatal(
+            "the audit chain export does not read back as written",
+        ));
     }
     verify_links(&read).map_err(|e| {
         fatal(format!(
             "the audit chain does not verify before the downgrade: {e}"
         ))
     })?;
-    let mback: TenantMetrics = serde_json::from_slice(
-        &std::fs::read(tmp.join(METRICS_FILE)).map_err(failed)?,
-    )
-    .map_err(fatal)?;
+    let mback: TenantMetrics =
+        serde_json::from_slice(&std::fs::read(tmp.join(METRICS_FILE)).map_err(failed)?)
+            .map_err(fatal)?;
     if mback.series != metrics.series {
-        return Err(fatal("the tenant metrics export does not read back as written"));
+        return Err(fatal(
+            "the tenant metrics export does not read back as written",
+        ));
     }
     let mut rows = BTreeMap::new();
     rows.insert("audit_chain".to_string(), chain.len());
@@ -398,7 +404,8 @@ pub(crate) async fn preserve_audit_chain<T: Target>(
         tenants.len(),
         tenants.values().sum::<i64>(),
         match &metrics.prometheus {
-            Some(serde_json::Value::Array(a)) => format!(", with the {} series Prometheus last held", a.len()),
+            Some(serde_json::Value::Array(a)) =>
+                format!(", with the {} series Prometheus last held", a.len()),
             _ => " (Prometheus did not answer; the recount stands)".into(),
         }
     ))
@@ -410,7 +417,8 @@ fn jsonl(lines: &[String]) -> String {
 
 /// A preserved export, re-checked: its files' hashes against the manifest, the chain's links, its length.
 pub(crate) fn recheck(dir: &Path) -> Result<(Vec<ChainEntry>, TenantMetrics), String> {
-    let m = read_manifest(dir).ok_or_else(|| format!("no verified manifest in {}", dir.display()))?;
+    let m =
+        read_manifest(dir).ok_or_else(|| format!("no verified manifest in {}", dir.display()))?;
     check_hashes(dir, &m)?;
     let text = std::fs::read_to_string(dir.join(CHAIN_FILE))
         .map_err(|e| format!("cannot read {}: {e}", dir.join(CHAIN_FILE).display()))?;
@@ -424,10 +432,9 @@ pub(crate) fn recheck(dir: &Path) -> Result<(Vec<ChainEntry>, TenantMetrics), St
             m.rows.get("audit_chain")
         ));
     }
-    let metrics: TenantMetrics = serde_json::from_slice(
-        &std::fs::read(dir.join(METRICS_FILE)).map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
+    let metrics: TenantMetrics =
+        serde_json::from_slice(&std::fs::read(dir.join(METRICS_FILE)).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
     Ok((chain, metrics))
 }
 
@@ -526,7 +533,12 @@ pub async fn check_audit_log<T: Target>(
     let report = verify_window(&chain, &rows, since_us);
     if !report.problems.is_empty() {
         let n = report.problems.len();
-        let shown: Vec<&str> = report.problems.iter().take(10).map(String::as_str).collect();
+        let shown: Vec<&str> = report
+            .problems
+            .iter()
+            .take(10)
+            .map(String::as_str)
+            .collect();
         return Err(StepError::fatal(format!(
             "the platform audit log does not verify against {source} over the last {window}: {}{}",
             shown.join("; "),
@@ -604,7 +616,12 @@ mod tests {
         assert!(r.summary("1h").contains("4 chained entries verified"));
         // The whole log: the two rows from before the chain are plain, not a problem.
         let all = verify_window(&chain, &rows, 0);
-        assert_eq!((all.chained, all.plain_before), (5, 2), "{:?}", all.problems);
+        assert_eq!(
+            (all.chained, all.plain_before),
+            (5, 2),
+            "{:?}",
+            all.problems
+        );
     }
 
     #[test]
@@ -613,7 +630,11 @@ mod tests {
         rows[4].canonical = rows[4].canonical.replace("svc:api", "svc:evil");
         let r = verify_window(&chain, &rows, 4);
         assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
-        assert!(r.problems[0].contains("audit entry 5 was altered"), "{:?}", r.problems);
+        assert!(
+            r.problems[0].contains("audit entry 5 was altered"),
+            "{:?}",
+            r.problems
+        );
     }
 
     #[test]
@@ -622,7 +643,9 @@ mod tests {
         rows.retain(|r| r.id != 6);
         let r = verify_window(&chain, &rows, 4);
         assert!(
-            r.problems.iter().any(|p| p.contains("audit entry 6 is gone (deleted)")),
+            r.problems
+                .iter()
+                .any(|p| p.contains("audit entry 6 is gone (deleted)")),
             "{:?}",
             r.problems
         );
@@ -630,7 +653,13 @@ mod tests {
         let (chain, mut rows) = fixture();
         rows.retain(|r| r.id != 7);
         let r = verify_window(&chain, &rows, 4);
-        assert!(r.problems.iter().any(|p| p.contains("audit entry 7 is gone")), "{:?}", r.problems);
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.contains("audit entry 7 is gone")),
+            "{:?}",
+            r.problems
+        );
     }
 
     #[test]
@@ -641,7 +670,11 @@ mod tests {
         let chain = chain_of(&kept[2..6]);
         let r = verify_window(&chain, &rows, 4);
         assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
-        assert!(r.problems[0].contains("audit entry 5 has no chain entry"), "{:?}", r.problems);
+        assert!(
+            r.problems[0].contains("audit entry 5 has no chain entry"),
+            "{:?}",
+            r.problems
+        );
     }
 
     #[test]
@@ -652,13 +685,22 @@ mod tests {
         cut.remove(2);
         let rows_cut: Vec<LiveRow> = rows.iter().filter(|r| r.id != 5).cloned().collect();
         let r = verify_window(&cut, &rows_cut, 4);
-        assert!(r.problems.iter().any(|p| p.contains("chain entry 3 is missing")), "{:?}", r.problems);
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.contains("chain entry 3 is missing")),
+            "{:?}",
+            r.problems
+        );
         // A row and its entry rewritten together: the next link breaks.
         let mut forged = chain.clone();
         forged[1].row_hash = row_hash("[4, null, \"svc:evil\"]");
         forged[1].entry_hash = link_hash(&forged[1].prev_hash, &forged[1].row_hash).unwrap();
         let e = verify_links(&forged).unwrap_err();
-        assert!(e.contains("chain entry 3 (audit entry 5) does not link"), "{e}");
+        assert!(
+            e.contains("chain entry 3 (audit entry 5) does not link"),
+            "{e}"
+        );
         // An entry whose hash is not its own.
         let mut bad = chain;
         bad[0].entry_hash = GENESIS.into();
@@ -681,13 +723,26 @@ mod tests {
             sessions: n,
         };
         let kept = TenantMetrics {
-            series: vec![s("acme", "queued", 2), s("acme", "completed", 1), s("globex", "running", 1)],
+            series: vec![
+                s("acme", "queued", 2),
+                s("acme", "completed", 1),
+                s("globex", "running", 1),
+            ],
             ..TenantMetrics::default()
         };
         // Statuses moved on, one session added: still every session there.
-        assert!(tenants_short(&kept, &[s("acme", "completed", 3), s("globex", "completed", 2)]).is_empty());
+        assert!(
+            tenants_short(
+                &kept,
+                &[s("acme", "completed", 3), s("globex", "completed", 2)]
+            )
+            .is_empty()
+        );
         assert_eq!(
-            tenants_short(&kept, &[s("acme", "completed", 2), s("globex", "completed", 1)]),
+            tenants_short(
+                &kept,
+                &[s("acme", "completed", 2), s("globex", "completed", 1)]
+            ),
             ["acme: 3 sessions preserved, 2 now"]
         );
     }
