@@ -92,7 +92,11 @@ async fn a_full_rollback_ends_on_stable_with_every_phase_5_check_green() {
         .iter()
         .filter(|s| s["spec"]["phase"] == 5 || s["spec"]["id"].as_str().unwrap().starts_with("5."))
         .collect();
-    assert_eq!(checks.len(), 9, "the eight checks and the loss assessment");
+    assert_eq!(
+        checks.len(),
+        10,
+        "the eight checks, the loss assessment and the platform audit log"
+    );
     let monitoring = checks
         .iter()
         .find(|c| c["spec"]["id"] == "5.check.monitoring")
