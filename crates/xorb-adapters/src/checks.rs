@@ -189,6 +189,16 @@ impl<T: Target> TargetRunner<T> {
     /// Runs one check by name outside a run (`xorbctl assess`), with `scratch` as the run directory for what a
     /// check writes. `Ok` with the check's detail when it passed (or was skipped), `Err` with why not.
     pub async fn run_check(&self, name: &str, scratch: &Path) -> Result<String, String> {
+        self.run_check_for(name, scratch, None).await
+    }
+
+    /// As [`Self::run_check`], with a window for a check over recent data (`audit-log`).
+    pub async fn run_check_for(
+        &self,
+        name: &str,
+        scratch: &Path,
+        since_secs: Option<u64>,
+    ) -> Result<String, String> {
         let check = Check::parse(name)
             .ok_or_else(|| format!("unknown check {name:?} (known: {})", Check::names()))?;
         let ctx = StepContext {
@@ -199,7 +209,7 @@ impl<T: Target> TargetRunner<T> {
             index: 0,
             attempt: 1,
         };
-        match self.check(check, Scope::All, None, &ctx).await {
+        match self.check(check, Scope::All, since_secs, &ctx).await {
             Ok(StepOutcome::Failed { error, .. }) => Err(error),
             Ok(o) => Ok(o.to_string()),
             Err(e) => Err(e.to_string()),

@@ -2,27 +2,23 @@
 //! rc1's tenant metrics before the downgrade, phase 5's `audit-log` check verifies the log against the chain over
 //! its window, and the loss assessment names both as preserved and verified.
 
-use std::path::Path;
-
 use serde_json::Value;
-use xorb_adapters::Paths;
-use xorb_model::release::Release;
 
 use crate::common::*;
 
 const RC1: &str = "v2025.08-rc1";
 const STABLE: &str = "v2025.07-stable";
 
-/// Phase 5's check as the rollback runs it, on the stack as it is now.
-async fn audit_check(st: &Stack, scratch: &Path) -> Result<String, String> {
-    let paths = Paths {
-        releases_root: repo().join("releases"),
-        venv: venv(),
-        svc_bin: svc_bin(),
-    };
-    let stable = Release::load_named(&paths.releases_root, STABLE).unwrap();
-    let runner = xorb_local::target::runner(&st.dir, paths, stable);
-    runner.run_check("audit-log", scratch).await
+/// Phase 5's check as the rollback runs it, on the stack as it is now (`xorbctl audit platform`): `Ok` with its
+/// line on exit 0, `Err` with it on exit 5.
+fn audit_check(st: &Stack) -> Result<String, String> {
+    let out = st.xorbctl(&["audit", "platform", "--since", "1h"]);
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    match out.status.code() {
+        Some(0) => Ok(line),
+        Some(5) => Err(line),
+        other => panic!("audit platform exited {other:?}: {}", text(&out)),
+    }
 }
 
 fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
@@ -74,9 +70,8 @@ async fn the_platform_audit_log_check_names_an_altered_or_deleted_chained_entry(
         chained >= 5,
         "every insert since rc1's migration is chained: {chained}"
     );
-    let scratch = tempfile::tempdir().unwrap();
     // On rc1, the check reads the live chain.
-    let live = audit_check(&st, scratch.path()).await;
+    let live = audit_check(&st);
     assert!(
         live.as_ref()
             .is_ok_and(|d| d.contains("the live audit_chain") && d.contains("links intact")),
@@ -150,7 +145,7 @@ async fn the_platform_audit_log_check_names_an_altered_or_deleted_chained_entry(
     )
     .await
     .unwrap();
-    let again = audit_check(&st, scratch.path()).await;
+    let again = audit_check(&st);
     assert!(
         again
             .as_ref()
@@ -175,7 +170,7 @@ async fn the_platform_audit_log_check_names_an_altered_or_deleted_chained_entry(
     )
     .await
     .unwrap();
-    let e = audit_check(&st, scratch.path()).await.unwrap_err();
+    let e = audit_check(&st).unwrap_err();
     assert!(
         e.contains(&format!("audit entry {} was altered", ids[1])),
         "{e}"
@@ -186,15 +181,17 @@ async fn the_platform_audit_log_check_names_an_altered_or_deleted_chained_entry(
     )
     .await
     .unwrap();
-    assert!(audit_check(&st, scratch.path()).await.is_ok(), "restored");
+    assert!(audit_check(&st).is_ok(), "restored");
 
     // One deleted: named.
     pg.execute("DELETE FROM audit_log WHERE id = $1", &[&ids[2]])
         .await
         .unwrap();
-    let e = audit_check(&st, scratch.path()).await.unwrap_err();
+    let e = audit_check(&st).unwrap_err();
     assert!(
         e.contains(&format!("audit entry {} is gone (deleted)", ids[2])),
         "{e}"
     );
+    let bad = st.xorbctl(&["audit", "platform", "--since", "1 hour ago"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
 }
