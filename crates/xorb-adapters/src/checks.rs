@@ -167,6 +167,11 @@ impl<T: Target> TargetRunner<T> {
                 }
             }
             Check::Monitoring => crate::monitoring_restored::monitoring_restored(self).await,
+            // Outside a plan (no journaled parameters): the embedded runbook's.
+            Check::Performance => {
+                self.check_performance(&xorb_model::policy::Policy::embedded().performance, ctx)
+                    .await
+            }
             Check::IntegrityQuick => self.integrity_quick(ctx).await,
             Check::IntegrityFull => Ok(StepOutcome::succeeded(
                 crate::integrity::check_full(self, ctx).await?,
@@ -313,7 +318,7 @@ impl<T: Target> TargetRunner<T> {
         )))
     }
 
-    async fn api_info(&self, ep: &Endpoints) -> Result<serde_json::Value, StepError> {
+    pub(crate) async fn api_info(&self, ep: &Endpoints) -> Result<serde_json::Value, StepError> {
         let api = ep
             .service("api")
             .ok_or_else(|| StepError::fatal("no api service"))?;
@@ -327,7 +332,11 @@ impl<T: Target> TargetRunner<T> {
     }
 
     /// A tenant of the tool's own for checks (so checks never act in a customer's name).
-    async fn check_tenant(&self, ep: &Endpoints, slug: &str) -> Result<String, StepError> {
+    pub(crate) async fn check_tenant(
+        &self,
+        ep: &Endpoints,
+        slug: &str,
+    ) -> Result<String, StepError> {
         let token = self.target.check_token(slug)?;
         let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
         let client = ep.postgres.connect().await.map_err(failed)?;

@@ -14,6 +14,7 @@ pub mod integrity;
 pub mod monitoring;
 mod monitoring_restored;
 pub mod nats;
+pub mod performance;
 pub mod pg;
 pub mod poll;
 pub mod redis;

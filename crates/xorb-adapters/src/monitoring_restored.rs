@@ -73,7 +73,7 @@ fn judge_targets(
             .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
         let fresh = chrono::Duration::from_std(*every * 2 + Duration::from_secs(1))
             .unwrap_or(chrono::Duration::MAX);
-        if !last.is_some_and(|l| now.signed_duration_since(l) <= fresh) {
+        if last.is_none_or(|l| now.signed_duration_since(l) > fresh) {
             problems.push(format!("{job} ({inst}) not scraped within two intervals"));
         }
     }

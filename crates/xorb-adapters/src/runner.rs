@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use xorb_engine::runner::{Probe, StepContext, StepError, StepRunner};
 use xorb_model::check::{Check, CheckRun};
-use xorb_model::plan::{Action, EmergencyProcedure, StepOutcome, StepSpec};
+use xorb_model::plan::{Action, CheckParams, EmergencyProcedure, StepOutcome, StepSpec};
 
 use crate::checks::Scope;
 use crate::context::{TargetRunner, failed};
@@ -285,12 +285,20 @@ impl<T: Target> StepRunner for TargetRunner<T> {
 
     async fn run(&self, step: &StepSpec, ctx: &StepContext<'_>) -> Result<StepOutcome, StepError> {
         safety::guard_destructive(self, step).await?;
-        if let Action::Check { name, since_secs } = &step.action {
+        if let Action::Check { name, params } = &step.action {
             let check = Check::parse(name).ok_or_else(|| StepError::Unsupported {
                 action: format!("check {name}"),
                 why: format!("unknown check (known: {})", Check::names()),
             })?;
-            return self.check(check, Scope::All, *since_secs, ctx).await;
+            // A check with the runbook's parameters runs with those the plan journaled.
+            if let Some(CheckParams::Performance(p)) = params {
+                return self.check_performance(p, ctx).await;
+            }
+            let since_secs = match params {
+                Some(CheckParams::AuditLog { since_secs }) => Some(*since_secs),
+                _ => None,
+            };
+            return self.check(check, Scope::All, since_secs, ctx).await;
         }
         let detail = self.act(step, ctx).await?;
         // A services-only rollback ends with no configuration step: the target records its release when every

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use xorb_model::plan::{
-    Action, Change, ChangeKind, FailurePolicy, MigrationDirection, Phase, Plan, Preserve, Safety,
-    StepSpec,
+    Action, Change, ChangeKind, CheckParams, FailurePolicy, MigrationDirection, Phase, Plan,
+    Preserve, Safety, StepSpec,
 };
 use xorb_model::policy::Policy;
 use xorb_model::release::Release;
@@ -459,13 +459,24 @@ pub fn plan_with(
         .audit_window_secs()
         .map_err(PlanError::BadOption)?;
     for c in checks {
+        let params = match c.as_str() {
+            "performance" => Some(CheckParams::Performance(policy.performance.clone())),
+            "audit-log" => Some(CheckParams::AuditLog {
+                since_secs: audit_window,
+            }),
+            _ => None,
+        };
+        let title = match &params {
+            Some(CheckParams::Performance(p)) => performance_title(p, to.name()),
+            _ => check_title(c, to.name()),
+        };
         let mut s = step(
             format!("5.check.{c}"),
             Phase::Verification,
-            check_title(c, to.name()),
+            title,
             Action::Check {
                 name: c.clone(),
-                since_secs: (c == "audit-log").then_some(audit_window),
+                params,
             },
             Safety::Idempotent,
         );
@@ -520,6 +531,17 @@ fn check_title(name: &str, to: &str) -> String {
         "audit-log" => "Platform audit log: chained entries verify up to the rollback, plain ones after it, no gap".into(),
         other => other.to_string(),
     }
+}
+
+/// The performance check's title says its tolerance: the plan is where an operator sees what will pass.
+fn performance_title(p: &xorb_model::policy::Performance, to: &str) -> String {
+    format!(
+        "Performance baseline: the load of {to}'s kept figures (`xorbctl perf`) again; p99 within {}% or {} ms of \
+         theirs, errors within {:.1} points",
+        p.p99_tolerance_pct,
+        p.p99_slack_ms,
+        f64::from(p.error_increase_permille) / 10.0
+    )
 }
 
 #[derive(Debug, Default)]
@@ -1176,7 +1198,7 @@ mod tests {
         assert!(pos("5.check.audit-log") > pos("5.check.loss"));
         assert!(matches!(
             &p.steps[pos("5.check.audit-log")].action,
-            Action::Check { name, since_secs: Some(3600) } if name == "audit-log"
+            Action::Check { name, params: Some(CheckParams::AuditLog { since_secs: 3600 }) } if name == "audit-log"
         ));
         assert_eq!(preserve("3.g7.downgrade.7c8f1b2"), [Preserve::Evidence]);
         assert_eq!(

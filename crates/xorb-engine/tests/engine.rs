@@ -156,7 +156,7 @@ fn plan() -> Plan {
             "Health",
             Action::Check {
                 name: "health".into(),
-                since_secs: None,
+                params: None,
             },
             Safety::Idempotent,
         ))

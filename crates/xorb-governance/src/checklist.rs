@@ -407,7 +407,11 @@ mod tests {
         );
         assert_eq!(
             c.item("post.performance").unwrap().how,
-            How::ConfirmedByPerson
+            How::ProvedBy(vec!["check.performance".into()])
+        );
+        assert_eq!(
+            c.item("follow-up.rca").map(|i| &i.how),
+            Some(&How::ConfirmedByPerson)
         );
     }
 
@@ -441,7 +445,11 @@ mod tests {
             r.contains("[x] Maintenance window scheduled (if applicable) — confirmed by alice"),
             "{r}"
         );
-        assert!(r.contains("[ ] Performance baselines met — to be confirmed: xorbctl check RUN post.performance --by NAME"), "{r}");
+        assert!(r.contains("[ ] Root cause analysis scheduled — to be confirmed: xorbctl check RUN follow-up.rca --by NAME"), "{r}");
+        assert!(
+            r.contains("[ ] Performance baselines met — not proved (by check.performance)"),
+            "{r}"
+        );
         assert!(
             r.contains("[ ] Stakeholders notified — not proved (by notify.initiation)"),
             "{r}"

@@ -23,6 +23,8 @@ pub enum Check {
     Quota,
     /// Prometheus scrapes every target of the target release (each up, scraped lately) and serves its rule groups.
     Monitoring,
+    /// A load of known rate against the api, compared with the target release's kept figures (`xorbctl perf`).
+    Performance,
     /// No table lost rows since phase 1's counts.
     IntegrityQuick,
     /// Every table checksummed again and compared with phase 3's full scan.
@@ -35,7 +37,7 @@ pub enum Check {
 }
 
 impl Check {
-    pub const ALL: [Check; 12] = [
+    pub const ALL: [Check; 13] = [
         Check::Health,
         Check::Release,
         Check::Info,
@@ -44,6 +46,7 @@ impl Check {
         Check::EvidenceLegacy,
         Check::Quota,
         Check::Monitoring,
+        Check::Performance,
         Check::IntegrityQuick,
         Check::IntegrityFull,
         Check::Loss,
@@ -60,6 +63,7 @@ impl Check {
             Check::EvidenceLegacy => "evidence-legacy",
             Check::Quota => "quota",
             Check::Monitoring => "monitoring",
+            Check::Performance => "performance",
             Check::IntegrityQuick => "integrity-quick",
             Check::IntegrityFull => "integrity-full",
             Check::Loss => "loss",

@@ -75,6 +75,12 @@ pub const CHECK_SECS: Range = Range::new(1, HOUR, "seconds");
 pub const BACKUP_SECS: Range = Range::new(1, 12 * HOUR, "seconds");
 /// One Alembic revision (also its statement timeout).
 pub const MIGRATION_SECS: Range = Range::new(1, 12 * HOUR, "seconds");
+/// `[performance]` of the runbook and `xorbctl perf`/`load`: a load a loopback api can take, for at most an hour.
+pub const PERF_RATE: Range = Range::new(1, 10_000, "requests a second");
+pub const PERF_DURATION_SECS: Range = Range::new(1, HOUR, "seconds");
+pub const PERF_SLACK_MS: Range = Range::new(0, 60_000, "milliseconds");
+pub const PERCENT: Range = Range::new(0, 1000, "percent");
+pub const PERMILLE: Range = Range::new(0, 1000, "per mille");
 /// Tries in all, the first included. Ten tries of a failing step is already a loop nobody watches.
 pub const ATTEMPTS: Range = Range::new(1, 10, "attempts");
 /// Between two tries. With ATTEMPTS, a step waits at most 9 × 5 min = 45 min in backoff.

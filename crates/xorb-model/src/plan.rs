@@ -325,12 +325,12 @@ pub enum Action {
         service: Option<String>,
         changes: BTreeMap<String, String>,
     },
-    /// A named check (phase 5, or a gate after a step). `since_secs`: the window of a check over recent data
-    /// (`audit-log`: the policy's `checks.audit_window`), fixed in the plan so that a resume checks the same one.
+    /// A named check (phase 5, or a gate after a step), with the runbook's parameters for the checks that have
+    /// some: journaled with the plan, so a resumed run judges as it was planned whatever the file says later.
     Check {
         name: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        since_secs: Option<u64>,
+        params: Option<CheckParams>,
     },
     /// Create the named release's streams that do not exist yet (additive: expand before the switch).
     EnsureStreams { release: String },
@@ -533,6 +533,17 @@ impl fmt::Display for Action {
 
 fn default_timeout_secs() -> u64 {
     StepSpec::DEFAULT_TIMEOUT_SECS
+}
+
+/// The parameters a check takes from the runbook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum CheckParams {
+    Performance(crate::policy::Performance),
+    /// `audit-log`: the window (`checks.audit_window`), in seconds.
+    AuditLog {
+        since_secs: u64,
+    },
 }
 
 /// One step of a plan.
@@ -1107,7 +1118,7 @@ mod tests {
                     "h",
                     Action::Check {
                         name: "health".into(),
-                        since_secs: None,
+                        params: None,
                     },
                     Safety::Idempotent,
                 ),

@@ -27,6 +27,10 @@ pub struct Policy {
     #[serde(default = "StepPolicy::verification")]
     pub verification: StepPolicy,
     pub checks: Checks,
+    /// Phase 5's performance baseline check (`performance_test.py --baseline`): how a load is sent and how its
+    /// figures are compared with the target release's kept ones.
+    #[serde(default)]
+    pub performance: Performance,
     /// Release name (dots replaced by dashes, since TOML keys with dots nest) → forced settings.
     #[serde(default)]
     pub limitations: BTreeMap<String, BTreeMap<String, String>>,
@@ -76,6 +80,36 @@ impl StepPolicy {
             attempts: 2,
             backoff_ms: 2000,
             emergency: "none".into(),
+        }
+    }
+}
+
+/// The load `xorbctl perf` measures a release's baseline with, and how far phase 5 may stray from it. The check
+/// sends the load the baseline was measured with (its rate and duration, kept with the figures), so the two are
+/// compared at the same load whatever this file says today; `rate` and `duration_secs` are `perf`'s defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Performance {
+    /// Requests a second (open model: sent on schedule whether or not earlier ones were answered).
+    pub rate: u32,
+    pub duration_secs: u64,
+    /// The p99 (from each request's due time) may be this many percent above the baseline's…
+    pub p99_tolerance_pct: u32,
+    /// …or this many milliseconds, whichever is more: on loopback a p99 of 4 ms against 3 ms is noise, not a
+    /// regression.
+    pub p99_slack_ms: u64,
+    /// The share of errors (5xx, no answer in time) may rise by this many per mille over the baseline's.
+    pub error_increase_permille: u32,
+}
+
+impl Default for Performance {
+    fn default() -> Self {
+        Performance {
+            rate: 40,
+            duration_secs: 5,
+            p99_tolerance_pct: 25,
+            p99_slack_ms: 20,
+            error_increase_permille: 10,
         }
     }
 }
@@ -197,6 +231,15 @@ impl Policy {
         ] {
             range.check(key, v)?;
         }
+        let perf = &self.performance;
+        limits::PERF_RATE.check("performance.rate", perf.rate)?;
+        limits::PERF_DURATION_SECS.check("performance.duration_secs", perf.duration_secs)?;
+        limits::PERCENT.check("performance.p99_tolerance_pct", perf.p99_tolerance_pct)?;
+        limits::PERF_SLACK_MS.check("performance.p99_slack_ms", perf.p99_slack_ms)?;
+        limits::PERMILLE.check(
+            "performance.error_increase_permille",
+            perf.error_increase_permille,
+        )?;
         for (table, sp) in [
             ("services", &self.services),
             ("config", &self.config),

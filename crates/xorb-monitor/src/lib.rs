@@ -9,6 +9,7 @@ pub mod judge;
 pub mod live;
 pub mod load;
 pub mod monitor;
+pub mod perf;
 pub mod prom;
 pub mod queries;
 pub mod record;

@@ -9,7 +9,7 @@
 //! machine, the in-flight cap), which the report must show rather than hide.
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,8 @@ pub struct Spec {
 }
 
 /// Latency percentiles in milliseconds.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Percentiles {
     pub p50_ms: f64,
     pub p90_ms: f64,
@@ -36,7 +37,8 @@ pub struct Percentiles {
     pub max_ms: f64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Figures {
     pub rate: f64,
     pub duration_ms: u64,

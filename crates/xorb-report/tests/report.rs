@@ -92,7 +92,7 @@ fn check(name: &str) -> StepSpec {
         format!("Check {name}"),
         Action::Check {
             name: name.into(),
-            since_secs: None,
+            params: None,
         },
         Safety::Idempotent,
     )

@@ -72,6 +72,12 @@ pub enum Command {
     /// Watch the stack after a rollback against the baseline release's history in Prometheus: PASS, FAIL,
     /// INCONCLUSIVE or ERROR, with interim reports as it goes.
     Monitor(MonitorArgs),
+    /// Measure a release's performance baseline on the running stack (the runbook's `performance_test.py`): an
+    /// open-model load against the api, latency counted from each request's due time, kept for phase 5.
+    Perf(PerfArgs),
+    /// Send an open-model load to the stack's api and print its latency: traffic for a demo or a test. Keeps
+    /// nothing.
+    Load(LoadArgs),
     /// Approve a run waiting at its approval gate.
     Approve {
         run: String,
@@ -303,6 +309,29 @@ pub struct AssessArgs {
     /// A non-critical bug an operator reports (P3 evidence).
     #[arg(long = "bug", value_name = "TEXT")]
     pub bugs: Vec<String>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Requests a second, sent on schedule whether or not earlier ones were answered (default: the runbook's
+    /// `[performance]` rate).
+    #[arg(long)]
+    pub rate: Option<u32>,
+    /// How long: 5s, 2min, "1 hour" (default: the runbook's `[performance]` duration).
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// A runbook policy file instead of the embedded runbooks/rollback.toml (its `[performance]` defaults).
+    #[arg(long)]
+    pub runbook: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PerfArgs {
+    /// The release the stack runs, whose figures are kept in `<state-dir>/perf/RELEASE.json`.
+    #[arg(long)]
+    pub release: String,
+    #[command(flatten)]
+    pub load: LoadArgs,
 }
 
 #[derive(Debug, Clone, clap::Args)]

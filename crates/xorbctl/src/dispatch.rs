@@ -24,6 +24,7 @@ pub async fn run(settings: Settings, out: &Reporter) -> anyhow::Result<Exit> {
         CommandSettings::Rollback(s) => cmd::rollback::run(s, out, &red).await,
         CommandSettings::Assess(s) => cmd::assess::run(s, out, &red).await,
         CommandSettings::Monitor(s) => cmd::monitor::run(s, out).await,
+        CommandSettings::Perf(s) => cmd::perf::run(s, out).await,
         CommandSettings::Approve(s) => cmd::approve::run(s, out, &red).await,
         CommandSettings::Check(s) => cmd::check::run(s, out, &red),
         CommandSettings::Resume(s) => cmd::resume::run(s, out, &red).await,

@@ -56,3 +56,27 @@ impl WatchError {
         Exit::Refused
     }
 }
+
+/// `perf` and `load`: what stops a measurement, or keeps it from becoming a baseline.
+#[derive(Debug, thiserror::Error)]
+pub enum PerfError {
+    /// The stack is not the release asked for.
+    #[error("{0}")]
+    WrongRelease(String),
+    /// The api answered too much of the load with errors for its figures to be anyone's baseline.
+    #[error("{0}")]
+    Unhealthy(String),
+    /// The api or the database did not answer.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+impl PerfError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            PerfError::WrongRelease(_) => Exit::Refused,
+            PerfError::Unhealthy(_) => Exit::Unhealthy,
+            PerfError::Unreachable(_) => Exit::DependencyFailed,
+        }
+    }
+}

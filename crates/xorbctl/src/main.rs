@@ -12,6 +12,7 @@ mod dispatch;
 mod document;
 mod errors;
 mod execution;
+mod flags;
 mod governance;
 mod https;
 #[cfg(test)]
@@ -89,6 +90,7 @@ fn known_exit(cause: &(dyn std::error::Error + 'static)) -> Option<Exit> {
         errors::UsageError,
         errors::GovernanceError,
         errors::WatchError,
+        errors::PerfError,
         xorb_engine::planner::PlanError,
         xorb_engine::EngineError,
         xorb_engine::JournalError,

@@ -117,6 +117,7 @@ pub enum CommandSettings {
     Rollback(Rollback),
     Assess(Assess),
     Monitor(Monitor),
+    Perf(Perf),
     Approve(Approve),
     Check(Check),
     Resume(Resume),
@@ -237,6 +238,15 @@ pub struct Assess {
     pub window: Option<String>,
     pub declare: Vec<String>,
     pub bugs: Vec<String>,
+}
+
+/// `perf` (with a release: kept as its baseline) and `load` (without: traffic). The numbers are checked by the
+/// command against the runbook's ranges before anything is sent.
+#[derive(Debug)]
+pub struct Perf {
+    pub locations: Locations,
+    pub release: Option<String>,
+    pub args: crate::cli::LoadArgs,
 }
 
 /// `monitor`: the flags as given; their values are parsed (and refused) by the command, before it reads anything.
@@ -451,6 +461,16 @@ pub fn resolve(cli: Cli) -> Settings {
             bugs: a.bugs,
         }),
         Command::Monitor(args) => CommandSettings::Monitor(Monitor { state_dir, args }),
+        Command::Perf(a) => CommandSettings::Perf(Perf {
+            locations: loc,
+            release: Some(a.release),
+            args: a.load,
+        }),
+        Command::Load(args) => CommandSettings::Perf(Perf {
+            locations: loc,
+            release: None,
+            args,
+        }),
         Command::Approve {
             run: id,
             name,

@@ -117,7 +117,7 @@ fn crash_plan() -> Plan {
             "Health",
             Action::Check {
                 name: "health".into(),
-                since_secs: None,
+                params: None,
             },
             Safety::Idempotent,
         ))

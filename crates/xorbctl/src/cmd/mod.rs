@@ -13,6 +13,7 @@ pub mod integrity;
 pub mod loss;
 pub mod man;
 pub mod monitor;
+pub mod perf;
 pub mod plan;
 pub mod report;
 pub mod resume;

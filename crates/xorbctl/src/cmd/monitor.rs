@@ -21,7 +21,7 @@ use crate::errors::UsageError;
 use crate::output::Reporter;
 use crate::settings;
 
-mod parse;
+use crate::flags as parse;
 
 const RECORDING: &str = "recording.jsonl";
 const REPORT: &str = "monitor.json";

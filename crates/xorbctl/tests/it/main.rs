@@ -20,6 +20,7 @@ mod memtarget;
 mod monitor;
 mod monitor_live;
 mod notify;
+mod perf;
 mod platform;
 mod releases;
 mod rollback;

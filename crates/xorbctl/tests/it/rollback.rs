@@ -94,8 +94,20 @@ async fn a_full_rollback_ends_on_stable_with_every_phase_5_check_green() {
         .collect();
     assert_eq!(
         checks.len(),
-        10,
-        "the eight checks, the loss assessment and the platform audit log"
+        11,
+        "the nine checks, the loss assessment and the platform audit log"
+    );
+    // Stable's performance was never measured on this stack: the check says how to, and proves nothing.
+    let perf = checks
+        .iter()
+        .find(|c| c["spec"]["id"] == "5.check.performance")
+        .expect("5.check.performance");
+    assert_eq!(perf["state"], "skipped", "{perf:#}");
+    assert!(
+        perf["outcome"]["reason"]
+            .as_str()
+            .is_some_and(|d| d.contains("xorbctl perf --release v2025.07-stable")),
+        "{perf:#}"
     );
     let monitoring = checks
         .iter()
@@ -111,6 +123,10 @@ async fn a_full_rollback_ends_on_stable_with_every_phase_5_check_green() {
     assert!(
         report.contains("[x] Monitoring restored"),
         "the check proves the checklist item:\n{report}"
+    );
+    assert!(
+        report.contains("[ ] Performance baselines met"),
+        "a skipped check proves nothing:\n{report}"
     );
 
     // A short monitor after the run: stable never ran before it on this stack, so there is no baseline and

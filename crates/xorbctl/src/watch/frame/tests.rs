@@ -36,7 +36,7 @@ fn plan() -> Plan {
             "Every service is healthy",
             Action::Check {
                 name: "health".into(),
-                since_secs: None,
+                params: None,
             },
             Safety::Idempotent,
         ))

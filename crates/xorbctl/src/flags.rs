@@ -1,4 +1,4 @@
-//! The monitor's flags as the runbook writes them: `--duration "2 hours"`, `--report-interval 15min`,
+//! Flags as the runbook writes them (monitor, perf): `--duration "2 hours"`, `--report-interval 15min`,
 //! `--alert-threshold 10%`. A value that does not parse is a usage error naming the flag.
 
 use crate::errors::UsageError;
