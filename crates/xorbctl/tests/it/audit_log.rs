@@ -56,6 +56,41 @@ async fn the_platform_audit_log_check_names_an_altered_or_deleted_chained_entry(
     ))
     .await
     .unwrap();
+    // Concurrent writers, each in transactions of two inserts: the advisory lock makes them one chain.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let url = st.database_url("xorb");
+            tokio::spawn(async move {
+                let mut c = pg_connect(&url).await;
+                for i in 0..5 {
+                    let tx = c.transaction().await.unwrap();
+                    for _ in 0..2 {
+                        tx.execute(
+                            "INSERT INTO audit_log (actor, action, detail) \
+                             VALUES ('svc:writer', 'test.concurrent', jsonb_build_object('w', $1::int, 'i', $2::int))",
+                            &[&w, &i],
+                        )
+                        .await
+                        .unwrap();
+                    }
+                    tx.commit().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let unchained: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM audit_log a WHERE a.action = 'test.concurrent' \
+             AND NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.audit_id = a.id)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unchained, 0, "every concurrent insert is chained");
     let chained: i64 = pg
         .query_one("SELECT count(*) FROM audit_chain", &[])
         .await
@@ -67,7 +102,7 @@ async fn the_platform_audit_log_check_names_an_altered_or_deleted_chained_entry(
         .unwrap()
         .get(0);
     assert!(
-        chained >= 5,
+        chained >= 45,
         "every insert since rc1's migration is chained: {chained}"
     );
     // On rc1, the check reads the live chain.
