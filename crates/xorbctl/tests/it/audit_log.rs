@@ -56,6 +56,17 @@ async fn the_platform_audit_log_check_names_an_altered_or_deleted_chained_entry(
     ))
     .await
     .unwrap();
+    // An insert rolled back burns an id that neither audit_log nor the chain holds: a forger's slot, later.
+    pg.batch_execute(
+        "BEGIN; INSERT INTO audit_log (actor, action) VALUES ('svc:test', 'test.rolled_back'); ROLLBACK",
+    )
+    .await
+    .unwrap();
+    let burnt: i64 = pg
+        .query_one("SELECT currval('audit_log_id_seq')", &[])
+        .await
+        .unwrap()
+        .get(0);
     // Concurrent writers, each in transactions of two inserts: the advisory lock makes them one chain.
     let writers: Vec<_> = (0..4)
         .map(|w| {
@@ -227,6 +238,20 @@ async fn the_platform_audit_log_check_names_an_altered_or_deleted_chained_entry(
         e.contains(&format!("audit entry {} is gone (deleted)", ids[2])),
         "{e}"
     );
+
+    // A row forged into the chain's span (the id the rolled-back insert burnt): named as unchained.
+    pg.execute(
+        "INSERT INTO audit_log (id, actor, action) VALUES ($1, 'svc:test', 'test.forged')",
+        &[&burnt],
+    )
+    .await
+    .unwrap();
+    let e = audit_check(&st).unwrap_err();
+    assert!(
+        e.contains(&format!("audit entry {burnt} has no chain entry")),
+        "{e}"
+    );
+
     let bad = st.xorbctl(&["audit", "platform", "--since", "1 hour ago"]);
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
 }
