@@ -34,6 +34,7 @@ impl<T: Target> TargetRunner<T> {
         &self,
         check: Check,
         scope: Scope<'_>,
+        since_secs: Option<u64>,
         ctx: &StepContext<'_>,
     ) -> Result<StepOutcome, StepError> {
         let ep = self.endpoints()?;
@@ -178,12 +179,31 @@ impl<T: Target> TargetRunner<T> {
             Check::Loss => Ok(StepOutcome::succeeded(
                 crate::integrity::check_loss(self, ctx).await?,
             )),
+            // The runbook's `--since "1 hour ago"` when the plan names no window (a gate, `assess`).
+            Check::AuditLog => {
+                crate::pg::audit::check_audit_log(
+                    self,
+                    ctx,
+                    Duration::from_secs(since_secs.unwrap_or(3600)),
+                )
+                .await
+            }
         }
     }
 
     /// Runs one check by name outside a run (`xorbctl assess`), with `scratch` as the run directory for what a
     /// check writes. `Ok` with the check's detail when it passed (or was skipped), `Err` with why not.
     pub async fn run_check(&self, name: &str, scratch: &Path) -> Result<String, String> {
+        self.run_check_for(name, scratch, None).await
+    }
+
+    /// As [`Self::run_check`], with a window for a check over recent data (`audit-log`).
+    pub async fn run_check_for(
+        &self,
+        name: &str,
+        scratch: &Path,
+        since_secs: Option<u64>,
+    ) -> Result<String, String> {
         let check = Check::parse(name)
             .ok_or_else(|| format!("unknown check {name:?} (known: {})", Check::names()))?;
         let ctx = StepContext {
@@ -194,7 +214,7 @@ impl<T: Target> TargetRunner<T> {
             index: 0,
             attempt: 1,
         };
-        match self.check(check, Scope::All, &ctx).await {
+        match self.check(check, Scope::All, since_secs, &ctx).await {
             Ok(StepOutcome::Failed { error, .. }) => Err(error),
             Ok(o) => Ok(o.to_string()),
             Err(e) => Err(e.to_string()),

@@ -43,6 +43,7 @@ fn manifests(run_dir: &Path) -> BTreeMap<&'static str, Manifest> {
         Preserve::Evidence,
         Preserve::ControlPlane,
         Preserve::IsolationModes,
+        Preserve::AuditChain,
     ] {
         let f = run_dir
             .join("preserved")
@@ -89,10 +90,18 @@ pub fn assess(report: LossReport, run_dir: &Path) -> LossAssessment {
                     } else {
                         "lost"
                     };
-                    lines.push(format!(
-                        "{}: {} {} rows {how}, {n} preserved and verified",
-                        t.table, t.lost, t.table
-                    ));
+                    lines.push(if t.table == "audit_chain" {
+                        format!(
+                            "advanced audit logs (audit_chain): {} chain entries {how}, {n} preserved and verified \
+                             (5.check.audit-log verifies the audit log against them)",
+                            t.lost
+                        )
+                    } else {
+                        format!(
+                            "{}: {} {} rows {how}, {n} preserved and verified",
+                            t.table, t.lost, t.table
+                        )
+                    });
                     accounted.insert(
                         t.table.clone(),
                         Accounted {
@@ -179,7 +188,8 @@ pub async fn check_loss<T: Target>(
     let report = xorb_integrity::loss(&cfg, &dir, &ScanOptions::default())
         .await
         .map_err(failed)?;
-    let a = assess(report, ctx.run_dir);
+    let mut a = assess(report, ctx.run_dir);
+    tenant_metrics(r, ctx.run_dir, &mut a).await?;
     write_file(
         &ctx.run_dir.join("loss.json"),
         &serde_json::to_string_pretty(&a).unwrap_or_default(),
@@ -200,6 +210,63 @@ pub async fn check_loss<T: Target>(
         detail.push_str("; no rows lost");
     }
     Ok(detail)
+}
+
+/// rc1's per-tenant metrics, preserved beside the audit chain: accounted for when every tenant still has, in
+/// `ptaas_sessions`, at least the sessions the preserved series counted (the metrics are a count of that table,
+/// so they can be recounted from it); a tenant with fewer is a loss nothing accounts for.
+async fn tenant_metrics<T: Target>(
+    r: &TargetRunner<T>,
+    run_dir: &Path,
+    a: &mut LossAssessment,
+) -> Result<(), StepError> {
+    let dir = run_dir.join("preserved").join(Preserve::AuditChain.name());
+    let Some(m) = manifests(run_dir).remove(Preserve::AuditChain.name()) else {
+        return Ok(());
+    };
+    let kept: crate::pg::audit::TenantMetrics =
+        match std::fs::read(dir.join(crate::pg::audit::METRICS_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+        {
+            Some(k) if m.verified => k,
+            _ => {
+                a.unaccounted.push(format!(
+                    "tenant metrics: no verified export in {}",
+                    dir.display()
+                ));
+                return Ok(());
+            }
+        };
+    let client = r.pg()?.connect().await.map_err(failed)?;
+    let live = crate::pg::audit::tenant_series(&client).await?;
+    let short = crate::pg::audit::tenants_short(&kept, &live);
+    let series = kept.series.len() as u64;
+    if short.is_empty() {
+        let per = kept.per_tenant();
+        a.lines.push(format!(
+            "rc1 tenant metrics ({}): {series} series over {} tenants ({} sessions) preserved and verified: \
+             recounted from ptaas_sessions now, every tenant still has its sessions",
+            kept.metric,
+            per.len(),
+            per.values().sum::<i64>()
+        ));
+        a.accounted.insert(
+            "tenant_metrics".into(),
+            Accounted {
+                lost: series,
+                preserved: series,
+                verified: true,
+                by: format!("preserved/{}", Preserve::AuditChain.name()),
+            },
+        );
+    } else {
+        a.unaccounted.push(format!(
+            "tenant metrics: sessions the preserved series counted are gone ({})",
+            short.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 /// Phase 5's `integrity-full` check: every table checksummed again (`<run>/db/integrity-after-full.json`) and

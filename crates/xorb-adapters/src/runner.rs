@@ -93,7 +93,7 @@ impl<T: Target> TargetRunner<T> {
             } else {
                 Scope::Services(&services)
             };
-            match self.check(check, scope, ctx).await {
+            match self.check(check, scope, None, ctx).await {
                 Ok(StepOutcome::Failed { error, retryable }) => {
                     return Err(StepError::Failed {
                         message: format!("check {name} after the step failed: {error}"),
@@ -294,7 +294,11 @@ impl<T: Target> StepRunner for TargetRunner<T> {
             if let Some(CheckParams::Performance(p)) = params {
                 return self.check_performance(p, ctx).await;
             }
-            return self.check(check, Scope::All, ctx).await;
+            let since_secs = match params {
+                Some(CheckParams::AuditLog { since_secs }) => Some(*since_secs),
+                _ => None,
+            };
+            return self.check(check, Scope::All, since_secs, ctx).await;
         }
         let detail = self.act(step, ctx).await?;
         // A services-only rollback ends with no configuration step: the target records its release when every

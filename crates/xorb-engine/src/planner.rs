@@ -446,7 +446,7 @@ pub fn plan_with(
         .verification
         .iter()
         .filter(|c| match c.as_str() {
-            "integrity-full" | "loss" => has_db,
+            "integrity-full" | "loss" | "audit-log" => has_db,
             "health" | "info" => true,
             "integrity-quick" => matches!(scope, Scope::All | Scope::Services | Scope::Database),
             // Phase 4 replaces the monitoring configuration; only a plan with it proves monitoring restored.
@@ -454,12 +454,21 @@ pub fn plan_with(
             _ => matches!(scope, Scope::All | Scope::Services),
         })
         .collect();
+    let audit_window = policy
+        .checks
+        .audit_window_secs()
+        .map_err(PlanError::BadOption)?;
     for c in checks {
-        let params =
-            (c == "performance").then(|| CheckParams::Performance(policy.performance.clone()));
+        let params = match c.as_str() {
+            "performance" => Some(CheckParams::Performance(policy.performance.clone())),
+            "audit-log" => Some(CheckParams::AuditLog {
+                since_secs: audit_window,
+            }),
+            _ => None,
+        };
         let title = match &params {
             Some(CheckParams::Performance(p)) => performance_title(p, to.name()),
-            None => check_title(c, to.name()),
+            _ => check_title(c, to.name()),
         };
         let mut s = step(
             format!("5.check.{c}"),
@@ -519,6 +528,7 @@ fn check_title(name: &str, to: &str) -> String {
         ),
         "integrity-quick" => "Quick integrity scan: no rows lost since phase 1".into(),
         "loss" => "Data-loss assessment against phase 3's snapshot, preserved data accounted for".into(),
+        "audit-log" => "Platform audit log: chained entries verify up to the rollback, plain ones after it, no gap".into(),
         other => other.to_string(),
     }
 }
@@ -547,6 +557,7 @@ fn preserve_of(d: &xorb_model::schema::Destroys) -> Option<Preserve> {
         ("table", "evidence") => Some(Preserve::Evidence),
         ("table", "tenant_quotas" | "usage_records") => Some(Preserve::ControlPlane),
         ("column", "tenants.isolation_mode") => Some(Preserve::IsolationModes),
+        ("table", "audit_chain") => Some(Preserve::AuditChain),
         _ => None,
     }
 }
@@ -1057,6 +1068,7 @@ mod tests {
                 vec![
                     destroys("table", "tenant_quotas"),
                     destroys("table", "usage_records"),
+                    destroys("table", "audit_chain"),
                 ],
             ),
             r(
@@ -1178,7 +1190,16 @@ mod tests {
             }
             other => panic!("{other:?}"),
         };
-        assert_eq!(preserve("3.g8.downgrade.8d9a2c3"), [Preserve::ControlPlane]);
+        assert_eq!(
+            preserve("3.g8.downgrade.8d9a2c3"),
+            [Preserve::ControlPlane, Preserve::AuditChain]
+        );
+        // The audit-log check runs last, over the policy's window, fixed in the plan.
+        assert!(pos("5.check.audit-log") > pos("5.check.loss"));
+        assert!(matches!(
+            &p.steps[pos("5.check.audit-log")].action,
+            Action::Check { name, params: Some(CheckParams::AuditLog { since_secs: 3600 }) } if name == "audit-log"
+        ));
         assert_eq!(preserve("3.g7.downgrade.7c8f1b2"), [Preserve::Evidence]);
         assert_eq!(
             preserve("3.g6.downgrade.6b7e0a1"),

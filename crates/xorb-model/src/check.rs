@@ -31,10 +31,13 @@ pub enum Check {
     IntegrityFull,
     /// Every row lost since phase 3's snapshot is accounted for by a verified preservation.
     Loss,
+    /// The platform's own audit log over a window: rc1's chained entries verify up to the rollback, stable's
+    /// plain entries follow, nothing missing in between (the runbook's `audit_log_integrity.py --since`).
+    AuditLog,
 }
 
 impl Check {
-    pub const ALL: [Check; 12] = [
+    pub const ALL: [Check; 13] = [
         Check::Health,
         Check::Release,
         Check::Info,
@@ -47,6 +50,7 @@ impl Check {
         Check::IntegrityQuick,
         Check::IntegrityFull,
         Check::Loss,
+        Check::AuditLog,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +67,7 @@ impl Check {
             Check::IntegrityQuick => "integrity-quick",
             Check::IntegrityFull => "integrity-full",
             Check::Loss => "loss",
+            Check::AuditLog => "audit-log",
         }
     }
 

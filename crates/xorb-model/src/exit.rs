@@ -84,7 +84,7 @@ impl Exit {
             Exit::Refused => "refused: the stack or the run is not as the command expects",
             Exit::DependencyFailed => "a server or dependency failed",
             Exit::Unhealthy => {
-                "a check found a problem (status, runs, integrity --critical, assess, monitor)"
+                "a check found a problem (status, runs, integrity --critical, audit platform, assess, monitor)"
             }
             Exit::RunFailed => "a rollback ran and stopped on a failure",
             Exit::WaitingForPerson => "a rollback waits for a person (confirm or mark a step done)",

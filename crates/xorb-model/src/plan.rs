@@ -411,6 +411,8 @@ pub enum Preserve {
     ControlPlane,
     /// G6: each tenant's isolation mode (tenants return to basic isolation).
     IsolationModes,
+    /// rc1's advanced audit logs (the hash chain over `audit_log`) and, beside them, its per-tenant metrics.
+    AuditChain,
 }
 
 impl Preserve {
@@ -419,6 +421,7 @@ impl Preserve {
             Preserve::Evidence => "evidence",
             Preserve::ControlPlane => "control-plane",
             Preserve::IsolationModes => "isolation-modes",
+            Preserve::AuditChain => "audit-chain",
         }
     }
 }
@@ -537,6 +540,10 @@ fn default_timeout_secs() -> u64 {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum CheckParams {
     Performance(crate::policy::Performance),
+    /// `audit-log`: the window (`checks.audit_window`), in seconds.
+    AuditLog {
+        since_secs: u64,
+    },
 }
 
 /// One step of a plan.

@@ -119,6 +119,43 @@ impl Default for Performance {
 pub struct Checks {
     pub after_service: Vec<String>,
     pub verification: Vec<String>,
+    /// The window of the `audit-log` check, as the runbook's `audit_log_integrity.py --since "1 hour ago"`:
+    /// a number and a unit (`s`, `m`, `h`, `d`).
+    #[serde(default = "Checks::default_audit_window")]
+    pub audit_window: String,
+}
+
+impl Checks {
+    fn default_audit_window() -> String {
+        "1h".into()
+    }
+
+    /// `audit_window` in seconds.
+    pub fn audit_window_secs(&self) -> Result<u64, String> {
+        parse_window(&self.audit_window)
+    }
+}
+
+/// `30m`, `1h`, `2d`: a positive whole number and a unit, at most 366 days.
+pub fn parse_window(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let bad = || format!("checks.audit_window: {text:?} is not a window like 30m, 1h or 2d");
+    let unit_at = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = t.split_at(unit_at);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    match n.checked_mul(mult) {
+        Some(secs) if secs > 0 && secs <= 366 * 86_400 => Ok(secs),
+        _ => Err(format!(
+            "checks.audit_window: {text:?} is out of range (1 s to 366 d)"
+        )),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +199,7 @@ impl Policy {
                 )));
             }
         }
+        p.checks.audit_window_secs().map_err(err)?;
         for sp in [&p.services, &p.config, &p.stateful, &p.verification] {
             parse_emergency(&sp.emergency).map_err(err)?;
         }
@@ -245,6 +283,32 @@ fn parse_emergency(s: &str) -> Result<Option<EmergencyProcedure>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_audit_window_reads_like_the_runbooks_since() {
+        assert_eq!(Policy::embedded().checks.audit_window_secs(), Ok(3600));
+        assert_eq!(parse_window("30m"), Ok(1800));
+        assert_eq!(parse_window("2d"), Ok(172_800));
+        for bad in [
+            "",
+            "h",
+            "1",
+            "1 hour ago",
+            "0h",
+            "-1h",
+            "400d",
+            "99999999999999999999s",
+        ] {
+            assert!(parse_window(bad).is_err(), "{bad:?}");
+        }
+        let e = Policy::parse(
+            &EMBEDDED.replace("audit_window = \"1h\"", "audit_window = \"1 hour\""),
+            "my.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("my.toml") && e.contains("audit_window"), "{e}");
+    }
 
     #[test]
     fn the_shipped_policy_parses_and_follows_the_runbook() {

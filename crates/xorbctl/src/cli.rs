@@ -160,6 +160,13 @@ pub enum AuditCmd {
         #[arg(long)]
         since: Option<String>,
     },
+    /// Check the platform's own audit log over a window: rc1's chained entries verify (against the live chain,
+    /// or the one the rollback preserved), stable's plain entries follow, nothing missing in between.
+    Platform {
+        /// The window, e.g. 1h (the runbook's `--since "1 hour ago"`), 30m, 2d.
+        #[arg(long, default_value = "1h")]
+        since: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

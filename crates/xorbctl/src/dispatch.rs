@@ -33,6 +33,7 @@ pub async fn run(settings: Settings, out: &Reporter) -> anyhow::Result<Exit> {
         CommandSettings::Show(s) => cmd::show::run(s, out, &red),
         CommandSettings::Watch(s) => cmd::watch::run(s, out, &red).await,
         CommandSettings::AuditVerify(s) => cmd::audit::verify(s, out),
+        CommandSettings::AuditPlatform(s) => cmd::audit::platform(s, out).await,
         CommandSettings::Report(s) => cmd::report::run(s, &red),
         CommandSettings::Dashboard(s) => cmd::dashboard::run(s, out, &red).await,
         CommandSettings::Completions(_) | CommandSettings::Man(_) => {

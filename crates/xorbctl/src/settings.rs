@@ -126,6 +126,7 @@ pub enum CommandSettings {
     Show(Show),
     Watch(Watch),
     AuditVerify(AuditVerify),
+    AuditPlatform(AuditPlatform),
     Report(Report),
     Dashboard(Dashboard),
     Completions(clap_complete::Shell),
@@ -294,6 +295,14 @@ pub struct AuditVerify {
     pub state_dir: PathBuf,
     /// `--since` as typed (1h, 30m, 2d).
     pub since: Option<String>,
+}
+
+/// `xorbctl audit platform --since W`.
+#[derive(Debug)]
+pub struct AuditPlatform {
+    pub locations: Locations,
+    /// `--since` as typed (1h, 30m, 2d).
+    pub since: String,
 }
 
 /// The project's directory: the nearest ancestor of the working directory or of this binary holding `releases/`
@@ -508,6 +517,12 @@ pub fn resolve(cli: Cli) -> Settings {
         Command::Audit {
             action: AuditCmd::Verify { since },
         } => CommandSettings::AuditVerify(AuditVerify { state_dir, since }),
+        Command::Audit {
+            action: AuditCmd::Platform { since },
+        } => CommandSettings::AuditPlatform(AuditPlatform {
+            locations: loc,
+            since,
+        }),
         Command::Report { run: id, format } => CommandSettings::Report(Report { view, id, format }),
         Command::Dashboard(a) => CommandSettings::Dashboard(Dashboard {
             view,

@@ -74,6 +74,9 @@ pub async fn migrate<T: Target>(
                 Preserve::IsolationModes => {
                     preserve_isolation_modes(&mut client, ctx.run_dir).await?
                 }
+                Preserve::AuditChain => {
+                    super::audit::preserve_audit_chain(r, &mut client, ctx.run_dir).await?
+                }
             });
         }
     }

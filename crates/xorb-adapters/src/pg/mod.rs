@@ -4,6 +4,7 @@
 //! Every child process gets the password through its environment (PGPASSWORD, DATABASE_URL), never through its
 //! arguments, and whatever it prints is redacted before it is kept.
 
+pub mod audit;
 pub mod backup;
 pub mod compat;
 pub mod critical;

@@ -1,11 +1,39 @@
 //! `xorbctl audit verify [--since 1h]`: prove the audit trail whole, or name the first entry that was changed,
 //! removed or reordered; then the trail against the runs the journal and the disk know (an erased trail).
+//! `xorbctl audit platform [--since 1h]`: the platform's own audit log, as phase 5's `audit-log` check reads it.
 
 use xorb_model::exit::Exit;
 
 use crate::errors::UsageError;
 use crate::output::Reporter;
-use crate::settings::AuditVerify;
+use crate::settings::{AuditPlatform, AuditVerify};
+use crate::target;
+
+/// Exit 5 when the audit log does not verify, as `integrity --critical` does for damaged data.
+pub async fn platform(s: &AuditPlatform, out: &Reporter) -> anyhow::Result<Exit> {
+    let since = xorb_model::policy::parse_window(&s.since)
+        .map_err(|e| UsageError(e.replace("checks.audit_window", "--since")))?;
+    let state_dir = &s.locations.state_dir;
+    let paths = target::paths(&s.locations)?;
+    let st = target::stack_state(state_dir)?;
+    let release = xorb_model::release::Release::load_named(&paths.releases_root, &st.release)?;
+    let runner = target::runner(state_dir, paths, release);
+    // What the check writes goes to a scratch directory; it reads the runs' preserved chains, never a run's own.
+    let scratch = state_dir.join(format!("audit-platform-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let res = runner
+        .run_check_for("audit-log", &scratch, Some(since))
+        .await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let (ok, line) = match res {
+        Ok(d) => (true, d),
+        Err(e) => (false, e),
+    };
+    out.result(&serde_json::json!({ "ok": ok, "detail": line }), |v| {
+        format!("{}\n", v["detail"].as_str().unwrap_or_default())
+    });
+    Ok(if ok { Exit::Ok } else { Exit::Unhealthy })
+}
 
 pub fn verify(s: &AuditVerify, out: &Reporter) -> anyhow::Result<Exit> {
     let state_dir = &s.state_dir;

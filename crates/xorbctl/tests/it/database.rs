@@ -480,7 +480,11 @@ async fn downgrade_step_by_step_preserves_then_reimport_brings_it_back() {
 
     // G8, G7, G6: one revision each, as the planner's steps do.
     let steps: [(&str, &str, &[Preserve]); 3] = [
-        ("8d9a2c3", "7c8f1b2", &[Preserve::ControlPlane]),
+        (
+            "8d9a2c3",
+            "7c8f1b2",
+            &[Preserve::ControlPlane, Preserve::AuditChain],
+        ),
         ("7c8f1b2", "6b7e0a1", &[Preserve::Evidence]),
         ("6b7e0a1", "1a5be11", &[Preserve::IsolationModes]),
     ];
@@ -717,7 +721,11 @@ async fn downgrade_uses_the_from_release_scripts_when_the_target_lacks_them() {
         .await
         .unwrap();
     for (from, to, preserve) in [
-        ("8d9a2c3", "7c8f1b2", &[Preserve::ControlPlane][..]),
+        (
+            "8d9a2c3",
+            "7c8f1b2",
+            &[Preserve::ControlPlane, Preserve::AuditChain][..],
+        ),
         ("7c8f1b2", "6b7e0a1", &[Preserve::Evidence][..]),
         ("6b7e0a1", "1a5be11", &[Preserve::IsolationModes][..]),
     ] {

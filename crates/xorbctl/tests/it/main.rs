@@ -3,6 +3,7 @@
 //! this process ends, whatever way it ends.
 
 mod assess_load;
+mod audit_log;
 mod common;
 mod database;
 mod demo_data;
