@@ -72,10 +72,28 @@ pub fn describe(runs: &[DiskRun]) -> String {
         if r.preserved.is_empty() {
             s.push_str(&format!("  {}  (no preserved data)\n", r.id));
         } else {
+            // The audit chain is kept as evidence: a roll-forward starts a new chain rather than re-import it.
+            let (kept, back): (Vec<&String>, Vec<&String>) = r
+                .preserved
+                .iter()
+                .partition(|k| k.as_str() == xorb_model::plan::Preserve::AuditChain.name());
+            let mut parts = Vec::new();
+            if !back.is_empty() {
+                parts.push(format!(
+                    "{} (a roll-forward re-imports it)",
+                    back.iter()
+                        .map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            if !kept.is_empty() {
+                parts.push("audit-chain (kept as evidence; not re-imported)".to_string());
+            }
             s.push_str(&format!(
-                "  {}  preserved data: {} (a roll-forward re-imports it)\n",
+                "  {}  preserved data: {}\n",
                 r.id,
-                r.preserved.join(", ")
+                parts.join("; ")
             ));
         }
     }
