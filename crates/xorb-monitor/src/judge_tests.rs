@@ -237,3 +237,25 @@ fn the_same_samples_give_the_same_json_bytes() {
     assert_eq!(a, mk());
     assert!(a.contains(r#""verdict":"FAIL""#), "{a}");
 }
+
+#[test]
+fn a_few_milliseconds_on_a_fast_api_are_within_the_latency_floor() {
+    // The demo's case: 1.9 ms before, 5 ms after. Relative to 1.9 ms, 10% is 0.19 ms and this FAILs; compared
+    // as the monitor's floor, 10% of 50 ms is 5 ms and it does not.
+    let mut rng = Rng(7);
+    let base = rng.latencies(30, 0.0019);
+    let cur = rng.latencies(30, 0.005);
+    let l = look(8, 8, 0.10);
+    assert_eq!(shift(&base, &cur, &l, 0.0, "s").verdict, Verdict::Fail);
+    let floored = shift(&base, &cur, &l, crate::monitor::LATENCY_FLOOR_SECS, "s");
+    assert_eq!(floored.verdict, Verdict::Pass, "{}", floored.reason);
+    // Above the floor the threshold is the runbook's: +30% on 200 ms still fails.
+    let slow = shift(
+        &rng.latencies(30, 0.2),
+        &rng.latencies(30, 0.26),
+        &l,
+        crate::monitor::LATENCY_FLOOR_SECS,
+        "s",
+    );
+    assert_eq!(slow.verdict, Verdict::Fail, "{}", slow.reason);
+}
