@@ -697,13 +697,15 @@ fn evaluate(kind: &TriggerKind, ev: &Evidence) -> (bool, String) {
                     Some(Comparison {
                         now,
                         baseline: None,
-                    }) => parts.push(format!("{what}: {now} now, no baseline")),
+                    }) => parts.push(format!("{what}: {} now, no baseline", fig(now))),
                     Some(Comparison {
                         now,
                         baseline: Some(b),
-                    }) if b.max(floor) <= 0.0 => {
-                        parts.push(format!("{what}: {now} now, baseline {b} (no ratio)"))
-                    }
+                    }) if b.max(floor) <= 0.0 => parts.push(format!(
+                        "{what}: {} now, baseline {} (no ratio)",
+                        fig(now),
+                        fig(b)
+                    )),
                     Some(Comparison {
                         now,
                         baseline: Some(b),
@@ -712,12 +714,13 @@ fn evaluate(kind: &TriggerKind, ev: &Evidence) -> (bool, String) {
                         let ratio = now / against;
                         fired |= ratio > *factor;
                         let base = if b < floor {
-                            format!("{b} baseline, below its floor {floor}")
+                            format!("{} baseline, below its floor {}", fig(b), fig(floor))
                         } else {
-                            format!("{b} baseline")
+                            format!("{} baseline", fig(b))
                         };
                         parts.push(format!(
-                            "{what}: {now} now vs {base} ({ratio:.2}x, threshold >{factor}x)"
+                            "{what}: {} now vs {base} ({ratio:.2}x, threshold >{factor}x)",
+                            fig(now)
                         ));
                     }
                 }
@@ -736,6 +739,20 @@ fn list_evidence(items: &[String], none: &str) -> (bool, String) {
         (false, none.to_string())
     } else {
         (true, items.join("; "))
+    }
+}
+
+/// A measured figure for people: four significant digits, no trailing zeros (0.3686, not 0.3685647058823528).
+fn fig(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return format!("{x}");
+    }
+    let decimals = (3 - x.abs().log10().floor() as i32).max(0) as usize;
+    let t = format!("{x:.decimals$}");
+    if t.contains('.') {
+        t.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        t
     }
 }
 
