@@ -21,15 +21,6 @@ fn audit_check(st: &Stack) -> Result<String, String> {
     }
 }
 
-fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
-    run["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["spec"]["id"] == id)
-        .unwrap_or_else(|| panic!("no step {id}"))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_platform_audit_log_check_names_an_altered_or_deleted_chained_entry() {
     let st = Stack::up(RC1, true);
@@ -129,7 +120,7 @@ async fn the_platform_audit_log_check_names_an_altered_or_deleted_chained_entry(
     let show = st.xorbctl(&["show", "latest", "--output", "json"]);
     let run: Value = serde_json::from_slice(&show.stdout).unwrap();
 
-    let g8 = step(&run, "3.g8.downgrade.8d9a2c3");
+    let g8 = run_step(&run, "3.g8.downgrade.8d9a2c3");
     let detail = g8["outcome"]["detail"].as_str().unwrap_or_default();
     assert!(
         detail.contains("advanced audit logs:")
@@ -137,7 +128,7 @@ async fn the_platform_audit_log_check_names_an_altered_or_deleted_chained_entry(
             && detail.contains("tenant metrics:"),
         "{g8:#}"
     );
-    let check = step(&run, "5.check.audit-log");
+    let check = run_step(&run, "5.check.audit-log");
     assert_eq!(check["state"], "succeeded", "{check:#}");
     let detail = check["outcome"]["detail"].as_str().unwrap_or_default();
     assert!(
@@ -148,7 +139,7 @@ async fn the_platform_audit_log_check_names_an_altered_or_deleted_chained_entry(
     );
 
     // The loss assessment names both as preserved and verified.
-    let loss = step(&run, "5.check.loss");
+    let loss = run_step(&run, "5.check.loss");
     let detail = loss["outcome"]["detail"].as_str().unwrap_or_default();
     assert!(
         detail.contains(&format!(

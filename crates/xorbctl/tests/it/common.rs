@@ -317,3 +317,25 @@ pub fn copy_migrations(to: &Path) {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// The step `id` of a run as `xorbctl show --output json` gives it.
+pub fn run_step<'a>(run: &'a Value, id: &str) -> &'a Value {
+    run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["spec"]["id"] == id)
+        .unwrap_or_else(|| panic!("no step {id} in the run"))
+}
+
+/// The pid of the stack's api, from stack.json.
+pub fn api_pid(st: &Stack) -> i64 {
+    st.stack_json()["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "api")
+        .unwrap()["proc"]["pid"]
+        .as_i64()
+        .unwrap()
+}

@@ -299,7 +299,7 @@ fn assert_stopped(st: &Stack, c: &Case, out: &Output) -> String {
         c.step
     );
     let run = show(st);
-    let s = step(&run, c.step);
+    let s = run_step(&run, c.step);
     assert_eq!(s["state"], "failed", "{} {:?}: {s:#}", c.name, c.fault);
     let recorded = s.to_string();
     let stopped = run["status"].to_string();
@@ -329,15 +329,6 @@ fn show(st: &Stack) -> Value {
     let out = st.xorbctl(&["show", "latest", "--output", "json"]);
     assert!(out.status.success(), "{}", text(&out));
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
-    run["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["spec"]["id"] == id)
-        .unwrap_or_else(|| panic!("no step {id} in the run"))
 }
 
 fn runner(st: &Stack) -> LocalRunner {
@@ -577,7 +568,7 @@ async fn prometheus_or_alertmanager_killed_or_stalled_inside_the_monitoring_step
             text(&out)
         );
         let (run, _) = assert_as_uninterrupted(&st).await;
-        let s = step(&run, c.step);
+        let s = run_step(&run, c.step);
         assert!(
             ["succeeded", "already_done"].contains(&s["state"].as_str().unwrap()),
             "{s:#}"
@@ -791,7 +782,7 @@ async fn xorbctl_s_state_turning_read_only_mid_run_stops_it_cleanly_and_resume_a
         &pauses,
     )
     .await;
-    assert_eq!(step(&show(&st), step_id)["state"], "in_flight");
+    assert_eq!(run_step(&show(&st), step_id)["state"], "in_flight");
     fs.read_only();
     std::fs::write(release_marker(&pauses, step_id), "").unwrap();
     let t = Instant::now();
@@ -824,7 +815,7 @@ async fn xorbctl_s_state_turning_read_only_mid_run_stops_it_cleanly_and_resume_a
         "{:#}",
         before["status"]
     );
-    assert_eq!(step(&before, step_id)["state"], "in_flight");
+    assert_eq!(run_step(&before, step_id)["state"], "in_flight");
     let last = before["events"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(
         (last["event"].as_str(), last["step"].as_str()),
@@ -883,7 +874,7 @@ async fn xorbctl_s_state_turning_read_only_mid_run_stops_it_cleanly_and_resume_a
     .await;
     assert!(out.status.success(), "the resume: {}", text(&out));
     let (run, _) = assert_as_uninterrupted(&st).await;
-    assert_eq!(step(&run, step_id)["state"], "already_done", "{run:#}");
+    assert_eq!(run_step(&run, step_id)["state"], "already_done", "{run:#}");
     let after = audit_verify(&st);
     assert!(!after.contains("torn"), "{after}");
 

@@ -53,17 +53,6 @@ fn runs(st: &Stack) -> Vec<Value> {
         .clone()
 }
 
-fn api_pid(st: &Stack) -> i64 {
-    st.stack_json()["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "api")
-        .unwrap()["proc"]["pid"]
-        .as_i64()
-        .unwrap()
-}
-
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .arg("-C")

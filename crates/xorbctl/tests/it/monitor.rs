@@ -64,8 +64,12 @@ fn svc_env(st: &Stack, port: u16) -> Vec<(String, String)> {
 }
 
 pub(crate) async fn start_api(st: &Stack) -> Svc {
+    start_api_on(st, xorb_local::process::free_port().unwrap()).await
+}
+
+/// An api on `port` (a restart on the same address keeps Prometheus's series: its counters reset).
+pub(crate) async fn start_api_on(st: &Stack, port: u16) -> Svc {
     let dir = Stack::new_dir();
-    let port = xorb_local::process::free_port().unwrap();
     let log = std::fs::File::create(dir.join("api.log")).unwrap();
     let mut cmd = Command::new(svc_bin());
     cmd.args(["--role", "api", "--release", &st.release])

@@ -5,7 +5,7 @@
 //! sleep and not the machine's load.
 
 use crate::common::*;
-use crate::monitor::{Svc, list, start_api};
+use crate::monitor::{Svc, list, start_api, start_api_on};
 use nix::sys::signal::Signal;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -523,4 +523,86 @@ async fn fifty_a_a_monitors_on_real_scrapes_raise_at_most_one_false_fail() {
         verdicts.get("Pass").copied().unwrap_or(0) + fails.len() == RUNS as usize,
         "every run must be judged (no INCONCLUSIVE or ERROR on steady traffic): {verdicts:?}"
     );
+}
+
+/// A restarted api starts its counters from zero under the same series (same instance, same labels): the
+/// monitor's request and error counts over a window with the restart must be the traffic that was served, not
+/// a spike (the counter's whole value counted again) nor a loss (a negative increase). The up gate fails on the
+/// scrapes the restart missed, which `a_killed_service…` shows; here the counts are checked on their own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_counter_reset_after_a_restart_is_no_spike() {
+    use xorb_monitor::judge::{self, Look, Verdict};
+    use xorb_monitor::live;
+    use xorb_monitor::prom::{Prometheus, Range};
+    use xorb_monitor::queries::Queries;
+
+    const STEP_MS: i64 = 2_000;
+    let (mut lab, window) = Lab::up("reset").await;
+    let port: u16 = lab.api.base.rsplit(':').next().unwrap().parse().unwrap();
+    lab.api.child.kill().unwrap();
+    lab.api.child.wait().unwrap();
+    let restarted = start_api_on(stable(), port).await;
+    restarted.set_faults("XORB_FAULT_LATENCY_MS=200\n");
+    drop(std::mem::replace(&mut lab.api, restarted));
+    let restart_ms = live::now_ms();
+    // Two windows' worth of traffic after the restart have to be lived through.
+    let range = Range {
+        start_ms: (restart_ms - 10_000).div_euclid(STEP_MS) * STEP_MS,
+        end_ms: (restart_ms + 20_000).div_euclid(STEP_MS) * STEP_MS,
+        step_ms: STEP_MS,
+    };
+    while live::now_ms() < range.end_ms + STEP_MS {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let prom = Prometheus::new(&lab.prom_url(), Duration::from_secs(10)).unwrap();
+    let q = Queries::new("xorb-api", STEP_MS);
+    let cur = live::fetch(&prom, &q, range).await.unwrap();
+    // The counter did reset under the same series: a point lower than the one before it.
+    let reset = cur.requests.values().any(|c| {
+        c.points
+            .windows(2)
+            .any(|w| w[1].v.is_finite() && w[0].v.is_finite() && w[1].v < w[0].v)
+    });
+    assert!(reset, "no counter went down across the restart: {cur:#?}");
+
+    let w = flags_window(&window);
+    let base = live::fetch_baseline(&prom, &q, &[w], STEP_MS)
+        .await
+        .unwrap();
+    let base_counts = base.counts(w.start_ms, STEP_MS);
+    let cur_counts = cur.counts(range.start_ms, STEP_MS);
+    let base_rate = base_counts.requests as f64 / (w.end_ms - w.start_ms) as f64;
+    let cur_rate = cur_counts.requests as f64 / (range.end_ms - range.start_ms) as f64;
+    // A reset read as a new counter's whole value would double the rate at least; read as a drop, it would lose
+    // the window. The restart itself costs a second or two of traffic.
+    assert!(
+        (0.6..1.3).contains(&(cur_rate / base_rate)),
+        "requests a millisecond: {cur_rate} across the restart against {base_rate} before ({cur_counts:?} vs \
+         {base_counts:?})"
+    );
+    assert_eq!(cur_counts.errors, 0, "{cur_counts:?}");
+    let look = Look {
+        alpha: 0.05,
+        previous_fraction: 0.0,
+        fraction: 1.0,
+        threshold: 0.10,
+        min_points: 10,
+        min_requests: 100,
+    };
+    let j = judge::errors(base_counts, cur_counts, &look);
+    assert_eq!(j.verdict, Verdict::Pass, "{}", j.reason);
+}
+
+/// The lab's pinned baseline ("START,END" in RFC 3339) as a window.
+fn flags_window(w: &str) -> xorb_monitor::baseline::Window {
+    let (a, b) = w.split_once(',').unwrap();
+    let t = |s: &str| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .unwrap()
+            .timestamp_millis()
+    };
+    xorb_monitor::baseline::Window {
+        start_ms: t(a),
+        end_ms: t(b),
+    }
 }

@@ -14,16 +14,6 @@ fn json(out: &std::process::Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(out)))
 }
 
-fn api_pid(st: &Stack) -> String {
-    st.stack_json()["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "api")
-        .unwrap()["proc"]["pid"]
-        .to_string()
-}
-
 fn signal(sig: &str, pid: &str) {
     let s = Command::new("kill").args([sig, pid]).status().unwrap();
     assert!(s.success(), "kill {sig} {pid}");
@@ -124,7 +114,7 @@ async fn perf_keeps_a_baseline_and_phase_5_fails_a_stalled_api_against_it() {
 
     // A one-second stall of the api during the check: every request due in that second waits for it, and the
     // corrected p99 says so.
-    let pid = api_pid(&st);
+    let pid = api_pid(&st).to_string();
     let stall = {
         let pid = pid.clone();
         tokio::spawn(async move {

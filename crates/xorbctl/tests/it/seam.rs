@@ -14,15 +14,6 @@ fn json(out: &std::process::Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
-    run["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["spec"]["id"] == id)
-        .unwrap_or_else(|| panic!("no step {id}"))
-}
-
 #[test]
 fn the_plan_reads_streams_from_nats_and_every_check_named_runs_and_is_reported_only_when_it_ran() {
     let st = Stack::up(RC1, true);
@@ -95,7 +86,7 @@ fn the_plan_reads_streams_from_nats_and_every_check_named_runs_and_is_reported_o
     ]);
     assert!(out.status.success(), "{}", text(&out));
     let run = json(&st.xorbctl(&["show", "latest", "--output", "json"]));
-    let full = step(&run, "5.check.integrity-full");
+    let full = run_step(&run, "5.check.integrity-full");
     assert_eq!(full["state"], "succeeded", "{full:#}");
     assert!(
         full["outcome"]["detail"]
@@ -103,7 +94,7 @@ fn the_plan_reads_streams_from_nats_and_every_check_named_runs_and_is_reported_o
             .is_some_and(|d| d.contains("rows checksummed")),
         "{full:#}"
     );
-    let api = step(&run, "2.api.image");
+    let api = run_step(&run, "2.api.image");
     let gates: Vec<&str> = api["outcome"]["checks"]
         .as_array()
         .map(|a| a.iter().filter_map(|c| c["check"].as_str()).collect())
