@@ -77,9 +77,9 @@ pub fn save_baseline(state_dir: &Path, b: &Baseline) -> Result<PathBuf, AdapterE
 /// What the check writes to the run directory, for the report.
 #[derive(Serialize)]
 struct Record<'a> {
-    baseline: Option<&'a Baseline>,
+    baseline: &'a Baseline,
     measured: &'a Measured,
-    judgement: Option<&'a Judgement>,
+    judgement: &'a Judgement,
 }
 
 impl<T: Target> TargetRunner<T> {
@@ -110,55 +110,48 @@ impl<T: Target> TargetRunner<T> {
     }
 
     /// Phase 5: the target release's kept figures, the same load again, judged by the runbook's tolerance.
-    /// Without kept figures the check is skipped (it proves nothing, so "Performance baselines met" stays
-    /// unticked) and says how to measure them; what it measured is written all the same.
+    /// Without kept figures the check is skipped at once and says how to measure them: a load with nothing
+    /// to compare with proves nothing, so "Performance baselines met" stays unticked, and it would cost every
+    /// run (and every resume of it) the load's seconds for a figure nobody judges.
     pub(crate) async fn check_performance(
         &self,
         policy: &Performance,
         ctx: &StepContext<'_>,
     ) -> Result<StepOutcome, StepError> {
         let to = self.to.name();
-        let baseline =
-            load_baseline(&self.state_dir, to).map_err(|e| StepError::fatal(e.to_string()))?;
-        let (rate, duration) = match &baseline {
-            Some(b) => (b.figures.rate, Duration::from_millis(b.figures.duration_ms)),
-            None => (
-                f64::from(policy.rate),
-                Duration::from_secs(policy.duration_secs),
-            ),
+        let Some(b) =
+            load_baseline(&self.state_dir, to).map_err(|e| StepError::fatal(e.to_string()))?
+        else {
+            return Ok(StepOutcome::Skipped {
+                reason: format!(
+                    "no performance baseline of {to} to compare with: measure one on a healthy {to} with \
+                     `xorbctl perf --release {to}` (then this check sends that load again)"
+                ),
+            });
         };
-        let measured = self.measure(rate, duration).await?;
-        let judgement = baseline
-            .as_ref()
-            .map(|b| xorb_monitor::perf::judge(&b.figures, &measured.figures, policy));
+        let measured = self
+            .measure(b.figures.rate, Duration::from_millis(b.figures.duration_ms))
+            .await?;
+        let j = xorb_monitor::perf::judge(&b.figures, &measured.figures, policy);
         crate::files::write_json(
             &ctx.run_dir.join("performance.json"),
             &Record {
-                baseline: baseline.as_ref(),
+                baseline: &b,
                 measured: &measured,
-                judgement: judgement.as_ref(),
+                judgement: &j,
             },
         )
         .map_err(failed)?;
-        match (baseline, judgement) {
-            (Some(b), Some(j)) if j.passed => Ok(StepOutcome::succeeded(format!(
+        if j.passed {
+            Ok(StepOutcome::succeeded(format!(
                 "{} (baseline of {to} measured {})",
                 j.summary, b.measured_at
-            ))),
-            (Some(b), Some(j)) => Err(failed(format!(
+            )))
+        } else {
+            Err(failed(format!(
                 "slower than {to}'s baseline (measured {}): {}",
                 b.measured_at, j.summary
-            ))),
-            _ => Ok(StepOutcome::Skipped {
-                reason: format!(
-                    "no performance baseline of {to} to compare with (measure one on a healthy {to} with \
-                     `xorbctl perf --release {to}`); measured now: p99 {:.1} ms, {} errors in {} requests at {}/s",
-                    measured.figures.response.p99_ms,
-                    measured.figures.errors,
-                    measured.figures.due,
-                    measured.figures.rate
-                ),
-            }),
+            )))
         }
     }
 }

@@ -19,7 +19,7 @@ fn the_plan_reads_streams_from_nats_and_every_check_named_runs_and_is_reported_o
     let st = Stack::up(RC1, true);
     let work = tempfile::tempdir().unwrap();
     let shipped = std::fs::read_to_string(repo().join("runbooks/rollback.toml")).unwrap();
-    let verification = "verification = [\"health\", \"info\", \"monitoring\", \"smoke\", \"tenant-isolation\", \"evidence-legacy\", \"quota\", \"performance\", \"integrity-quick\", \"loss\"]";
+    let verification = "verification = [\"health\", \"info\", \"monitoring\", \"smoke\", \"tenant-isolation\", \"evidence-legacy\", \"quota\", \"performance\", \"integrity-quick\", \"loss\", \"audit-log\"]";
     assert!(shipped.contains(verification), "the shipped policy changed");
     let with_full = work.path().join("with-full.toml");
     std::fs::write(
@@ -34,8 +34,8 @@ fn the_plan_reads_streams_from_nats_and_every_check_named_runs_and_is_reported_o
     std::fs::write(
         &unknown,
         shipped.replace(
-            "\"integrity-quick\", \"loss\"]",
-            "\"integrity-quick\", \"loss\", \"latency\"]",
+            "\"loss\", \"audit-log\"]",
+            "\"loss\", \"audit-log\", \"latency\"]",
         ),
     )
     .unwrap();
