@@ -61,11 +61,13 @@ pub async fn stack_up(
     grafana_dashboards: Option<&Path>,
     scrape_interval: Option<std::time::Duration>,
     bulk_sessions: u64,
+    scale: u64,
 ) -> Result<UpReport, TargetError> {
     let opts = xorb_local::stack::UpOptions {
         grafana_dashboards: grafana_dashboards.map(Path::to_path_buf),
         scrape_interval,
         bulk_sessions,
+        scale,
     };
     xorb_local::stack::up_with(paths, state_dir, release, demo_data, &opts).await
 }
