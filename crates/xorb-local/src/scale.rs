@@ -198,10 +198,12 @@ async fn has_table(client: &tokio_postgres::Client, t: &str) -> Result<bool, Loc
 
 /// Fills the platform to about `n` findings of the scale tenants (see the module's comment). `evidence_dir` is
 /// the services' `XORB_EVIDENCE_DIR`: its signing key signs the evidence records, as the worker's would.
+/// `progress` hears one line a batch.
 pub async fn demo_scale(
     client: &tokio_postgres::Client,
     evidence_dir: &Path,
     n: u64,
+    progress: &(dyn Fn(&str) + Sync),
 ) -> Result<ScaleReport, LocalError> {
     if n == 0 || n > MAX_SCALE {
         return Err(LocalError::Config(format!(
@@ -266,12 +268,11 @@ pub async fn demo_scale(
             .await
             .map_err(|e| LocalError::db("insert a batch of scale data", e))?;
         added += row.get::<_, i64>(1) as u64;
-        tracing::info!(
-            findings = have + added,
-            of = n,
-            sessions = row.get::<_, i64>(0),
-            "scale data: batch inserted"
-        );
+        progress(&format!(
+            "scale data: {} of {n} findings ({:.1} s)",
+            have + added,
+            started.elapsed().as_secs_f64()
+        ));
     }
     if has_table(client, "evidence").await? {
         sign_evidence(client, evidence_dir, scale_tenants, evidence_for(n)).await?;

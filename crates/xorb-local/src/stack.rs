@@ -504,7 +504,10 @@ pub async fn demo_data_with(
         }
         if scale > 0 {
             let evidence = crate::target::evidence_dir(state_dir);
-            report.scale = Some(crate::scale::demo_scale(&client, &evidence, scale).await?);
+            // Progress on stderr: stdout keeps the command's result (a JSON document with --output json).
+            let progress = |line: &str| eprintln!("{line}");
+            report.scale =
+                Some(crate::scale::demo_scale(&client, &evidence, scale, &progress).await?);
         }
     }
     Ok(report)
