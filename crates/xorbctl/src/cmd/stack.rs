@@ -32,8 +32,10 @@ pub async fn up(s: &StackUp, out: &Reporter) -> anyhow::Result<Exit> {
         s.demo_data,
         s.grafana_dashboards.as_deref(),
         scrape_interval,
-        s.bulk_sessions,
-        s.scale,
+        target::DemoSize {
+            bulk_sessions: s.bulk_sessions,
+            scale: s.scale,
+        },
     )
     .await
     .with_context(|| format!("stack up --release {release} failed"))?;
