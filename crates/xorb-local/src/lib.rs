@@ -7,6 +7,7 @@ pub mod pidfiles;
 mod ports;
 pub mod process;
 pub mod restart;
+pub mod scale;
 pub mod servers;
 pub mod services;
 pub mod stack;

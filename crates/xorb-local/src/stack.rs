@@ -41,6 +41,8 @@ pub struct UpOptions {
     pub scrape_interval: Option<Duration>,
     /// With the demo data: this many completed sessions of a third tenant, `bulk` (see [`demo_bulk_sessions`]).
     pub bulk_sessions: u64,
+    /// With the demo data: about this many findings of production-sized history (see [`crate::scale`]); 0: none.
+    pub scale: u64,
 }
 
 pub async fn up(
@@ -89,7 +91,7 @@ pub async fn up_with(
             .collect();
         if dead.is_empty() {
             let demo_report = if demo {
-                Some(demo_data_with(state_dir, &existing, opts.bulk_sessions).await?)
+                Some(demo_data_with(state_dir, &existing, opts.bulk_sessions, opts.scale).await?)
             } else {
                 None
             };
@@ -105,8 +107,13 @@ pub async fn up_with(
         let restarted = crate::restart::restart_missing(paths, state_dir).await?;
         let demo_report = if demo {
             Some(
-                demo_data_with(state_dir, &StackState::load(state_dir)?, opts.bulk_sessions)
-                    .await?,
+                demo_data_with(
+                    state_dir,
+                    &StackState::load(state_dir)?,
+                    opts.bulk_sessions,
+                    opts.scale,
+                )
+                .await?,
             )
         } else {
             None
@@ -255,7 +262,7 @@ async fn fresh_up(
         }
     };
     let demo_report = if demo {
-        Some(demo_data_with(state_dir, &stack, opts.bulk_sessions).await?)
+        Some(demo_data_with(state_dir, &stack, opts.bulk_sessions, opts.scale).await?)
     } else {
         None
     };
@@ -469,25 +476,39 @@ pub struct DemoReport {
     /// The bulk tenant's sessions, when asked for (`--bulk-sessions`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bulk_sessions: Option<i64>,
+    /// The production-sized history, when asked for (`--scale`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale: Option<crate::scale::ScaleReport>,
 }
 
 /// Demo data: two tenants, and sessions that scan the stack's own loopback ports (some open, one closed), created
 /// through the API as a user would and waited for until they complete.
 pub async fn demo_data(state_dir: &Path, stack: &StackState) -> Result<DemoReport, LocalError> {
-    demo_data_with(state_dir, stack, 0).await
+    demo_data_with(state_dir, stack, 0, 0).await
 }
 
-/// [`demo_data`], then (when `bulk` > 0) [`demo_bulk_sessions`].
+/// [`demo_data`], then (when `bulk` > 0) [`demo_bulk_sessions`] and (when `scale` > 0)
+/// [`crate::scale::demo_scale`].
 pub async fn demo_data_with(
     state_dir: &Path,
     stack: &StackState,
     bulk: u64,
+    scale: u64,
 ) -> Result<DemoReport, LocalError> {
     let mut report = demo_data_only(state_dir, stack).await?;
-    if bulk > 0 {
+    if bulk > 0 || scale > 0 {
         let secrets = Secrets::load(state_dir)?;
         let client = stack.pg(&secrets).connect().await?;
-        report.bulk_sessions = Some(demo_bulk_sessions(&client, bulk).await?);
+        if bulk > 0 {
+            report.bulk_sessions = Some(demo_bulk_sessions(&client, bulk).await?);
+        }
+        if scale > 0 {
+            let evidence = crate::target::evidence_dir(state_dir);
+            // Progress on stderr: stdout keeps the command's result (a JSON document with --output json).
+            let progress = |line: &str| eprintln!("{line}");
+            report.scale =
+                Some(crate::scale::demo_scale(&client, &evidence, scale, &progress).await?);
+        }
     }
     Ok(report)
 }
@@ -619,6 +640,7 @@ async fn demo_data_only(state_dir: &Path, stack: &StackState) -> Result<DemoRepo
         findings,
         evidence,
         bulk_sessions: None,
+        scale: None,
     })
 }
 

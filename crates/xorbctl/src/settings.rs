@@ -145,6 +145,8 @@ pub struct StackUp {
     pub release: String,
     pub demo_data: bool,
     pub bulk_sessions: u64,
+    /// `--scale N`, 0 when not given.
+    pub scale: u64,
     pub grafana_dashboards: Option<PathBuf>,
     pub scrape_interval: Option<String>,
 }
@@ -396,6 +398,7 @@ pub fn resolve(cli: Cli) -> Settings {
                     release,
                     demo_data,
                     bulk_sessions,
+                    scale,
                     grafana_dashboards,
                     scrape_interval,
                 },
@@ -404,6 +407,7 @@ pub fn resolve(cli: Cli) -> Settings {
             release,
             demo_data,
             bulk_sessions,
+            scale: scale.unwrap_or(0),
             grafana_dashboards,
             scrape_interval,
         }),

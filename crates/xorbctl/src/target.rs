@@ -53,6 +53,13 @@ pub fn exit_of(cause: &(dyn std::error::Error + 'static)) -> Option<Exit> {
 // ---------------------------------------------------------------------------------------------------------------
 // The stack's lifecycle
 
+/// How much demo data beyond the handful of `--demo-data`: `--bulk-sessions`, `--scale` (0: none).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DemoSize {
+    pub bulk_sessions: u64,
+    pub scale: u64,
+}
+
 pub async fn stack_up(
     paths: &Paths,
     state_dir: &Path,
@@ -60,12 +67,13 @@ pub async fn stack_up(
     demo_data: bool,
     grafana_dashboards: Option<&Path>,
     scrape_interval: Option<std::time::Duration>,
-    bulk_sessions: u64,
+    size: DemoSize,
 ) -> Result<UpReport, TargetError> {
     let opts = xorb_local::stack::UpOptions {
         grafana_dashboards: grafana_dashboards.map(Path::to_path_buf),
         scrape_interval,
-        bulk_sessions,
+        bulk_sessions: size.bulk_sessions,
+        scale: size.scale,
     };
     xorb_local::stack::up_with(paths, state_dir, release, demo_data, &opts).await
 }

@@ -32,7 +32,10 @@ pub async fn up(s: &StackUp, out: &Reporter) -> anyhow::Result<Exit> {
         s.demo_data,
         s.grafana_dashboards.as_deref(),
         scrape_interval,
-        s.bulk_sessions,
+        target::DemoSize {
+            bulk_sessions: s.bulk_sessions,
+            scale: s.scale,
+        },
     )
     .await
     .with_context(|| format!("stack up --release {release} failed"))?;
@@ -70,6 +73,18 @@ pub async fn up(s: &StackUp, out: &Reporter) -> anyhow::Result<Exit> {
             );
             if let Some(n) = d.bulk_sessions {
                 let _ = writeln!(s, "Bulk history: {n} completed sessions of tenant bulk.");
+            }
+            if let Some(sc) = &d.scale {
+                let rows: Vec<String> = sc.rows.iter().map(|(t, n)| format!("{t} {n}")).collect();
+                let _ = writeln!(
+                    s,
+                    "Scale data (--scale {}): {} findings added in {:.1} s; rows: {}; database {:.1} MB.",
+                    sc.requested,
+                    sc.findings_added,
+                    sc.seconds,
+                    rows.join(", "),
+                    sc.database_bytes as f64 / 1e6
+                );
             }
         }
         s

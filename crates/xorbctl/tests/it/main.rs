@@ -7,6 +7,7 @@ mod audit_log;
 mod common;
 mod database;
 mod demo_data;
+mod demo_scale;
 mod faults;
 mod governance;
 mod hardening_input;
