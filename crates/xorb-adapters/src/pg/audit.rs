@@ -321,13 +321,7 @@ pub(crate) async fn preserve_audit_chain<T: Target>(
         };
     }
     let tmp = staging(&dir)?;
-    let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(db("begin the audit chain export"))?;
+    let tx = read_snapshot(client, "begin the audit chain export").await?;
     let chain = read_chain(&tx).await?;
     let series = tenant_series(&tx).await?;
     tx.commit()
@@ -466,13 +460,7 @@ pub async fn check_audit_log<T: Target>(
     let window = window_text(since);
     let mut client = connect(&r.pg()?).await?;
     let live_chain = table_exists(&client, "audit_chain").await?;
-    let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(db("begin the audit log check"))?;
+    let tx = read_snapshot(&mut client, "begin the audit log check").await?;
     let (chain, source) = if live_chain {
         (read_chain(&tx).await?, "the live audit_chain".to_string())
     } else {

@@ -121,3 +121,18 @@ pub(crate) async fn connect(conn: &PgConn) -> Result<tokio_postgres::Client, Ste
 pub(crate) fn db(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StepError {
     move |e| failed(format!("database: {what}: {e}"))
 }
+
+/// A read-only transaction on one snapshot (repeatable read): an export or a check reads its tables as of one
+/// instant while the services keep writing. `what` names it in an error ("begin the evidence export").
+pub(crate) async fn read_snapshot<'a>(
+    client: &'a mut tokio_postgres::Client,
+    what: &'static str,
+) -> Result<tokio_postgres::Transaction<'a>, StepError> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(db(what))
+}

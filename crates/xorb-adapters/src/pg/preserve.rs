@@ -121,13 +121,7 @@ pub(crate) async fn preserve_evidence<T: Target>(
         };
     }
     let tmp = staging(&dir)?;
-    let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(db("begin the evidence export"))?;
+    let tx = read_snapshot(client, "begin the evidence export").await?;
     let lines = export_rows(&tx, "evidence").await?;
     tx.commit().await.map_err(db("end the evidence export"))?;
     write_private(&tmp.join("rows.jsonl"), jsonl(&lines).as_bytes()).map_err(failed)?;
@@ -208,13 +202,7 @@ pub(crate) async fn preserve_control_plane(
         };
     }
     let tmp = staging(&dir)?;
-    let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(db("begin the control-plane export"))?;
+    let tx = read_snapshot(client, "begin the control-plane export").await?;
     let mut counts = BTreeMap::new();
     for t in CONTROL_PLANE_TABLES {
         let lines = export_rows(&tx, t).await?;

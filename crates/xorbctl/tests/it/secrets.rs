@@ -148,14 +148,7 @@ async fn a_planted_secret_appears_in_nothing_the_tool_writes() {
     assert!(samples > 0);
 
     // Sanity: each secret was really used, so its absence below means something.
-    let api_pid = st.stack_json()["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "api")
-        .unwrap()["proc"]["pid"]
-        .as_i64()
-        .unwrap();
+    let api_pid = api_pid(&st);
     let environ = std::fs::read(format!("/proc/{api_pid}/environ")).unwrap();
     let environ = String::from_utf8_lossy(&environ);
     assert!(
