@@ -219,14 +219,18 @@ pub fn http_client() -> reqwest::Client {
 mod tests {
     use super::*;
 
-    fn closed_port() -> u16 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
+    /// Bound, never listened on and held for the test's life: a released
+    /// port may be taken, or become the client's own end (a self-connection).
+    fn closed_port() -> (tokio::net::TcpSocket, u16) {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = s.local_addr().unwrap().port();
+        (s, port)
     }
 
     #[tokio::test]
     async fn a_refused_connection_names_the_dependency_the_address_and_the_cause() {
-        let port = closed_port();
+        let (_held, port) = closed_port();
         let dep = Dep::redis(port);
         let e = call(
             &dep,
@@ -280,7 +284,7 @@ mod tests {
 
     #[tokio::test]
     async fn reqwest_refusals_are_not_reported_as_a_bare_error_sending_request() {
-        let port = closed_port();
+        let (_held, port) = closed_port();
         let url = format!("http://127.0.0.1:{port}/api/v1/query");
         let e = http_client().get(&url).send().await.unwrap_err();
         let d = DepError::failed(&Dep::http("Prometheus", &url), "query", &e);

@@ -288,6 +288,11 @@ pub async fn probe(ip: IpAddr, port: u16, timeout: Duration) -> (PortState, Opti
     .await;
     let ms = || Some(start.elapsed().as_millis().min(i32::MAX as u128) as i32);
     match r {
+        // Nobody listens on a port of this host that falls in the ephemeral
+        // range: the kernel may pick that very port for our end and complete
+        // a simultaneous open with ourselves. That is a closed port, not a
+        // service.
+        Ok(Ok(stream)) if is_self_connection(&stream) => (PortState::Closed, ms()),
         Ok(Ok(_stream)) => (PortState::Open, ms()),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             (PortState::Closed, ms())
@@ -298,6 +303,10 @@ pub async fn probe(ip: IpAddr, port: u16, timeout: Duration) -> (PortState, Opti
         }
         Err(_) => (PortState::Filtered, None),
     }
+}
+
+fn is_self_connection(stream: &tokio::net::TcpStream) -> bool {
+    matches!((stream.local_addr(), stream.peer_addr()), (Ok(l), Ok(p)) if l == p)
 }
 
 async fn scan(w: &Worker, msg: &Message, ip: IpAddr, ports: &[u16]) -> Vec<Observation> {
@@ -541,9 +550,31 @@ mod tests {
         assert_eq!(s, PortState::Open);
         assert!(lat.is_some());
         drop(listener);
-        // the port was just released: nobody listens there now
-        let (s, _) = probe(ip, open_port, Duration::from_millis(500)).await;
+        // A port bound but not listening stays ours, so no other process can
+        // start listening there and the kernel cannot hand it to the probe's
+        // own end: a released port could be either, and the test flaked so.
+        let held = tokio::net::TcpSocket::new_v4().unwrap();
+        held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let closed_port = held.local_addr().unwrap().port();
+        let (s, lat) = probe(ip, closed_port, Duration::from_millis(500)).await;
         assert_eq!(s, PortState::Closed);
+        assert!(lat.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_connection_to_ourselves_is_a_closed_port() {
+        // Simultaneous open with ourselves, as the kernel makes it when the
+        // ephemeral port it picks is the port probed.
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let me = sock.local_addr().unwrap();
+        let stream = sock.connect(me).await.unwrap();
+        assert!(is_self_connection(&stream));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let other = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        assert!(!is_self_connection(&other));
     }
 
     #[test]

@@ -8,12 +8,19 @@ use serde_json::json;
 
 use crate::common::*;
 
+/// A loopback port bound but never listened on, held while `.0` lives: a
+/// released port could be taken by another process, or be picked by the kernel
+/// as the probe's own end (a self-connection), and read as open.
+fn held_closed_port() -> (tokio::net::TcpSocket, u16) {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = s.local_addr().unwrap().port();
+    (s, port)
+}
+
+/// Any port nothing listens on, where it does not matter whether one does later.
 fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    held_closed_port().1
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -47,7 +54,7 @@ async fn info_reports_the_rc1_release_and_schema_head() {
 async fn scan_gets_ports_right(st: &Stack, slug: &str) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let open = listener.local_addr().unwrap().port();
-    let closed = closed_port();
+    let (_held, closed) = held_closed_port();
     let token = st.add_tenant(slug).await;
     let api = Api::new(st.url("api"));
     let (code, v) = api
