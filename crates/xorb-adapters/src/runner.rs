@@ -204,6 +204,10 @@ impl<T: Target> TargetRunner<T> {
                 .await?
             }
             Action::DbVerify { revision } => pg::schema::verify(self, revision, ctx).await?,
+            Action::DbRestore { source_run } => pg::restore::restore(self, source_run, ctx).await?,
+            Action::DbSwitch { source_run, .. } => {
+                pg::restore::switch(self, source_run, ctx, timeout).await?
+            }
             Action::ReimportPreserved { source_run, kinds } => {
                 pg::reimport::reimport(self, source_run, kinds, ctx).await?
             }
@@ -319,8 +323,11 @@ impl<T: Target> StepRunner for TargetRunner<T> {
     async fn emergency(
         &self,
         procedure: EmergencyProcedure,
-        _ctx: &StepContext<'_>,
+        ctx: &StepContext<'_>,
     ) -> Result<String, StepError> {
+        if procedure == EmergencyProcedure::RestoreBackup {
+            return pg::restore::emergency(self, ctx).await;
+        }
         safety::emergency(self, procedure).await
     }
 }

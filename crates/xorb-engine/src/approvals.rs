@@ -459,6 +459,7 @@ mod tests {
             from: "a".into(),
             to: "b".into(),
             scope: None,
+            restore_of: None,
             steps: 0,
             run_dir: "d".into(),
             log_file: "l".into(),

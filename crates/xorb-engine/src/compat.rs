@@ -19,6 +19,7 @@ pub fn is_destructive(action: &Action) -> bool {
             | Action::NatsApply { .. }
             | Action::RedisApply { .. }
             | Action::RemoveService { .. }
+            | Action::DbSwitch { .. }
     )
 }
 
@@ -30,7 +31,11 @@ pub fn cannot_run_after(
     to: &Release,
 ) -> Option<String> {
     match action {
-        Action::Migrate { to_revision, .. } => (!runs.manifest.schema.runs_on.contains(to_revision))
+        Action::Migrate { to_revision, .. }
+        | Action::DbSwitch {
+            revision: to_revision,
+            ..
+        } => (!runs.manifest.schema.runs_on.contains(to_revision))
             .then(|| {
                 format!(
                     "{} runs only on schema revision(s) {}, and this step takes the schema to {to_revision}",

@@ -46,6 +46,8 @@ pub fn decide(procedure: EmergencyProcedure, observed: &[Observed]) -> Decision 
         let sheds = match procedure {
             EmergencyProcedure::MinimalService => o.role != "api",
             EmergencyProcedure::CascadePrevention => o.role == "worker" || o.role == "scheduler",
+            // Not a procedure on roles: the target restores the database (xorb-adapters' pg::restore).
+            EmergencyProcedure::RestoreBackup => false,
         };
         if sheds && !stop.contains(&o.role) {
             stop.push(o.role.clone());

@@ -30,6 +30,9 @@ pub enum Event {
         from: String,
         to: String,
         scope: Option<String>,
+        /// A restore of this run's backup (`xorbctl restore`) rather than a rollback.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        restore_of: Option<String>,
         steps: usize,
         run_dir: String,
         /// The runbook's log file of the run.
@@ -125,6 +128,14 @@ impl Event {
     /// One line for people (the log file, plain progress output).
     pub fn message(&self, run_id: &str) -> String {
         match self {
+            Event::RunStarted {
+                to,
+                restore_of: Some(source),
+                steps,
+                ..
+            } => format!(
+                "Starting the restore of run {source}'s backup under {to} (run {run_id}, {steps} steps)"
+            ),
             Event::RunStarted {
                 from,
                 to,

@@ -375,6 +375,7 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
             from: plan.from.clone(),
             to: plan.to.clone(),
             scope: plan.scope.clone(),
+            restore_of: plan.restore_of.clone(),
             steps: plan.steps.len(),
             run_dir: dir.to_string_lossy().into_owned(),
             log_file: log.path().to_string_lossy().into_owned(),

@@ -1107,6 +1107,7 @@ mod tests {
             from: p.from.clone(),
             to: p.to.clone(),
             scope: None,
+            restore_of: None,
             steps: p.steps.len(),
             run_dir: "d".into(),
             log_file: "l".into(),

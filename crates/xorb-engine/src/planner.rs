@@ -11,6 +11,9 @@ use xorb_model::plan::{
 use xorb_model::policy::Policy;
 use xorb_model::release::Release;
 
+mod restore;
+pub use restore::{BackupToRestore, plan_restore};
+
 /// One service as observed on the live stack.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LiveService {

@@ -118,6 +118,7 @@ pub fn journal_bytes() -> &'static [u8] {
                 from: plan.from.clone(),
                 to: plan.to.clone(),
                 scope: None,
+                restore_of: None,
                 steps: plan.steps.len(),
                 run_dir: run_dir.display().to_string(),
                 log_file: String::new(),

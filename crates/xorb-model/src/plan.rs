@@ -129,6 +129,9 @@ pub enum EmergencyProcedure {
     MinimalService,
     /// "Cascade Failure Prevention": `worker` and `scheduler` stopped, `CIRCUIT_BREAKER_ENABLED=true`.
     CascadePrevention,
+    /// "Restore from last known good backup": the run's own phase-3 backup, proven by its data, restored into a
+    /// new database that the services are switched to; the database it replaces is kept under another name.
+    RestoreBackup,
 }
 
 impl EmergencyProcedure {
@@ -136,6 +139,7 @@ impl EmergencyProcedure {
         match self {
             EmergencyProcedure::MinimalService => "minimal service",
             EmergencyProcedure::CascadePrevention => "cascade prevention",
+            EmergencyProcedure::RestoreBackup => "restore from last known good backup",
         }
     }
 
@@ -149,6 +153,10 @@ impl EmergencyProcedure {
             }
             EmergencyProcedure::CascadePrevention => {
                 "worker and scheduler stopped, CIRCUIT_BREAKER_ENABLED=true, unless the api is down"
+            }
+            EmergencyProcedure::RestoreBackup => {
+                "the run's proven backup restored into a new database and the services switched to it, the \
+                 replaced database kept, unless the schema is still as backed up"
             }
         }
     }
@@ -367,6 +375,16 @@ pub enum Action {
     },
     /// Phase 3: the schema is the target's: `alembic_version` is `revision` and the tables are what it defines.
     DbVerify { revision: String },
+    /// `xorbctl restore`: run `source_run`'s phase-3 backup restored into a new database (with the cluster roles
+    /// it needs) and proven there: every table's checksum equal to the snapshot taken with the dump.
+    DbRestore { source_run: String },
+    /// `xorbctl restore`: the services stopped, the live database renamed out of the way (kept for the
+    /// post-mortem), the restored one renamed into its place, the services started again. `revision` is the
+    /// backup's schema: every live service must run on it.
+    DbSwitch {
+        source_run: String,
+        revision: String,
+    },
     /// Roll-forward: re-import the data an earlier run preserved (evidence with its signatures, control-plane
     /// data, tenant isolation modes), verified again before and after.
     ReimportPreserved {
@@ -446,6 +464,8 @@ impl Action {
             Action::DbCompatibility { .. } => "db_compatibility",
             Action::Migrate { .. } => "migrate",
             Action::DbVerify { .. } => "db_verify",
+            Action::DbRestore { .. } => "db_restore",
+            Action::DbSwitch { .. } => "db_switch",
             Action::ReimportPreserved { .. } => "reimport_preserved",
             Action::NatsSave { .. } => "nats_save",
             Action::NatsApply { .. } => "nats_apply",
@@ -506,6 +526,18 @@ impl fmt::Display for Action {
                 MigrationDirection::Up => write!(f, "upgrade {revision} -> {to_revision}"),
             },
             Action::DbVerify { revision } => write!(f, "verify the schema is {revision}"),
+            Action::DbRestore { source_run } => {
+                write!(
+                    f,
+                    "restore the backup of run {source_run} into a new database"
+                )
+            }
+            Action::DbSwitch { source_run, .. } => {
+                write!(
+                    f,
+                    "switch the services to the restored backup of run {source_run}"
+                )
+            }
             Action::ReimportPreserved { source_run, kinds } if kinds.is_empty() => {
                 write!(f, "re-import the data preserved by run {source_run}")
             }
@@ -669,6 +701,10 @@ pub struct Plan {
     /// `--only` scope ("api", "services", …); `None` for a full rollback.
     #[serde(default)]
     pub scope: Option<String>,
+    /// A restore (`xorbctl restore RUN`) of run RUN's backup rather than a rollback; `from` and `to` are then
+    /// both the release the services run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_of: Option<String>,
     pub steps: Vec<StepSpec>,
     /// SHA-256 of every file of the two releases when the plan was made ("RELEASE/PATH" → hex): a resume
     /// refuses to carry on with steps planned from files that have changed since.
@@ -682,6 +718,7 @@ impl Plan {
             from: from.into(),
             to: to.into(),
             scope: None,
+            restore_of: None,
             steps: Vec::new(),
             release_digests: BTreeMap::new(),
         }
@@ -1044,6 +1081,7 @@ mod tests {
             from: "v2025.08-rc1".into(),
             to: "v2025.07-stable".into(),
             scope: Some("services".into()),
+            restore_of: None,
             release_digests: BTreeMap::new(),
             steps: vec![
                 step("1.capture", Phase::Assessment).with_check("state-captured"),

@@ -200,8 +200,21 @@ impl Policy {
             }
         }
         p.checks.audit_window_secs().map_err(err)?;
-        for sp in [&p.services, &p.config, &p.stateful, &p.verification] {
-            parse_emergency(&sp.emergency).map_err(err)?;
+        for (table, sp) in [
+            ("services", &p.services),
+            ("config", &p.config),
+            ("stateful", &p.stateful),
+            ("verification", &p.verification),
+        ] {
+            let procedure = parse_emergency(&sp.emergency).map_err(err)?;
+            // A restore answers a failed change of the data; after a service or a check it would throw away
+            // what the services wrote since the backup for nothing the data caused.
+            if procedure == Some(EmergencyProcedure::RestoreBackup) && table != "stateful" {
+                return Err(err(format!(
+                    "{table}.emergency = \"restore-backup\": only [stateful] (phases 3 and 4) may restore the \
+                     database; use minimal-service, cascade-prevention or none"
+                )));
+            }
         }
         p.check_numbers().map_err(err)?;
         Ok(p)
@@ -274,8 +287,9 @@ fn parse_emergency(s: &str) -> Result<Option<EmergencyProcedure>, String> {
         "none" => Ok(None),
         "minimal-service" => Ok(Some(EmergencyProcedure::MinimalService)),
         "cascade-prevention" => Ok(Some(EmergencyProcedure::CascadePrevention)),
+        "restore-backup" => Ok(Some(EmergencyProcedure::RestoreBackup)),
         other => Err(format!(
-            "emergency {other:?}: use minimal-service, cascade-prevention or none"
+            "emergency {other:?}: use minimal-service, cascade-prevention, restore-backup or none"
         )),
     }
 }
@@ -328,6 +342,25 @@ mod tests {
             .to_string();
         assert!(
             e.contains("my.toml") && e.contains("unknown check \"smok\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn only_the_stateful_steps_may_restore_the_database() {
+        let section = |name: &str, to: &str| {
+            let (head, tail) = EMBEDDED.split_once(&format!("[{name}]")).unwrap();
+            let tail = tail.replacen("emergency = \"", &format!("emergency = \"{to}\" # "), 1);
+            Policy::parse(&format!("{head}[{name}]{tail}"), "my.toml")
+        };
+        let p = section("stateful", "restore-backup").unwrap();
+        assert_eq!(
+            Policy::failure_policy(&p.stateful).emergency(),
+            Some(EmergencyProcedure::RestoreBackup)
+        );
+        let e = section("services", "restore-backup").unwrap_err().to_string();
+        assert!(
+            e.contains("my.toml") && e.contains("only [stateful]"),
             "{e}"
         );
     }

@@ -67,6 +67,20 @@ pub enum Command {
         #[command(flatten)]
         gov: RollbackGovArgs,
     },
+    /// Restore a run's phase-3 backup (the runbook's "restore from last known good backup"): into a new database,
+    /// proven by its checksums, then switched in; the database it replaces is kept under another name.
+    Restore {
+        /// The run whose backup to restore: a run id, a unique prefix of one, or `latest`.
+        run: String,
+        /// The runbook policy (timeouts, retries) instead of the embedded one.
+        #[arg(long, value_name = "FILE")]
+        runbook: Option<PathBuf>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        gov: RollbackGovArgs,
+    },
     /// Evaluate the decision matrix against the live stack: severity, decision time, approver, evidence.
     Assess(AssessArgs),
     /// Watch the stack after a rollback against the baseline release's history in Prometheus: PASS, FAIL,

@@ -22,6 +22,7 @@ pub async fn run(settings: Settings, out: &Reporter) -> anyhow::Result<Exit> {
         CommandSettings::Loss(s) => cmd::loss::run(s, out).await,
         CommandSettings::Plan(s) => cmd::plan::run(s, out, &red).await,
         CommandSettings::Rollback(s) => cmd::rollback::run(s, out, &red).await,
+        CommandSettings::Restore(s) => cmd::restore::run(s, out, &red).await,
         CommandSettings::Assess(s) => cmd::assess::run(s, out, &red).await,
         CommandSettings::Monitor(s) => cmd::monitor::run(s, out).await,
         CommandSettings::Perf(s) => cmd::perf::run(s, out).await,

@@ -176,10 +176,17 @@ pub fn owed_messages(
         format!("{}/initiation", rec.id),
         None,
         Msg::Initiation {
-            reason: format!("xorbctl rollback of {} to {}", rec.plan.from, rec.plan.to),
-            impact: match &rec.plan.scope {
-                Some(s) => format!("only {s}: {} steps", rec.plan.steps.len()),
-                None => format!("the whole stack: {} steps", rec.plan.steps.len()),
+            reason: match &rec.plan.restore_of {
+                Some(source) => format!("xorbctl restore of run {source}'s backup"),
+                None => format!("xorbctl rollback of {} to {}", rec.plan.from, rec.plan.to),
+            },
+            impact: match (&rec.plan.restore_of, &rec.plan.scope) {
+                (Some(_), _) => format!(
+                    "the database replaced by the backup (the live one kept), the services restarted: {} steps",
+                    rec.plan.steps.len()
+                ),
+                (None, Some(s)) => format!("only {s}: {} steps", rec.plan.steps.len()),
+                (None, None) => format!("the whole stack: {} steps", rec.plan.steps.len()),
             },
             eta: format!(
                 "within {} (sum of step timeouts)",

@@ -70,17 +70,26 @@ pub async fn compute_plan(loc: &Locations, a: &PlanRequest) -> anyhow::Result<(P
 
 pub fn render_plan(plan: &Plan) -> String {
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "Rollback plan: {} → {}{}  ({} steps)",
-        plan.from,
-        plan.to,
-        plan.scope
-            .as_deref()
-            .map(|o| format!("  [--only {o}]"))
-            .unwrap_or_default(),
-        plan.steps.len()
-    );
+    if let Some(source) = &plan.restore_of {
+        let _ = writeln!(
+            s,
+            "Restore plan: run {source}'s backup, services on {}  ({} steps)",
+            plan.to,
+            plan.steps.len()
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "Rollback plan: {} → {}{}  ({} steps)",
+            plan.from,
+            plan.to,
+            plan.scope
+                .as_deref()
+                .map(|o| format!("  [--only {o}]"))
+                .unwrap_or_default(),
+            plan.steps.len()
+        );
+    }
     let mut phase = None;
     for step in &plan.steps {
         if phase != Some(step.phase) {

@@ -115,6 +115,7 @@ pub enum CommandSettings {
     Loss(Loss),
     Plan(Plan),
     Rollback(Rollback),
+    Restore(Restore),
     Assess(Assess),
     Monitor(Monitor),
     Perf(Perf),
@@ -194,6 +195,16 @@ pub struct Plan {
 pub struct Rollback {
     pub run: RunSettings,
     pub request: PlanRequest,
+    pub yes: bool,
+    pub gov: GovRequest,
+}
+
+#[derive(Debug)]
+pub struct Restore {
+    pub run: RunSettings,
+    /// The run whose backup to restore (an id, a unique prefix, or `latest`).
+    pub id: String,
+    pub runbook: Option<PathBuf>,
     pub yes: bool,
     pub gov: GovRequest,
 }
@@ -449,6 +460,25 @@ pub fn resolve(cli: Cli) -> Settings {
         Command::Rollback { plan, yes, gov } => CommandSettings::Rollback(Rollback {
             run,
             request: plan_request(plan),
+            yes,
+            gov: GovRequest {
+                severity: gov.severity,
+                approve: gov.approve,
+                as_name: gov.as_name,
+                reason: gov.reason,
+                release_repo: gov.release_repo,
+                push: gov.push,
+            },
+        }),
+        Command::Restore {
+            run: id,
+            runbook,
+            yes,
+            gov,
+        } => CommandSettings::Restore(Restore {
+            run,
+            id,
+            runbook,
             yes,
             gov: GovRequest {
                 severity: gov.severity,

@@ -158,6 +158,9 @@ pub async fn backup<T: Target>(
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default()
     };
+    // The cluster roles the database refers to, which pg_dump leaves out: a restore creates them again.
+    let roles = super::restore::read_roles(&connect(&conn).await?).await?;
+    write_json(&super::restore::roles_path(ctx.run_dir), &roles)?;
     let rec = BackupRecord {
         file: "xorb.dump".into(),
         sha256: sha.clone(),

@@ -13,6 +13,7 @@ pub mod migrate;
 pub mod preserve;
 pub mod proof;
 pub mod reimport;
+pub mod restore;
 pub mod schema;
 pub mod scripts;
 pub mod snapshot;
@@ -119,7 +120,11 @@ pub(crate) async fn connect(conn: &PgConn) -> Result<tokio_postgres::Client, Ste
 }
 
 pub(crate) fn db(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StepError {
-    move |e| failed(format!("database: {what}: {e}"))
+    // tokio-postgres says only "db error"; the server's own message is the cause.
+    move |e| match e.as_db_error() {
+        Some(d) => failed(format!("database: {what}: {}", d.message())),
+        None => failed(format!("database: {what}: {e}")),
+    }
 }
 
 /// A read-only transaction on one snapshot (repeatable read): an export or a check reads its tables as of one

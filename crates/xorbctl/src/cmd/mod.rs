@@ -16,6 +16,7 @@ pub mod monitor;
 pub mod perf;
 pub mod plan;
 pub mod report;
+pub mod restore;
 pub mod resume;
 pub mod rollback;
 pub mod runs;

@@ -318,6 +318,13 @@ pub fn copy_migrations(to: &Path) {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// The latest run of the stack, as `xorbctl show latest --output json` gives it.
+pub fn last_run(st: &Stack) -> Value {
+    let out = st.xorbctl(&["show", "latest", "--output", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// The step `id` of a run as `xorbctl show --output json` gives it.
 pub fn run_step<'a>(run: &'a Value, id: &str) -> &'a Value {
     run["steps"]

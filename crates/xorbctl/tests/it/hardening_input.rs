@@ -182,6 +182,7 @@ fn journal_a_run_with(state: &Path, timeout_secs: u64, backoff_ms: u64) -> Strin
         from: RC1.into(),
         to: STABLE.into(),
         scope: None,
+        restore_of: None,
         steps: 1,
         run_dir: run_dir.display().to_string(),
         log_file: String::new(),

@@ -28,12 +28,6 @@ fn run_ids(st: &Stack) -> Vec<String> {
         .collect()
 }
 
-fn last_run(st: &Stack) -> Value {
-    let out = st.xorbctl(&["show", "latest", "--output", "json"]);
-    assert!(out.status.success(), "{}", text(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn running(st: &Stack) -> Vec<String> {
     st.status()["services"]
         .as_array()

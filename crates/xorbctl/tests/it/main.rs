@@ -25,6 +25,7 @@ mod notify;
 mod perf;
 mod platform;
 mod releases;
+mod restore;
 mod rollback;
 mod seam;
 mod secrets;

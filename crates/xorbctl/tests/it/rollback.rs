@@ -60,12 +60,6 @@ fn assert_on_stable(st: &Stack) {
     assert_eq!(status["release"], STABLE);
 }
 
-fn last_run(st: &Stack) -> Value {
-    let out = st.xorbctl(&["show", "latest", "--output", "json"]);
-    assert!(out.status.success(), "{}", text(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_rollback_ends_on_stable_with_every_phase_5_check_green() {
     let st = Stack::up(RC1, true);

@@ -13,12 +13,6 @@ use crate::common::*;
 const RC1: &str = "v2025.08-rc1";
 const STABLE: &str = "v2025.07-stable";
 
-fn last_run(st: &Stack) -> Value {
-    let out = st.xorbctl(&["show", "latest", "--output", "json"]);
-    assert!(out.status.success(), "{}", text(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn run_dir(st: &Stack) -> PathBuf {
     let run = last_run(st);
     st.dir.join("runs").join(run["id"].as_str().unwrap())
