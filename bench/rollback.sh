@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Wall time of `xorbctl rollback` against the same rollback done "as the runbook's script would", on loopback only.
+# Wall time of `xorbctl rollback` against the same rollback done "as the runbook's script would", on loopback only,
+# all five phases, at demo size or at production size:
 #
-#     bench/rollback.sh                  # BENCH_REPS=3 by default
+#     bench/rollback.sh                                   # demo data, BENCH_REPS=3
+#     BENCH_SCALE=2500000 BENCH_REPS=1 bench/rollback.sh  # about 1 GB of database (`stack up --scale`)
 #
-# Each repetition brings up two fresh, private v2025.08-rc1 stacks WITH demo data (the baseline's smoke session
-# needs a tenant token, so both sides get the same data for fairness), each in its own temporary state directory,
-# and rolls each back to v2025.07-stable (the order of the two alternates from one repetition to the next):
+# Each repetition brings up two fresh, private v2025.08-rc1 stacks WITH demo data (and `--scale BENCH_SCALE` when
+# set), each in its own temporary state directory. Before any clock starts, each stack's database is dumped bare
+# (`pg_dump -Fc -Z0` and `pg_dump -Fd -Z0 -j NPROC`, the fastest forms on this PostgreSQL; the files are deleted):
+# the reference of "time to a proven backup", and the same warm cache for both sides. Then each is rolled back to
+# v2025.07-stable (the order of the two alternates from one repetition to the next):
 #
-#   xorbctl   `xorbctl rollback --from v2025.08-rc1 --to v2025.07-stable --yes` (phases 1, 2, 5). Total = wall time
-#             of that command; per phase and per step from `xorbctl report latest --format json`.
-#   baseline  the same actions in plain bash, one after the other, with no journal, plan, lock or probe:
+#   xorbctl   `xorbctl rollback --from v2025.08-rc1 --to v2025.07-stable --yes`. Total = wall time of that
+#             command; per phase and per step from `xorbctl report latest --format json`.
+#   baseline  the runbook's commands in plain bash, one after the other, with no journal, plan, lock or probe:
 #     phase 1  cp stack.json; row counts of every public table plus a schema fingerprint in one psql call
 #              (PGPASSWORD through the environment, never argv); `xorb-svc --list-releases` (the `docker pull`
 #              of the runbook); stable's NATS streams created with JetStream's $JS.API.STREAM.CREATE request,
@@ -27,22 +31,36 @@
 #              stable's services ignore it.)
 #              2.2 restart each service again with stable's configuration: config/xorb-config.env + config/R.env
 #              + EVIDENCE_SYSTEM_ENABLED=false, TENANT_ISOLATION_MODE=basic, then the same health poll.
+#     phase 3  `pg_dump > rollback-db-backup.sql` (plain, as the runbook writes it); `alembic current` and
+#              `history --verbose`; what rc1's downgrades destroy copied out with `\copy` (evidence, quotas,
+#              usage records, the audit chain, tenants' isolation modes: the runbook's rollback_*_data.py);
+#              `alembic downgrade 1a5be11`; `\dt` and alembic_version; the full integrity scan
+#              (data_integrity_check.py --full-scan: count and `sum(hashtextextended(t::text, 0))` of every table,
+#              in one psql session).
+#     phase 4  `nats stream rm xorb-tenant-streams` (JetStream's $JS.API.STREAM.DELETE over /dev/tcp); `redis-cli
+#              --rdb`, `flushdb` of databases 1 and 2, `ping`, `config get *`; `promtool check rules` and `amtool
+#              check-config` of stable's files, Prometheus reloaded and `/-/healthy`.
 #     phase 5  with curl: health of each service (200), /api/v1/info reports stable, smoke session (POST
 #              /api/v1/ptaas/sessions as tenant acme, target 127.0.0.1 and the api's own port, poll until
 #              "completed", the port must be found open), tenant isolation (globex gets 404 for acme's session),
-#              evidence legacy (/api/v1/info says evidence_system false), quota skipped (stable has none), and the
-#              row counts again with psql: no table may have fewer rows than in phase 1.
+#              evidence legacy (/api/v1/info says evidence_system false), quota skipped (stable has none); the full
+#              integrity scan again (--full-scan --report) and the loss assessment by counts: no table may have
+#              fewer rows than in phase 1.
+#   The baseline does less than xorbctl (no proof of its dump, no saved NATS messages, no per-row loss account,
+#   no performance or audit-chain check): its times are a floor for the runbook's procedure.
 #   Poll intervals are xorbctl's: 50 ms for health and sessions, 20 ms while waiting for a process to end.
 #
-# Then prints, per phase (1, 2 with 2.1 and 2.2, 5) and in total, the median over the repetitions for both and
-# the ratio xorbctl/baseline, with every repetition's figure. Stack up and stack down are not timed.
+# Then prints, per phase (1, 2 with 2.1 and 2.2, 3, 4, 5), for the critical path (phases 1 and 2: every service on
+# stable) and in total, the median over the repetitions for both and the ratio xorbctl/baseline, with every
+# repetition's figure; and xorbctl's time to a proven backup (3.db.backup + 3.db.proof) against the bare dumps. Stack up and stack down are not timed.
 # The baseline's stable processes are not in stack.json: the script stops them itself before `stack down`, and
 # after every stack checks that no process mentions its directory in its command line or environment. Every
 # stack, process and temporary directory goes away at the end, also on failure or Ctrl-C.
 #
-# Settings (environment): BENCH_REPS (3), BENCH_BUILD (1; 0 uses the binaries in target/release as they are),
-# BENCH_ROLLOUT_TIMEOUT (300 s per service).
-# Needs: cargo, curl, jq, psql, and the .venv with Alembic that scripts/setup-python creates (for stack up).
+# Settings (environment): BENCH_REPS (3), BENCH_SCALE (unset: demo data only), BENCH_BUILD (1; 0 uses the binaries
+# in target/release as they are), BENCH_ROLLOUT_TIMEOUT (300 s per service).
+# Needs: cargo, curl, jq, psql, pg_dump, redis-cli, promtool, amtool, and the .venv with Alembic that
+# scripts/setup-python creates.
 # Secrets (tokens, passwords) travel only through the environment, stdin and files in the private state
 # directories: never on a command line, never printed.
 set -euo pipefail
@@ -52,6 +70,7 @@ cd "$ROOT"
 export LC_ALL=C
 
 REPS=${BENCH_REPS:-3}
+SCALE=${BENCH_SCALE:-}
 BUILD=${BENCH_BUILD:-1}
 ROLLOUT_TIMEOUT=${BENCH_ROLLOUT_TIMEOUT:-300}
 FROM=v2025.08-rc1
@@ -70,7 +89,10 @@ die() {
 }
 
 [[ $REPS =~ ^[1-9][0-9]*$ ]] || die "BENCH_REPS must be a positive integer"
-for tool in cargo curl jq psql; do
+[[ -z $SCALE || $SCALE =~ ^[1-9][0-9]*$ ]] || die "BENCH_SCALE must be a positive integer"
+PGBIN=/usr/lib/postgresql/15/bin
+[[ -x $PGBIN/pg_dump ]] || PGBIN=$(dirname "$(command -v pg_dump)")
+for tool in cargo curl jq psql redis-cli promtool amtool; do
   command -v "$tool" >/dev/null || die "$tool is not installed"
 done
 [[ -x $ROOT/.venv/bin/alembic ]] || die "no .venv with alembic: run scripts/setup-python first"
@@ -203,10 +225,35 @@ exec {PAUSE_FD}<>"$WORK/pause.fifo"
 stack_up() { # STATE
   local state=$1
   STACKS+=("$state")
-  if ! "$XORBCTL" --state-dir "$state" stack up --release "$FROM" --demo-data >"$state.up.log" 2>&1 {PAUSE_FD}>&-; then
+  local scale=()
+  [[ -z $SCALE ]] || scale=(--scale "$SCALE")
+  if ! "$XORBCTL" --state-dir "$state" stack up --release "$FROM" --demo-data "${scale[@]}" >"$state.up.log" 2>&1 {PAUSE_FD}>&-; then
     cat "$state.up.log" >&2
     die "stack up failed ($state)"
   fi
+}
+
+# bare_dumps SIDE REP STATE: the database dumped in the two fastest forms, timed, then deleted (before any clock).
+bare_dumps() {
+  local side=$1 rep=$2 state=$3 port pw t0 t1 out=$WORK/bare-dump
+  port=$(jq -r '.postgres.port' "$state/stack.json")
+  pw=$(<"$state/secrets/db-password")
+  rm -rf "$out" "$out.fc"
+  [[ -e $WORK/size.json ]] ||
+    PGPASSWORD=$pw psql -X -q -A -t -h 127.0.0.1 -p "$port" -U xorb -d xorb \
+      -c "SELECT json_build_object('db_bytes', pg_database_size('xorb'))" >"$WORK/size.json"
+  t0=${EPOCHREALTIME//[!0-9]/}
+  PGPASSWORD=$pw "$PGBIN/pg_dump" -h 127.0.0.1 -p "$port" -U xorb -d xorb -Fc -Z0 -f "$out.fc" {PAUSE_FD}>&- ||
+    die "bare pg_dump -Fc failed ($state)"
+  t1=${EPOCHREALTIME//[!0-9]/}
+  FIG[$side:dump_fc:$rep]=$(((t1 - t0) / 1000))
+  rm -f "$out.fc"
+  t0=${EPOCHREALTIME//[!0-9]/}
+  PGPASSWORD=$pw "$PGBIN/pg_dump" -h 127.0.0.1 -p "$port" -U xorb -d xorb -Fd -Z0 -j "$(nproc)" -f "$out" {PAUSE_FD}>&- ||
+    die "bare pg_dump -Fd failed ($state)"
+  t1=${EPOCHREALTIME//[!0-9]/}
+  FIG[$side:dump_fd:$rep]=$(((t1 - t0) / 1000))
+  rm -rf "$out"
 }
 
 # --- stable's streams, as JetStream stream configurations (converted before any clock starts) ----------------
@@ -249,13 +296,14 @@ done
 
 # ======================================= (a) xorbctl =========================================================
 declare -A FIG=() # "side:metric:rep" -> milliseconds
-METRICS=(p1 p2 p21 p22 p5 total)
+METRICS=(p1 p2 p21 p22 critical p3 p4 p5 total)
 
 run_xorbctl() { # REP
   local rep=$1 state=$WORK/a$1/state
   mkdir -p "$WORK/a$rep"
   say "rep $rep, xorbctl: stack up $FROM --demo-data"
   stack_up "$state"
+  bare_dumps a "$rep" "$state"
   say "rep $rep, xorbctl: rollback"
   local t0 t1
   t0=${EPOCHREALTIME//[!0-9]/}
@@ -275,13 +323,18 @@ run_xorbctl() { # REP
       ph("services").duration_ms,
       ([ph("services").steps[] | select(.id != "2.config.apply") | .duration_ms] | add),
       ([ph("services").steps[] | select(.id == "2.config.apply") | .duration_ms] | add),
-      ph("verification").duration_ms ] | map(tostring) | join(" ")' "$WORK/a$rep/report.json")
-  local p1 p2 p21 p22 p5
-  read -r p1 p2 p21 p22 p5 <<<"$vals"
-  for v in "$p1" "$p2" "$p21" "$p22" "$p5"; do
+      ph("database").duration_ms,
+      ph("infrastructure").duration_ms,
+      ph("verification").duration_ms,
+      ([ph("database").steps[] | select(.id == "3.db.backup" or .id == "3.db.proof") | .duration_ms] | add)
+    ] | map(tostring) | join(" ")' "$WORK/a$rep/report.json")
+  local p1 p2 p21 p22 p3 p4 p5 proven
+  read -r p1 p2 p21 p22 p3 p4 p5 proven <<<"$vals"
+  for v in "$p1" "$p2" "$p21" "$p22" "$p3" "$p4" "$p5" "$proven"; do
     [[ $v =~ ^[0-9]+$ ]] || die "the report lacks a phase or step duration (rep $rep): $vals"
   done
   FIG[a:p1:$rep]=$p1 FIG[a:p2:$rep]=$p2 FIG[a:p21:$rep]=$p21 FIG[a:p22:$rep]=$p22 FIG[a:p5:$rep]=$p5
+  FIG[a:p3:$rep]=$p3 FIG[a:p4:$rep]=$p4 FIG[a:critical:$rep]=$((p1 + p2)) FIG[a:proven:$rep]=$proven
   FIG[a:total:$rep]=$(((t1 - t0) / 1000))
   FIG[a:report_total:$rep]=$(jq -r '.duration_ms' "$WORK/a$rep/report.json")
   # What xorbctl left each service configured with, to check the baseline applies the same (see the end).
@@ -360,6 +413,56 @@ FROM information_schema.columns WHERE table_schema = 'public';
 SQL
 }
 
+# psql on the baseline's database, the password through the environment. Extra arguments go to psql.
+bpsql() {
+  PGPASSWORD=$B_DBPW PGCONNECT_TIMEOUT=10 \
+    psql -X -q -A -t -F '|' -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$B_PGPORT" -U xorb -d xorb "$@"
+}
+
+# The runbook's data_integrity_check.py --full-scan: count and content hash of every public table, one session.
+full_scan() {
+  bpsql <<'SQL'
+SELECT tablename,
+       (xpath('/row/n/text()', query_to_xml(format(
+          'SELECT count(*)::text || '' '' || coalesce(sum(hashtextextended(t::text, 0)), 0)::text AS n FROM public.%I t',
+          tablename), false, true, '')))[1]::text
+FROM pg_tables WHERE schemaname = 'public' ORDER BY 1;
+SQL
+}
+
+# alembic with the rc1 release's migrations (the scripts that know the live revision), as the runbook runs it.
+balembic() {
+  DATABASE_URL="postgres://xorb:$B_DBPW@127.0.0.1:$B_PGPORT/xorb" \
+    "$ROOT/.venv/bin/alembic" -c "$ROOT/migrations/alembic.ini" "$@" {PAUSE_FD}>&-
+}
+
+# redis-cli with the password in its environment (REDISCLI_AUTH), never on argv.
+bredis() {
+  REDISCLI_AUTH=$B_REDISPW redis-cli -h 127.0.0.1 -p "$B_REDISPORT" "$@"
+}
+
+# `nats stream rm NAME --force` over JetStream's API ("stream not found" counts as removed).
+delete_stream() {
+  local name=$1 fd line reply
+  exec {fd}<>"/dev/tcp/127.0.0.1/$B_NATSPORT"
+  IFS= read -r -t 5 line <&"$fd" || die "baseline: no INFO from NATS"
+  printf 'CONNECT {"verbose":false,"pedantic":false,"protocol":1,"name":"bench-baseline"}\r\nSUB _INBOX.rm 1\r\n' >&"$fd"
+  # shellcheck disable=SC2016 # $JS is NATS's subject prefix, not a variable
+  printf 'PUB $JS.API.STREAM.DELETE.%s _INBOX.rm 0\r\n\r\n' "$name" >&"$fd"
+  reply=
+  while IFS= read -r -t 5 line <&"$fd"; do
+    line=${line%$'\r'}
+    case $line in
+      PING) printf 'PONG\r\n' >&"$fd" ;;
+      MSG\ *) IFS= read -r -t 5 reply <&"$fd"; reply=${reply%$'\r'}; break ;;
+      -ERR*) die "baseline: NATS said $line" ;;
+    esac
+  done
+  exec {fd}>&-
+  [[ $reply == *'"success":true'* || $reply == *'"err_code":10059'* ]] ||
+    die "baseline: removing stream $name: ${reply:-no answer}"
+}
+
 # Creates stable's streams with JetStream's API over one NATS connection ("name already in use" = present).
 mapfile -t STREAM_DEFS <"$STREAMS_JSON"
 mapfile -t STREAM_NAMES < <(jq -r '.name' "$STREAMS_JSON")
@@ -402,8 +505,9 @@ run_baseline() { # REP
   # Connection details and secrets, read before the clock starts (files only; nothing is printed).
   B_DBPW=$(<"$B_STATE/secrets/db-password")
   B_REDISPW=$(<"$B_STATE/secrets/redis-password")
-  read -r B_PGPORT B_REDISPORT B_NATSPORT < <(jq -r '"\(.postgres.port) \(.redis.port) \(.nats.port)"' "$sj")
-  for v in "$B_PGPORT" "$B_REDISPORT" "$B_NATSPORT"; do [[ $v =~ ^[0-9]+$ ]] || die "stack.json lacks a server port"; done
+  read -r B_PGPORT B_REDISPORT B_NATSPORT B_PROMPORT < <(jq -r '"\(.postgres.port) \(.redis.port) \(.nats.port) \(.prometheus.port)"' "$sj")
+  for v in "$B_PGPORT" "$B_REDISPORT" "$B_NATSPORT" "$B_PROMPORT"; do [[ $v =~ ^[0-9]+$ ]] || die "stack.json lacks a server port"; done
+  bare_dumps b "$rep" "$B_STATE"
   local tok_a tok_b
   if ! tok_a=$(jq -er --arg t "$SMOKE_TENANT" '.[$t]' "$B_STATE/secrets/tenants.json") ||
     ! tok_b=$(jq -er --arg t "$OTHER_TENANT" '.[$t]' "$B_STATE/secrets/tenants.json"); then
@@ -411,7 +515,7 @@ run_baseline() { # REP
   fi
   say "rep $rep, baseline: rollback in plain bash"
 
-  local t0 t1 t2 t3 t4 role kind name p i s
+  local t0 t1 t2 t3 t3b t3c t4 role kind name p i s
   declare -A port=() pid=() start=() config=()
   # ---------------- phase 1: assessment
   t0=${EPOCHREALTIME//[!0-9]/}
@@ -446,8 +550,41 @@ run_baseline() { # REP
     start_stable "$role" "${port[$role]}" "${STABLE_ENV[$role]}"
     rollout_status "$role" "${port[$role]}"
   done
-  # ---------------- phase 5: verification
+  # ---------------- phase 3: database
   t3=${EPOCHREALTIME//[!0-9]/}
+  local dbw=$B_WORK/db
+  mkdir -p "$dbw"
+  PGPASSWORD=$B_DBPW "$PGBIN/pg_dump" -h 127.0.0.1 -p "$B_PGPORT" -U xorb -d xorb >"$dbw/rollback-db-backup.sql" {PAUSE_FD}>&- ||
+    die "baseline: pg_dump failed"
+  balembic current >"$dbw/alembic-current.txt" 2>&1 || die "baseline: alembic current failed"
+  balembic history --verbose >"$dbw/alembic-history.txt" 2>&1 || die "baseline: alembic history failed"
+  # What the downgrades destroy, copied out first (the runbook's rollback_*_data.py).
+  bpsql >/dev/null <<SQL || die "baseline: copying out the data the downgrade destroys failed"
+\\copy evidence TO '$dbw/evidence.csv' CSV
+\\copy tenant_quotas TO '$dbw/tenant_quotas.csv' CSV
+\\copy usage_records TO '$dbw/usage_records.csv' CSV
+\\copy audit_chain TO '$dbw/audit_chain.csv' CSV
+\\copy (SELECT id, isolation_mode FROM tenants) TO '$dbw/isolation_modes.csv' CSV
+SQL
+  balembic downgrade 1a5be11 >"$dbw/alembic-downgrade.txt" 2>&1 || { cat "$dbw/alembic-downgrade.txt" >&2; die "baseline: alembic downgrade failed"; }
+  bpsql -c '\dt' >/dev/null || die "baseline: psql \\dt failed"
+  [[ $(bpsql -c 'SELECT version_num FROM alembic_version') == 1a5be11 ]] || die "baseline: schema is not 1a5be11"
+  full_scan >"$dbw/integrity-full.txt" || die "baseline: full integrity scan failed"
+  # ---------------- phase 4: infrastructure
+  t3b=${EPOCHREALTIME//[!0-9]/}
+  delete_stream xorb-tenant-streams
+  bredis --rdb "$B_WORK/redis-backup.rdb" >/dev/null 2>&1 || die "baseline: redis-cli --rdb failed"
+  bredis -n 1 flushdb >/dev/null && bredis -n 2 flushdb >/dev/null || die "baseline: redis flushdb failed"
+  [[ $(bredis ping) == PONG ]] || die "baseline: redis does not answer PONG"
+  bredis config get '*' >/dev/null || die "baseline: redis config get failed"
+  promtool check rules "releases/$TO/monitoring/alert-rules.yml" >/dev/null 2>&1 || die "baseline: promtool check rules failed"
+  amtool check-config "releases/$TO/monitoring/alertmanager.yml" >/dev/null 2>&1 || die "baseline: amtool check-config failed"
+  http -X POST "http://127.0.0.1:$B_PROMPORT/-/reload"
+  [[ $CODE == 200 ]] || die "baseline: Prometheus reload answered $CODE"
+  http "http://127.0.0.1:$B_PROMPORT/-/healthy"
+  [[ $CODE == 200 ]] || die "baseline: Prometheus is not healthy ($CODE)"
+  # ---------------- phase 5: verification
+  t3c=${EPOCHREALTIME//[!0-9]/}
   local api=http://127.0.0.1:${port[api]}
   for role in "${STABLE_ROLES[@]}"; do # health
     http --max-time 3 "http://127.0.0.1:${port[$role]}/api/v1/health"
@@ -480,10 +617,14 @@ run_baseline() { # REP
                     ($1 in before) && $2 + 0 < before[$1] + 0 { printf "%s %s->%s ", $1, before[$1], $2 }' \
     "$B_WORK/capture/integrity-before.txt" "$B_WORK/integrity-after.txt")
   [[ -z $lost ]] || die "baseline check integrity: rows lost: $lost"
+  full_scan >"$B_WORK/integrity-full-after.txt" || die "baseline: full integrity scan failed" # --full-scan --report
   t4=${EPOCHREALTIME//[!0-9]/}
 
   FIG[b:p1:$rep]=$(((t1 - t0) / 1000)) FIG[b:p21:$rep]=$(((t2 - t1) / 1000)) FIG[b:p22:$rep]=$(((t3 - t2) / 1000))
-  FIG[b:p2:$rep]=$(((t3 - t1) / 1000)) FIG[b:p5:$rep]=$(((t4 - t3) / 1000)) FIG[b:total:$rep]=$(((t4 - t0) / 1000))
+  FIG[b:p2:$rep]=$(((t3 - t1) / 1000)) FIG[b:critical:$rep]=$(((t3 - t0) / 1000))
+  FIG[b:p3:$rep]=$(((t3b - t3) / 1000)) FIG[b:p4:$rep]=$(((t3c - t3b) / 1000))
+  FIG[b:p5:$rep]=$(((t4 - t3c) / 1000)) FIG[b:total:$rep]=$(((t4 - t0) / 1000))
+  rm -rf "$dbw" "$B_WORK/redis-backup.rdb"
   say "rep $rep, baseline: stopping its $TO processes, then stack down"
   teardown "$B_STATE" || die "teardown of $B_STATE failed"
 }
@@ -523,11 +664,16 @@ declare -A LABEL=(
   [p2]="phase 2 services"
   [p21]="  2.1 images + cp removal"
   [p22]="  2.2 configuration"
+  [critical]="critical path (1 + 2)"
+  [p3]="phase 3 database"
+  [p4]="phase 4 infrastructure"
   [p5]="phase 5 verification"
   [total]="total (wall)"
 )
 {
-  printf '\nrollback %s -> %s, --demo-data, %s reps, %s cores; medians in ms\n' "$FROM" "$TO" "$REPS" "$(nproc)"
+  db_size=$(jq -r '.db_bytes // empty' "$WORK/size.json" 2>/dev/null || true)
+  printf '\nrollback %s -> %s, --demo-data%s, %s reps, %s cores; medians in ms\n' "$FROM" "$TO" \
+    "${SCALE:+ --scale $SCALE}${db_size:+ ($((db_size / 1048576)) MB of database)}" "$REPS" "$(nproc)"
   printf '%-28s %10s %10s %9s   %-22s %-22s\n' metric xorbctl baseline ratio "xorbctl reps" "baseline reps"
   for m in "${METRICS[@]}"; do
     # shellcheck disable=SC2046
@@ -540,6 +686,17 @@ declare -A LABEL=(
   # shellcheck disable=SC2046
   printf '%-28s %10.1f   (xorbctl report duration_ms; wall minus this = process start, plan, lock, journal)\n' \
     "xorbctl report total" "$(median $(reps_of a report_total))"
+  # shellcheck disable=SC2046
+  fc=$(median $(reps_of a dump_fc) $(reps_of b dump_fc))
+  # shellcheck disable=SC2046
+  fd=$(median $(reps_of a dump_fd) $(reps_of b dump_fd))
+  # shellcheck disable=SC2046
+  proven=$(median $(reps_of a proven))
+  bare=$(awk -v a="$fc" -v b="$fd" 'BEGIN { print (a < b ? a : b) }')
+  printf '\n%-28s %10.1f   reps %s\n' "bare pg_dump -Fc -Z0" "$fc" "$(reps_of a dump_fc) $(reps_of b dump_fc)"
+  printf '%-28s %10.1f   reps %s\n' "bare pg_dump -Fd -Z0 -j$(nproc)" "$fd" "$(reps_of a dump_fd) $(reps_of b dump_fd)"
+  awk -v p="$proven" -v b="$bare" -v r="$(reps_of a proven)" 'BEGIN {
+    printf "%-28s %10.1f   %.2fx the fastest bare dump; reps %s\n", "xorbctl backup + proof", p, (b > 0 ? p / b : 0), r }'
   printf 'xorbctl phases and steps: its report (ms, rounded down); baseline: bash clocks (EPOCHREALTIME).\n'
-  printf 'baseline phase 1 includes creating stable streams over /dev/tcp; phase 5: health, info, smoke, isolation, evidence, integrity.\n'
+  printf 'baseline phase 1 includes creating stable streams over /dev/tcp; phase 5: health, info, smoke, isolation, evidence, counts, full scan.\n'
 }

@@ -319,7 +319,11 @@ pub fn build(record: &RunRecord) -> Report {
         run_id: record.id.clone(),
         from: plan.from.clone(),
         to: plan.to.clone(),
-        scope: plan.scope.clone(),
+        // A restore's whole scope is the backup it puts back.
+        scope: match &plan.restore_of {
+            Some(source) => Some(format!("restore of run {source}'s backup")),
+            None => plan.scope.clone(),
+        },
         status: record.status.clone(),
         started_at: record.created_at,
         finished_at: record.finished_at,

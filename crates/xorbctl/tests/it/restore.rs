@@ -151,6 +151,12 @@ async fn a_restore_after_a_full_rollback_gives_the_pre_rollback_checksums_and_th
     assert_eq!(proof["differences"], json!([]), "{proof:#}");
     assert_eq!(proof["source_run"], source.as_str());
     services_run_on_it(&st, STABLE, "after-restore").await;
+    let report = st.xorbctl(&["report", &id]);
+    assert!(
+        String::from_utf8_lossy(&report.stdout).contains(&format!("restore of run {source}'s backup")),
+        "{}",
+        text(&report)
+    );
 
     // A run with no backup has nothing to restore: refused, and says why.
     let out = st.xorbctl(&["restore", &id, "--yes"]);
