@@ -358,7 +358,9 @@ mod tests {
             Policy::failure_policy(&p.stateful).emergency(),
             Some(EmergencyProcedure::RestoreBackup)
         );
-        let e = section("services", "restore-backup").unwrap_err().to_string();
+        let e = section("services", "restore-backup")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("my.toml") && e.contains("only [stateful]"),
             "{e}"

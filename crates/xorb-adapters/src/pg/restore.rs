@@ -495,3 +495,37 @@ pub async fn emergency<T: Target>(
          rollback rather than resuming it"
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_databases_of_a_restore_are_named_after_the_run_and_fit_postgres() {
+        assert_eq!(
+            restored_name("xorb", "20261201-060557-7794").unwrap(),
+            "xorb_restored_20261201_060557_7794"
+        );
+        assert_eq!(
+            replaced_name("xorb", "20261201-060557-7794").unwrap(),
+            "xorb_replaced_20261201_060557_7794"
+        );
+        // Nothing of a run id reaches SQL but letters, digits and underscores.
+        assert_eq!(
+            restored_name("xorb", "a\"b; DROP").unwrap(),
+            "xorb_restored_a_b__DROP"
+        );
+        let long = "x".repeat(50);
+        let e = replaced_name(&long, "20261201-060557-7794").unwrap_err();
+        assert!(
+            e.to_string().contains("longer than PostgreSQL's 63 bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn identifiers_are_quoted_with_their_quotes_doubled() {
+        assert_eq!(quote_ident("xorb_tenant"), "\"xorb_tenant\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}

@@ -108,7 +108,10 @@ async fn a_restore_after_a_full_rollback_gives_the_pre_rollback_checksums_and_th
     let source = last_run(&st)["id"].as_str().unwrap().to_string();
     assert_eq!(revision(&st, "xorb").await, "1a5be11");
     let before = snapshot_checksums(&run_dir(&st, &source));
-    assert!(before.contains_key("evidence") && before.contains_key("audit_chain"), "{before:?}");
+    assert!(
+        before.contains_key("evidence") && before.contains_key("audit_chain"),
+        "{before:?}"
+    );
 
     // Another run holds the lock: refused, nothing done.
     let lock = xorb_engine::RollbackLock::acquire(&st.dir, None).unwrap();
@@ -153,7 +156,8 @@ async fn a_restore_after_a_full_rollback_gives_the_pre_rollback_checksums_and_th
     services_run_on_it(&st, STABLE, "after-restore").await;
     let report = st.xorbctl(&["report", &id]);
     assert!(
-        String::from_utf8_lossy(&report.stdout).contains(&format!("restore of run {source}'s backup")),
+        String::from_utf8_lossy(&report.stdout)
+            .contains(&format!("restore of run {source}'s backup")),
         "{}",
         text(&report)
     );
