@@ -392,6 +392,20 @@ pub async fn reimport<T: Target>(
     Ok(format!("from run {source_run}: {}", parts.join("; ")))
 }
 
+/// After `source_run`'s backup was restored, the database holds again everything that run preserved: recorded as
+/// re-imported (in `run_dir`, the restoring run's), so that a roll-forward does not insert it a second time.
+pub(crate) fn record_restored(run_dir: &Path, source_run: &str) -> Result<(), StepError> {
+    mkdir(run_dir, 0o700).map_err(failed)?;
+    write_json(
+        &run_dir.join(format!("reimport-{source_run}.json")),
+        &serde_json::json!({
+            "source_run": source_run,
+            "results": ["the whole database restored from the run's backup"],
+            "at": now(),
+        }),
+    )
+}
+
 pub(crate) fn preserved_dir_in(preserved: &Path, p: Preserve) -> PathBuf {
     preserved.join(p.name())
 }

@@ -422,6 +422,8 @@ pub async fn switch<T: Target>(
              switched"
         )));
     }
+    // What the source run preserved is in the live database again: nothing of it is left to re-import.
+    super::reimport::record_restored(ctx.run_dir, source_run)?;
     // Every recorded service runs again as recorded (a resumed switch starts what an earlier attempt stopped).
     let live = r.target.observe().await?;
     let mut started = Vec::new();

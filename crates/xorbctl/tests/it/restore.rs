@@ -154,6 +154,14 @@ async fn a_restore_after_a_full_rollback_gives_the_pre_rollback_checksums_and_th
     assert_eq!(proof["differences"], json!([]), "{proof:#}");
     assert_eq!(proof["source_run"], source.as_str());
     services_run_on_it(&st, STABLE, "after-restore").await;
+    // What the rollback preserved is back in the database: a roll-forward must not re-import it a second time.
+    let plan = st.xorbctl(&["plan", "--from", STABLE, "--to", RC1, "--output", "json"]);
+    assert!(plan.status.success(), "{}", text(&plan));
+    let plan = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        plan.contains("2.api.image") && !plan.contains("reimport"),
+        "{plan}"
+    );
     let report = st.xorbctl(&["report", &id]);
     assert!(
         String::from_utf8_lossy(&report.stdout)
