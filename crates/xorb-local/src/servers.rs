@@ -147,8 +147,10 @@ pub async fn start_redis(
     std::fs::copy(release.path(&release.manifest.redis.config), &release_conf)
         .map_err(|e| LocalError::io("cannot copy the release's redis.conf", e))?;
     let conf = dir.join("redis.conf");
+    // No replica ever attaches here: Redis's default wait for more replicas before a diskless transfer (5 s)
+    // would only delay each `redis-cli --rdb`, the runbook's backup (phase 4), by that much.
     let text = format!(
-        "include {}\nbind 127.0.0.1\nport {port}\ndir {}\ndbfilename dump.rdb\ndaemonize no\nprotected-mode yes\nrequirepass {password}\n",
+        "include {}\nbind 127.0.0.1\nport {port}\ndir {}\ndbfilename dump.rdb\ndaemonize no\nprotected-mode yes\nrequirepass {password}\nrepl-diskless-sync-delay 0\n",
         release_conf.display(),
         dir.display()
     );
