@@ -337,6 +337,8 @@ run_xorbctl() { # REP
   FIG[a:p3:$rep]=$p3 FIG[a:p4:$rep]=$p4 FIG[a:critical:$rep]=$((p1 + p2)) FIG[a:proven:$rep]=$proven
   FIG[a:total:$rep]=$(((t1 - t0) / 1000))
   FIG[a:report_total:$rep]=$(jq -r '.duration_ms' "$WORK/a$rep/report.json")
+  # Every step's time, for the table's footnote (where xorbctl's time goes).
+  jq -r '.phases[].steps[] | "\(.id) \(.duration_ms)"' "$WORK/a$rep/report.json" >"$WORK/a$rep/steps.txt"
   # What xorbctl left each service configured with, to check the baseline applies the same (see the end).
   jq -r '.services[] | .name as $n | .config | to_entries[] | "\($n) \(.key)=\(.value)"' "$state/stack.json" |
     sort >"$WORK/a$rep/final-config.txt"
@@ -697,6 +699,9 @@ declare -A LABEL=(
   printf '%-28s %10.1f   reps %s\n' "bare pg_dump -Fd -Z0 -j$(nproc)" "$fd" "$(reps_of a dump_fd) $(reps_of b dump_fd)"
   awk -v p="$proven" -v b="$bare" -v r="$(reps_of a proven)" 'BEGIN {
     printf "%-28s %10.1f   %.2fx the fastest bare dump; reps %s\n", "xorbctl backup + proof", p, (b > 0 ? p / b : 0), r }'
+  printf '\nxorbctl steps of at least 100 ms, rep 1 (ms):'
+  awk '$2 >= 100 { printf " %s %s;", $1, $2 }' "$WORK/a1/steps.txt"
+  printf '\n'
   printf 'xorbctl phases and steps: its report (ms, rounded down); baseline: bash clocks (EPOCHREALTIME).\n'
   printf 'baseline phase 1 includes creating stable streams over /dev/tcp; phase 5: health, info, smoke, isolation, evidence, counts, full scan.\n'
 }
