@@ -443,57 +443,58 @@ bredis() {
   REDISCLI_AUTH=$B_REDISPW redis-cli -h 127.0.0.1 -p "$B_REDISPORT" "$@"
 }
 
-# `nats stream rm NAME --force` over JetStream's API ("stream not found" counts as removed).
-delete_stream() {
-  local name=$1 fd line reply
-  exec {fd}<>"/dev/tcp/127.0.0.1/$B_NATSPORT"
-  IFS= read -r -t 5 line <&"$fd" || die "baseline: no INFO from NATS"
-  printf 'CONNECT {"verbose":false,"pedantic":false,"protocol":1,"name":"bench-baseline"}\r\nSUB _INBOX.rm 1\r\n' >&"$fd"
-  # shellcheck disable=SC2016 # $JS is NATS's subject prefix, not a variable
-  printf 'PUB $JS.API.STREAM.DELETE.%s _INBOX.rm 0\r\n\r\n' "$name" >&"$fd"
-  reply=
-  while IFS= read -r -t 5 line <&"$fd"; do
+# JetStream's API spoken over bash's /dev/tcp (NATS is a text protocol: no nats CLI needed).
+# nats_open: one connection (NATS_FD) with a reply inbox. nats_request SUBJECT JSON: sets JS_REPLY.
+nats_open() {
+  local line
+  exec {NATS_FD}<>"/dev/tcp/127.0.0.1/$B_NATSPORT"
+  IFS= read -r -t 5 line <&"$NATS_FD" || die "baseline: no INFO from NATS"
+  printf 'CONNECT {"verbose":false,"pedantic":false,"protocol":1,"name":"bench-baseline"}\r\nSUB _INBOX.bench 1\r\n' >&"$NATS_FD"
+}
+nats_request() {
+  local subject=$1 json=$2 line
+  # LC_ALL=C: ${#json} counts bytes, as PUB wants.
+  printf 'PUB %s _INBOX.bench %d\r\n%s\r\n' "$subject" "${#json}" "$json" >&"$NATS_FD"
+  JS_REPLY=
+  while IFS= read -r -t 5 line <&"$NATS_FD"; do
     line=${line%$'\r'}
     case $line in
-      PING) printf 'PONG\r\n' >&"$fd" ;;
-      MSG\ *) IFS= read -r -t 5 reply <&"$fd"; reply=${reply%$'\r'}; break ;;
+      PING) printf 'PONG\r\n' >&"$NATS_FD" ;;
+      MSG\ *) IFS= read -r -t 5 JS_REPLY <&"$NATS_FD"; JS_REPLY=${JS_REPLY%$'\r'}; break ;;
       -ERR*) die "baseline: NATS said $line" ;;
     esac
   done
-  exec {fd}>&-
-  [[ $reply == *'"success":true'* || $reply == *'"err_code":10059'* ]] ||
-    die "baseline: removing stream $name: ${reply:-no answer}"
+}
+nats_close() { exec {NATS_FD}>&-; }
+
+# `nats stream rm NAME --force` ("stream not found" counts as removed).
+delete_stream() {
+  local name=$1
+  nats_open
+  # shellcheck disable=SC2016 # $JS is NATS's subject prefix, not a variable
+  nats_request '$JS.API.STREAM.DELETE.'"$name" ''
+  nats_close
+  [[ $JS_REPLY == *'"success":true'* || $JS_REPLY == *'"err_code":10059'* ]] ||
+    die "baseline: removing stream $name: ${JS_REPLY:-no answer}"
 }
 
-# Creates stable's streams with JetStream's API over one NATS connection ("name already in use" = present).
+# Creates stable's streams over one NATS connection ("name already in use" = present).
 mapfile -t STREAM_DEFS <"$STREAMS_JSON"
 mapfile -t STREAM_NAMES < <(jq -r '.name' "$STREAMS_JSON")
 create_streams() {
-  local fd line reply json name i
-  exec {fd}<>"/dev/tcp/127.0.0.1/$B_NATSPORT"
-  IFS= read -r -t 5 line <&"$fd" || die "baseline: no INFO from NATS"
-  printf 'CONNECT {"verbose":false,"pedantic":false,"protocol":1,"name":"bench-baseline"}\r\nSUB _INBOX.bench 1\r\n' >&"$fd"
+  local i name
+  nats_open
   for i in "${!STREAM_DEFS[@]}"; do
-    json=${STREAM_DEFS[$i]} name=${STREAM_NAMES[$i]}
-    # LC_ALL=C: ${#json} counts bytes, as PUB wants.
+    name=${STREAM_NAMES[$i]}
     # shellcheck disable=SC2016 # $JS is NATS's subject prefix, not a variable
-    printf 'PUB $JS.API.STREAM.CREATE.%s _INBOX.bench %d\r\n%s\r\n' "$name" "${#json}" "$json" >&"$fd"
-    reply=
-    while IFS= read -r -t 5 line <&"$fd"; do
-      line=${line%$'\r'}
-      case $line in
-        PING) printf 'PONG\r\n' >&"$fd" ;;
-        MSG\ *) IFS= read -r -t 5 reply <&"$fd"; reply=${reply%$'\r'}; break ;;
-        -ERR*) die "baseline: NATS said $line" ;;
-      esac
-    done
-    [[ $reply == *'"type":"io.nats.jetstream.api.v1.stream_create_response"'* ]] ||
+    nats_request '$JS.API.STREAM.CREATE.'"$name" "${STREAM_DEFS[$i]}"
+    [[ $JS_REPLY == *'"type":"io.nats.jetstream.api.v1.stream_create_response"'* ]] ||
       die "baseline: no answer from JetStream for stream $name"
-    if [[ $reply == *'"error":{'* && $reply != *'"err_code":10058'* ]]; then
-      die "baseline: creating stream $name: $reply"
+    if [[ $JS_REPLY == *'"error":{'* && $JS_REPLY != *'"err_code":10058'* ]]; then
+      die "baseline: creating stream $name: $JS_REPLY"
     fi
   done
-  exec {fd}>&-
+  nats_close
 }
 
 run_baseline() { # REP

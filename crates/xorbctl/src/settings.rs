@@ -106,6 +106,19 @@ pub struct GovRequest {
     pub push: Option<String>,
 }
 
+impl From<crate::cli::RollbackGovArgs> for GovRequest {
+    fn from(gov: crate::cli::RollbackGovArgs) -> Self {
+        GovRequest {
+            severity: gov.severity,
+            approve: gov.approve,
+            as_name: gov.as_name,
+            reason: gov.reason,
+            release_repo: gov.release_repo,
+            push: gov.push,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum CommandSettings {
     StackUp(StackUp),
@@ -461,14 +474,7 @@ pub fn resolve(cli: Cli) -> Settings {
             run,
             request: plan_request(plan),
             yes,
-            gov: GovRequest {
-                severity: gov.severity,
-                approve: gov.approve,
-                as_name: gov.as_name,
-                reason: gov.reason,
-                release_repo: gov.release_repo,
-                push: gov.push,
-            },
+            gov: GovRequest::from(gov),
         }),
         Command::Restore {
             run: id,
@@ -480,14 +486,7 @@ pub fn resolve(cli: Cli) -> Settings {
             id,
             runbook,
             yes,
-            gov: GovRequest {
-                severity: gov.severity,
-                approve: gov.approve,
-                as_name: gov.as_name,
-                reason: gov.reason,
-                release_repo: gov.release_repo,
-                push: gov.push,
-            },
+            gov: GovRequest::from(gov),
         }),
         Command::Assess(a) => CommandSettings::Assess(Assess {
             locations: loc,

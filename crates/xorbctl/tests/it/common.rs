@@ -325,6 +325,40 @@ pub fn last_run(st: &Stack) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// A copy of the project's releases this test may edit, with the Alembic project beside it (release.toml names
+/// it as ../../migrations, and a path out of the tree is refused). Returns the directory and its `releases/`.
+pub fn releases_copy() -> (tempfile::TempDir, PathBuf) {
+    let work = tempfile::tempdir().unwrap();
+    let releases = work.path().join("releases");
+    let cp = Command::new("cp")
+        .arg("-r")
+        .arg(repo().join("releases"))
+        .arg(&releases)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    copy_migrations(&work.path().join("migrations"));
+    (work, releases)
+}
+
+/// Table → (rows, checksum) of a report written by `xorb_integrity::full` (phase 3's snapshot, or a fresh scan).
+pub fn table_checksums(report: &Value) -> std::collections::BTreeMap<String, (u64, String)> {
+    report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["table"].as_str().unwrap().to_string(),
+                (
+                    t["rows"].as_u64().unwrap(),
+                    t["checksum"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
 /// The step `id` of a run as `xorbctl show --output json` gives it.
 pub fn run_step<'a>(run: &'a Value, id: &str) -> &'a Value {
     run["steps"]

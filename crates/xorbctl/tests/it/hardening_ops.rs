@@ -213,17 +213,7 @@ fn with_the_api_down_the_emergency_stops_nothing_and_a_resume_over_changed_relea
  {
     let st = Stack::up(RC1, false);
     // The releases as the operator's checkout has them: a copy this test may edit.
-    let work = tempfile::tempdir().unwrap();
-    let releases = work.path().join("releases");
-    let cp = Command::new("cp")
-        .arg("-r")
-        .arg(repo().join("releases"))
-        .arg(&releases)
-        .status()
-        .unwrap();
-    assert!(cp.success());
-    // release.toml names its Alembic project as ../../migrations.
-    copy_migrations(&work.path().join("migrations"));
+    let (work, releases) = releases_copy();
     let broken = broken_image_in(&work.path().join("bin"), "api", STABLE);
     let out = st
         .cmd()

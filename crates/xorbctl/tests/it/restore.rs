@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::str::FromStr;
 
 use serde_json::{Value, json};
@@ -16,24 +15,12 @@ const STABLE: &str = "v2025.07-stable";
 
 /// Table → (rows, checksum), as a run's `db/integrity-full.json` recorded it with the backup.
 fn snapshot_checksums(run_dir: &Path) -> BTreeMap<String, (u64, String)> {
-    let v: Value = serde_json::from_slice(
-        &std::fs::read(run_dir.join("db").join("integrity-full.json")).unwrap(),
+    table_checksums(
+        &serde_json::from_slice(
+            &std::fs::read(run_dir.join("db").join("integrity-full.json")).unwrap(),
+        )
+        .unwrap(),
     )
-    .unwrap();
-    v["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            (
-                t["table"].as_str().unwrap().to_string(),
-                (
-                    t["rows"].as_u64().unwrap(),
-                    t["checksum"].as_str().unwrap().to_string(),
-                ),
-            )
-        })
-        .collect()
 }
 
 /// The same, scanned from database `db` now.
@@ -253,16 +240,7 @@ fn a_restore_killed_at_every_journal_boundary_resumes_to_the_same_end() {
 async fn a_phase_3_failure_with_the_restore_policy_ends_with_the_database_as_before_the_run() {
     let st = Stack::up(RC1, true);
     // The releases as an operator's checkout has them, with rc1's G6 downgrade broken after it began.
-    let work = tempfile::tempdir().unwrap();
-    let releases = work.path().join("releases");
-    let cp = Command::new("cp")
-        .arg("-r")
-        .arg(repo().join("releases"))
-        .arg(&releases)
-        .status()
-        .unwrap();
-    assert!(cp.success());
-    copy_migrations(&work.path().join("migrations"));
+    let (work, releases) = releases_copy();
     let g6 = work
         .path()
         .join("migrations/versions/6b7e0a1_g6_enhanced_tenant_isolation.py");

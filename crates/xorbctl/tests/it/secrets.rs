@@ -60,16 +60,7 @@ pub fn leaks(bytes: &[u8], secrets: &[(&str, String)]) -> Vec<String> {
 /// A copy of the releases where stable's api configuration carries `XORB_PLANTED_SECRET_TOKEN=<planted>`.
 /// `releases/` sits beside a link to the project's migrations, as the release manifests expect.
 pub fn releases_with_planted_secret(planted: &str) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("releases");
-    let st = std::process::Command::new("cp")
-        .arg("-r")
-        .arg(repo().join("releases"))
-        .arg(&root)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    copy_migrations(&tmp.path().join("migrations"));
+    let (tmp, root) = releases_copy();
     let api_env = root.join(STABLE).join("config/api.env");
     let mut text = std::fs::read_to_string(&api_env).unwrap();
     text.push_str(&format!("XORB_PLANTED_SECRET_TOKEN={planted}\n"));

@@ -72,24 +72,6 @@ fn copy_dir(from: &Path, to: &Path) {
     assert!(out.status.success(), "{}", text(&out));
 }
 
-/// The per-table checksums of a report written by `xorb_integrity::full` (phase 3's snapshot, or a fresh scan).
-fn checksums(report: &Value) -> std::collections::BTreeMap<String, (u64, String)> {
-    report["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            (
-                t["table"].as_str().unwrap().to_string(),
-                (
-                    t["rows"].as_u64().unwrap(),
-                    t["checksum"].as_str().unwrap().to_string(),
-                ),
-            )
-        })
-        .collect()
-}
-
 /// Every evidence record: id, payload, signature.
 async fn evidence_rows(st: &Stack) -> Vec<(String, Vec<u8>, Vec<u8>)> {
     st.pg()
@@ -184,10 +166,10 @@ async fn a_full_rollback_from_rc1_accounts_for_every_row_and_a_roll_forward_brin
         .await
         .unwrap();
     let restored = serde_json::to_value(&restored).unwrap();
-    let want = checksums(&before);
+    let want = table_checksums(&before);
     assert!(want.contains_key("evidence") && want["evidence"].0 == evidence_before as u64);
     assert_eq!(
-        checksums(&restored),
+        table_checksums(&restored),
         want,
         "restored dump vs phase 3's checksums"
     );
