@@ -105,13 +105,7 @@ pub async fn prove<T: Target>(
         "create a scratch database to restore the backup into",
     )
     .await?;
-    let restored = restore_and_scan(&conn.with_db(&scratch), &dump, Restore::TablesOnly, |why| {
-        fatal(format!(
-            "the backup {} does not restore: pg_restore into a scratch database failed: {why}",
-            dump.display()
-        ))
-    })
-    .await;
+    let restored = restore_and_scan(&conn.with_db(&scratch), &dump).await;
     let dropped = drop_scratch(&admin, &scratch).await;
     let (restore_ms, restored) = restored?;
     dropped.map_err(db("drop the scratch database"))?;
@@ -150,46 +144,33 @@ pub async fn prove<T: Target>(
     ))
 }
 
-/// What of a dump [`restore_and_scan`] restores.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Restore {
-    /// Only the tables and their rows, as the connecting role: the proof's checksums need nothing more.
-    TablesOnly,
-    /// Everything, owners and grants included: a database the services will run on.
-    Whole,
-}
-
-/// Restores `dump` into `into` (an empty database) with `pg_restore --jobs` and checksums it; returns the restore's
-/// milliseconds and the scan. A failing pg_restore is reported by `refused` from its verdict line.
-pub(crate) async fn restore_and_scan(
-    into: &PgConn,
+/// Restores `dump` into `scratch` (an empty database) and checksums it.
+async fn restore_and_scan(
+    scratch: &PgConn,
     dump: &std::path::Path,
-    what: Restore,
-    refused: impl FnOnce(String) -> StepError,
 ) -> Result<(u64, FullReport), StepError> {
     let started = std::time::Instant::now();
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut cmd = tokio::process::Command::new(pg_tool("pg_restore"));
-    cmd.args(["--exit-on-error", "--no-password"]);
-    if what == Restore::TablesOnly {
-        // Owners and grants are the cluster's business, not the data's. Indexes, constraints, triggers and
-        // policies (post-data) do not change a checksum, and building them is most of a restore's time at
-        // production size.
-        cmd.args(["--no-owner", "--no-privileges"])
-            .args(["--section=pre-data", "--section=data"]);
-    }
-    cmd.arg(format!("--jobs={jobs}"))
-        .arg(format!("--dbname={}", into.dbname))
+    // Owners and grants are the cluster's business, not the data's: the proof restores as the connecting role.
+    // Only the tables and their rows: indexes, constraints, triggers and policies (post-data) do not change a
+    // checksum, and building them is most of a restore's time at production size.
+    cmd.args(["--no-owner", "--no-privileges", "--exit-on-error"])
+        .args(["--section=pre-data", "--section=data"])
+        .arg(format!("--jobs={jobs}"))
+        .arg(format!("--dbname={}", scratch.dbname))
         .arg(dump);
-    into.env(&mut cmd);
+    scratch.env(&mut cmd);
     let out = output(cmd, "pg_restore").await?;
     if !out.status.success() {
-        return Err(refused(last_line(
-            &into.redact(&String::from_utf8_lossy(&out.stderr)),
+        return Err(fatal(format!(
+            "the backup {} does not restore: pg_restore into a scratch database failed: {}",
+            dump.display(),
+            last_line(&scratch.redact(&String::from_utf8_lossy(&out.stderr)))
         )));
     }
     let restore_ms = started.elapsed().as_millis() as u64;
-    let restored = xorb_integrity::full(&into.config(), &xorb_integrity::ScanOptions::default())
+    let restored = xorb_integrity::full(&scratch.config(), &xorb_integrity::ScanOptions::default())
         .await
         .map_err(failed)?;
     Ok((restore_ms, restored))

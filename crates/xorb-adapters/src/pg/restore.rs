@@ -11,8 +11,7 @@ use serde::{Deserialize, Serialize};
 use xorb_engine::runner::{StepContext, StepError};
 
 use super::backup::{BackupRecord, backup_path, check_dump};
-use super::proof::{Restore, compare, restore_and_scan};
-use super::schema::drop_scratch;
+use super::proof::compare;
 use super::snapshot;
 use super::*;
 use crate::context::{TargetRunner, failed};
@@ -262,22 +261,40 @@ pub async fn restore<T: Target>(
     let role_changes = ensure_roles(&admin, &roles).await?;
 
     // An earlier attempt cut off leaves a half-restored database: start again from empty.
-    drop_scratch(&admin, &target_db)
+    // Two statements: a multi-statement string runs as one transaction, which CREATE DATABASE refuses.
+    admin
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(&target_db)
+        ))
         .await
         .map_err(db("drop a half-restored database"))?;
     admin
         .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&target_db)))
         .await
         .map_err(db("create the database to restore into"))?;
+    let started = std::time::Instant::now();
     let target = conn.with_db(&target_db);
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let dump = backup_path(&dir);
+    let mut cmd = tokio::process::Command::new(pg_tool("pg_restore"));
     // Owners and grants this time: the services' tenant role (`xorb_tenant`) needs its privileges back.
-    let (restore_ms, restored) =
-        restore_and_scan(&target, &backup_path(&dir), Restore::Whole, |why| {
-            fatal(format!(
-                "the backup of run {source_run} does not restore into {target_db}: {why}; nothing was switched"
-            ))
-        })
-        .await?;
+    cmd.args(["--exit-on-error", "--no-password"])
+        .arg(format!("--jobs={jobs}"))
+        .arg(format!("--dbname={target_db}"))
+        .arg(&dump);
+    target.env(&mut cmd);
+    let out = output(cmd, "pg_restore").await?;
+    if !out.status.success() {
+        return Err(fatal(format!(
+            "the backup of run {source_run} does not restore into {target_db}: {}; nothing was switched",
+            last_line(&target.redact(&String::from_utf8_lossy(&out.stderr)))
+        )));
+    }
+    let restore_ms = started.elapsed().as_millis() as u64;
+    let restored = xorb_integrity::full(&target.config(), &xorb_integrity::ScanOptions::default())
+        .await
+        .map_err(failed)?;
     let proof = RestoreProof {
         source_run: source_run.to_string(),
         database: target_db.clone(),
@@ -293,7 +310,12 @@ pub async fn restore<T: Target>(
     };
     write_json(&proof_path, &proof)?;
     if !proof.differences.is_empty() {
-        let _ = drop_scratch(&admin, &target_db).await;
+        let _ = admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(&target_db)
+            ))
+            .await;
         return Err(fatal(format!(
             "run {source_run}'s backup restored into {target_db} does not hold the snapshot's data: {}; the \
              database was dropped and nothing was switched (proof: {})",
