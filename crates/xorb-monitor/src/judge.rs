@@ -274,7 +274,7 @@ pub fn up(series: &[(String, Vec<Point>)]) -> Judgement {
     };
     if points == 0 {
         j.verdict = Verdict::Inconclusive;
-        j.reason = "no `up` samples in the current window: Prometheus does not scrape this job"
+        j.reason = "no `up` samples in the current window: Prometheus has not scraped this job in it (is the window shorter than the scrape interval?)"
             .to_string();
         return j;
     }

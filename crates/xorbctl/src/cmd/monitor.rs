@@ -61,7 +61,9 @@ pub async fn run(s: &settings::Monitor, out: &Reporter) -> anyhow::Result<Exit> 
     let prom = Prometheus::new(&prom_url, Duration::from_secs(10))?;
 
     let now = live::now_ms();
-    let start_ms = now.div_euclid(step_ms) * step_ms;
+    // The next step boundary, never the last one: a window starting before now would judge scrapes made
+    // before the monitor began (after a rollback, the failed scrapes of the service it just removed).
+    let start_ms = (now + step_ms - 1).div_euclid(step_ms) * step_ms;
     // A whole number of steps: the last evaluation falls on the end.
     let duration_ms = (duration_ms + step_ms - 1) / step_ms * step_ms;
     let queries = Queries::new(&a.jobs, step_ms);

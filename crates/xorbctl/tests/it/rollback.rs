@@ -62,7 +62,9 @@ fn assert_on_stable(st: &Stack) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_rollback_ends_on_stable_with_every_phase_5_check_green() {
-    let st = Stack::up(RC1, true);
+    // Scraped every second: the short monitor below judges `up` on the scrapes inside its 4 s, and the
+    // releases' 15 s interval leaves a 4 s window without any scrape about a third of the time.
+    let st = Stack::up_with(Stack::new_dir(), RC1, true, &["--scrape-interval", "1s"]);
     let out = rollback(&st, &[]);
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
