@@ -21,6 +21,7 @@ pub mod redis;
 pub mod redis_conf;
 pub mod runner;
 pub mod safety;
+pub mod sealed;
 pub mod services;
 pub mod streams;
 pub mod target;

@@ -124,38 +124,62 @@ impl Workloads {
         image: &str,
         change_cause: &str,
     ) -> Result<Done, KubeError> {
+        self.set_template(name, container, image, &BTreeMap::new(), change_cause)
+            .await
+    }
+
+    /// As [`Workloads::set_image`], with template annotations set in the same patch: an image and a
+    /// configuration stamp change together in one rollout (one new ReplicaSet), and nothing is written when
+    /// both already hold.
+    pub async fn set_template(
+        &self,
+        name: &str,
+        container: &str,
+        image: &str,
+        annotations: &BTreeMap<String, String>,
+        change_cause: &str,
+    ) -> Result<Done, KubeError> {
         let site = || self.site("patch", "deployment", name);
         for _ in 0..3 {
             let d = self
                 .deployment(name)
                 .await?
                 .ok_or(KubeError::NotFound { site: site() })?;
-            match container_image(&d, container) {
-                None => {
-                    return Err(KubeError::Invalid {
-                        site: site(),
-                        message: format!("the Deployment has no container named {container}"),
-                    });
-                }
-                Some(current) if current == image => {
-                    return Ok(Done::Unchanged(format!(
-                        "deployment {name}: {container} already runs {image}"
-                    )));
-                }
-                Some(_) => {}
+            let Some(current) = container_image(&d, container) else {
+                return Err(KubeError::Invalid {
+                    site: site(),
+                    message: format!("the Deployment has no container named {container}"),
+                });
+            };
+            let live = template_annotations(&d);
+            let stamped = annotations.iter().all(|(k, v)| live.get(k) == Some(v));
+            if current == image && stamped {
+                return Ok(Done::Unchanged(format!(
+                    "deployment {name}: {container} already runs {image}"
+                )));
+            }
+            let mut template =
+                json!({"spec": {"containers": [{"name": container, "image": image}]}});
+            if !annotations.is_empty() {
+                template["metadata"] = json!({"annotations": annotations});
             }
             let patch = json!({
                 "metadata": {
                     "resourceVersion": d.metadata.resource_version,
                     "annotations": {CHANGE_CAUSE: change_cause},
                 },
-                "spec": {"template": {"spec": {"containers": [{"name": container, "image": image}]}}},
+                "spec": {"template": template},
             });
             match self
                 .deployments()
                 .patch(name, &params(), &Patch::Strategic(&patch))
                 .await
             {
+                Ok(_) if current == image => {
+                    return Ok(Done::Changed(format!(
+                        "deployment {name}: template annotations set ({container} stays on {image})"
+                    )));
+                }
                 Ok(_) => {
                     return Ok(Done::Changed(format!(
                         "deployment {name}: {container} set to {image}"
@@ -371,7 +395,7 @@ impl Workloads {
     }
 }
 
-fn container_image(d: &Deployment, container: &str) -> Option<String> {
+pub fn container_image(d: &Deployment, container: &str) -> Option<String> {
     d.spec
         .as_ref()?
         .template
@@ -381,4 +405,13 @@ fn container_image(d: &Deployment, container: &str) -> Option<String> {
         .iter()
         .find(|c| c.name == container)
         .map(|c| c.image.clone().unwrap_or_default())
+}
+
+/// The annotations of the Deployment's pod template (empty when none).
+pub fn template_annotations(d: &Deployment) -> BTreeMap<String, String> {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default()
 }

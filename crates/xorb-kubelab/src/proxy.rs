@@ -178,7 +178,7 @@ impl Proxy {
             if svc.metadata.deletion_timestamp.is_some() {
                 continue;
             }
-            let recorded = proxy_ports(&svc);
+            let recorded = proxy_ports(svc);
             let mut annotation = BTreeMap::new();
             for sp in svc.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
                 if sp.protocol.as_deref().is_some_and(|p| p != "TCP") {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use xorb_adapters::context::failed;
-use xorb_adapters::files::{write_atomic, write_file, write_private};
+use xorb_adapters::files::{write_atomic, write_file};
 use xorb_adapters::target::{ConfigSet, Endpoints, Instance, RedisEndpoint, Target};
 use xorb_engine::planner::{LiveService, LiveState};
 use xorb_engine::runner::StepError;
@@ -472,17 +472,17 @@ impl Target for LocalTarget {
         std::fs::copy(StackState::path(&self.state_dir), dir.join("stack.json")).map_err(failed)?;
         // Secrets are captured too, so that a failed rollback can be undone, but only encrypted (age, X25519).
         let secrets = self.secrets()?;
-        let identity = capture_identity(&self.state_dir).map_err(failed)?;
         let plain = serde_json::json!({
             "db_password": secrets.db_password,
             "redis_password": secrets.redis_password,
             "tenant_tokens": secrets.tenant_tokens,
         })
         .to_string();
-        let recipient = identity.to_public();
-        let encrypted = age::encrypt(&recipient, plain.as_bytes())
-            .map_err(|e| StepError::fatal(format!("age: {e}")))?;
-        write_private(&dir.join("secrets.json.age"), &encrypted)?;
+        xorb_adapters::sealed::seal(
+            &self.state_dir,
+            &dir.join("secrets.json.age"),
+            plain.as_bytes(),
+        )?;
         Ok(format!(
             "{} services captured into {}",
             live.services.len(),
@@ -543,20 +543,6 @@ impl Target for LocalTarget {
         };
         Some(log.display().to_string())
     }
-}
-
-/// The X25519 identity that encrypts captured secrets (created once per stack, 0600, in secrets/).
-fn capture_identity(state_dir: &Path) -> Result<age::x25519::Identity, LocalError> {
-    use age::secrecy::ExposeSecret;
-    let p = state_dir.join("secrets").join("capture.age-identity");
-    if let Ok(text) = std::fs::read_to_string(&p)
-        && let Ok(id) = text.trim().parse::<age::x25519::Identity>()
-    {
-        return Ok(id);
-    }
-    let id = age::x25519::Identity::generate();
-    write_private(&p, id.to_string().expose_secret().as_bytes())?;
-    Ok(id)
 }
 
 /// The runner of the local target: the shared steps over this stack's processes and servers.

@@ -406,7 +406,6 @@ mod tests {
             key: "b".into(),
             path: "sub/b.txt".into(),
             mode: Some(0o400),
-            ..KeyToPath::default()
         }];
         write_files(d.path(), &files, None, 0o600, "v").unwrap();
         let mode = |p: &str| {

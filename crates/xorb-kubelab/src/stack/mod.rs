@@ -179,6 +179,7 @@ impl KubeStack {
         let secrets_api: Api<Secret> = Api::namespaced(client.clone(), ns);
         let redis_password = secrets::password();
         create_or_replace(&secrets_api, secrets::redis_auth(&redis_password)).await?;
+        create_or_replace(&secrets_api, secrets::db_auth(db_password)).await?;
 
         // The dependencies first: Redis, NATS, Prometheus, Alertmanager, and PostgreSQL's Endpoints.
         self.kubectl(&["apply", "-R", "-f"], &k8s.join("datastores"))?;

@@ -59,6 +59,14 @@ pub(super) fn xorb_secrets(a: &Addresses, db_password: &str, redis_password: &st
     secret("xorb-secrets", data)
 }
 
+/// The database password by itself, for a client outside the cluster (the Kubernetes target's file names it).
+pub(super) fn db_auth(db_password: &str) -> Secret {
+    secret(
+        "xorb-db",
+        BTreeMap::from([("password", db_password.to_string())]),
+    )
+}
+
 pub(super) fn redis_auth(redis_password: &str) -> Secret {
     secret(
         "xorb-redis-auth",

@@ -1,0 +1,793 @@
+//! `KubeTarget`: workloads are the Deployments `xorb-<service>`, a service's configuration is what its Pods
+//! read through `envFrom` (the shared ConfigMap `xorb-config`, then its own `xorb-<service>-config`), and the
+//! configuration files of Prometheus, Alertmanager and Redis are keys of their ConfigMaps.
+//!
+//! Every operation reads the live objects and writes only what is left, so a run killed at any moment resumes
+//! without doing anything twice. The Role `releases/*/k8s/rbac/xorbctl.yaml` grants no `list`: objects are read by
+//! name.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use xorb_adapters::conn::PgConn;
+use xorb_adapters::files::{write_json, write_private};
+use xorb_adapters::target::{ConfigSet, Endpoints, Instance, RedisEndpoint, Target};
+use xorb_engine::planner::{LiveService, LiveState};
+use xorb_engine::runner::StepError;
+use xorb_kube::KubeError;
+use xorb_kube::error::Site;
+use xorb_kube::rollout;
+use xorb_kube::workload::{self, FIELD_MANAGER, Kind, Workloads};
+use xorb_model::exit::Exit;
+use xorb_model::release::{Release, SERVICE_ORDER};
+
+use crate::spec::{SecretRef, TargetFile};
+
+/// Object names the target reads and writes.
+pub mod names {
+    /// The shared configuration of every role (the runbook's `kubectl patch configmap xorb-config`).
+    pub const SHARED_CONFIG: &str = "xorb-config";
+    /// Where the target records the release the namespace was last fully rolled to.
+    pub const STATE: &str = "xorbctl-state";
+    /// Pod-template annotation: the SHA-256 of the configuration the Pods were started with. A change rolls
+    /// the Deployment (as `kubectl rollout restart` would), and the same configuration never rolls it twice.
+    pub const CONFIG_STAMP: &str = "xorb.dev/config-sha256";
+
+    pub fn deployment(service: &str) -> String {
+        format!("xorb-{service}")
+    }
+
+    pub fn config_map(service: &str) -> String {
+        format!("xorb-{service}-config")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeTargetError {
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+    #[error("secret {secret} in namespace {namespace} has no key {key} (the target file names it)")]
+    MissingKey {
+        namespace: String,
+        secret: String,
+        key: String,
+    },
+}
+
+impl KubeTargetError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            KubeTargetError::Kube(e) => e.exit(),
+            KubeTargetError::MissingKey { .. } => Exit::BadInput,
+        }
+    }
+}
+
+fn step(e: KubeError) -> StepError {
+    if e.retryable() {
+        StepError::retryable(e.to_string())
+    } else {
+        StepError::fatal(e.to_string())
+    }
+}
+
+/// Runs `f` to completion from a synchronous method of the trait. Needs the multi-threaded runtime xorbctl runs
+/// on (the thread blocks, its tasks move to another worker).
+fn block<F: Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+fn release_of_image(image: &str) -> &str {
+    image.rsplit_once(':').map_or(image, |(_, tag)| tag)
+}
+
+/// The stamp of a configuration: its keys and values in order, hashed.
+pub fn config_stamp(config: &BTreeMap<String, String>) -> String {
+    let mut h = Sha256::new();
+    for (k, v) in config {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
+fn params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+pub struct KubeTarget {
+    client: kube::Client,
+    spec: TargetFile,
+    work: Workloads,
+    state_dir: PathBuf,
+    pg_password: String,
+    redis_password: String,
+}
+
+impl KubeTarget {
+    /// Reads the passwords the target file names, once: a missing Secret or key is an error now, not mid-run.
+    pub async fn connect(
+        client: kube::Client,
+        spec: TargetFile,
+        state_dir: &Path,
+    ) -> Result<Self, KubeTargetError> {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &spec.namespace);
+        let read = |r: SecretRef| {
+            let secrets = secrets.clone();
+            let ns = spec.namespace.clone();
+            async move {
+                let s = secrets.get(&r.secret).await.map_err(|e| {
+                    KubeError::from_kube(Site::new("get", "secret", &ns, &r.secret), e)
+                })?;
+                s.data
+                    .and_then(|d| {
+                        d.get(&r.key)
+                            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                    })
+                    .ok_or(KubeTargetError::MissingKey {
+                        namespace: ns,
+                        secret: r.secret,
+                        key: r.key,
+                    })
+            }
+        };
+        let pg_password = read(spec.postgres.password.clone()).await?;
+        let redis_password = read(spec.redis.password.clone()).await?;
+        Ok(KubeTarget {
+            work: Workloads::new(client.clone(), &spec.namespace),
+            client,
+            spec,
+            state_dir: state_dir.to_path_buf(),
+            pg_password,
+            redis_password,
+        })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.spec.namespace
+    }
+
+    fn config_maps(&self) -> Api<ConfigMap> {
+        Api::namespaced(self.client.clone(), &self.spec.namespace)
+    }
+
+    fn site(&self, verb: &'static str, kind: &'static str, name: &str) -> Site {
+        Site::new(verb, kind, &self.spec.namespace, name)
+    }
+
+    /// A ConfigMap's `data`; None when the ConfigMap does not exist.
+    async fn cm_data(&self, name: &str) -> Result<Option<BTreeMap<String, String>>, StepError> {
+        let cm = self
+            .config_maps()
+            .get_opt(name)
+            .await
+            .map_err(|e| step(KubeError::from_kube(self.site("get", "configmap", name), e)))?;
+        Ok(cm.map(|c| c.data.unwrap_or_default()))
+    }
+
+    /// Sets (Some) and removes (None) keys of a ConfigMap, creating it when absent. Writes nothing when the
+    /// keys already hold.
+    async fn cm_merge(
+        &self,
+        name: &str,
+        changes: &BTreeMap<String, Option<String>>,
+    ) -> Result<bool, StepError> {
+        let live = self.cm_data(name).await?;
+        let current = live.clone().unwrap_or_default();
+        if changes.iter().all(|(k, v)| current.get(k) == v.as_ref()) && live.is_some() {
+            return Ok(false);
+        }
+        if live.is_none() {
+            let data: BTreeMap<String, String> = changes
+                .iter()
+                .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+                .collect();
+            let cm: ConfigMap = serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "xorb"}},
+                "data": data,
+            }))
+            .map_err(|e| StepError::fatal(format!("configmap {name}: {e}")))?;
+            let pp = PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            };
+            match self.config_maps().create(&pp, &cm).await {
+                Ok(_) => return Ok(true),
+                Err(kube::Error::Api(s)) if s.code == 409 => {} // created meanwhile: merge below
+                Err(e) => {
+                    return Err(step(KubeError::from_kube(
+                        self.site("create", "configmap", name),
+                        e,
+                    )));
+                }
+            }
+        }
+        self.config_maps()
+            .patch(name, &params(), &Patch::Merge(&json!({"data": changes})))
+            .await
+            .map_err(|e| {
+                step(KubeError::from_kube(
+                    self.site("patch", "configmap", name),
+                    e,
+                ))
+            })?;
+        Ok(true)
+    }
+
+    /// What a service's Pods read: `xorb-config`, then its own ConfigMap over it.
+    async fn config_of(&self, service: &str) -> Result<BTreeMap<String, String>, StepError> {
+        let mut config = self
+            .cm_data(names::SHARED_CONFIG)
+            .await?
+            .unwrap_or_default();
+        config.extend(
+            self.cm_data(&names::config_map(service))
+                .await?
+                .unwrap_or_default(),
+        );
+        Ok(config)
+    }
+
+    async fn deployment(&self, service: &str) -> Result<Option<Deployment>, StepError> {
+        self.work
+            .deployment(&names::deployment(service))
+            .await
+            .map_err(step)
+    }
+
+    /// The services that have a Deployment, in the runbook's order.
+    async fn deployments(&self) -> Result<Vec<(String, Deployment)>, StepError> {
+        let mut out = Vec::new();
+        for s in SERVICE_ORDER {
+            if let Some(d) = self.deployment(s).await? {
+                out.push((s.to_string(), d));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The release recorded in `xorbctl-state`, if any.
+    async fn recorded_release(&self) -> Result<Option<String>, StepError> {
+        Ok(self
+            .cm_data(names::STATE)
+            .await?
+            .and_then(|d| d.get("release").cloned()))
+    }
+
+    /// Before the first change to a namespace nothing of ours recorded its release: record it now, while every
+    /// service still runs one release, so that a namespace caught between two releases still says which one it
+    /// came from.
+    async fn record_release_before_acting(&self) -> Result<(), StepError> {
+        if self.recorded_release().await?.is_some() {
+            return Ok(());
+        }
+        let live = self.observe().await?;
+        if live.release.is_empty() {
+            return Err(StepError::fatal(format!(
+                "namespace {} runs services of several releases and has no record of its own (configmap {}): \
+                 set it to the release it was deployed as (data.release) before acting on it",
+                self.namespace(),
+                names::STATE
+            )));
+        }
+        self.cm_merge(
+            names::STATE,
+            &BTreeMap::from([("release".to_string(), Some(live.release))]),
+        )
+        .await
+        .map(drop)
+    }
+
+    fn config_map_of(set: ConfigSet) -> Option<&'static str> {
+        match set {
+            ConfigSet::Prometheus => Some("prometheus-config"),
+            ConfigSet::Alertmanager => Some("alertmanager-config"),
+            ConfigSet::Redis => Some("redis-config"),
+            ConfigSet::Dashboards => None,
+        }
+    }
+
+    fn config_key(set: ConfigSet, name: &str) -> Result<&'static str, StepError> {
+        // A ConfigMap key: letters, digits, '-', '_' and '.'; never a path.
+        let ok = !name.is_empty()
+            && name != "."
+            && name != ".."
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !ok {
+            return Err(StepError::fatal(format!(
+                "{name:?} is not a file name of the {} configuration",
+                set.name()
+            )));
+        }
+        Self::config_map_of(set)
+            .ok_or_else(|| StepError::fatal(format!("this target has no {}", set.name())))
+    }
+}
+
+impl Target for KubeTarget {
+    fn kind(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn endpoints(&self) -> Result<Endpoints, StepError> {
+        let s = &self.spec;
+        Ok(Endpoints {
+            postgres: PgConn {
+                host: s.postgres.host.clone(),
+                port: s.postgres.port,
+                user: s.postgres.user.clone(),
+                password: self.pg_password.clone(),
+                dbname: s.postgres.database.clone(),
+            },
+            redis: RedisEndpoint {
+                host: s.redis.host.clone(),
+                port: s.redis.port,
+                password: self.redis_password.clone(),
+            },
+            nats: s.nats.clone(),
+            prometheus: s.prometheus.clone(),
+            alertmanager: s.alertmanager.clone(),
+            services: s.services.clone(),
+        })
+    }
+
+    async fn observe(&self) -> Result<LiveState, StepError> {
+        let mut services = Vec::new();
+        for (name, d) in self.deployments().await? {
+            let dep = names::deployment(&name);
+            let image = workload::container_image(&d, &dep).ok_or_else(|| {
+                StepError::fatal(format!(
+                    "deployment {dep} in namespace {} has no container named {dep}",
+                    self.namespace()
+                ))
+            })?;
+            services.push(LiveService {
+                release: release_of_image(&image).to_string(),
+                image,
+                config: self.config_of(&name).await?,
+                name,
+            });
+        }
+        let release = match self.recorded_release().await? {
+            Some(r) => r,
+            None => services
+                .first()
+                .filter(|f| services.iter().all(|s| s.release == f.release))
+                .map(|f| f.release.clone())
+                .unwrap_or_default(),
+        };
+        Ok(LiveState {
+            release,
+            services,
+            database: None,
+            streams: None,
+        })
+    }
+
+    async fn instances(&self) -> Result<Vec<Instance>, StepError> {
+        // From each Deployment's status (the Role reads no Pods): its updated replicas run the template's
+        // release; the others, while a rollout is under way, an earlier one the status does not name.
+        let mut out = Vec::new();
+        for (name, d) in self.deployments().await? {
+            let dep = names::deployment(&name);
+            let release = workload::container_image(&d, &dep)
+                .map(|i| release_of_image(&i).to_string())
+                .unwrap_or_default();
+            let st = d.status.clone().unwrap_or_default();
+            let total = st.replicas.unwrap_or(0).max(0);
+            let complete = rollout::deployment(&d).is_complete();
+            let updated = if complete {
+                total
+            } else {
+                st.updated_replicas.unwrap_or(0).clamp(0, total)
+            };
+            let ready = st.ready_replicas.unwrap_or(0).max(0);
+            for i in 0..total {
+                out.push(Instance {
+                    service: name.clone(),
+                    release: if i < updated {
+                        release.clone()
+                    } else {
+                        "(an earlier template)".to_string()
+                    },
+                    id: format!("deployment {dep}, replica {} of {total}", i + 1),
+                    healthy: Some(i < ready),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn converged(
+        &self,
+        service: &str,
+        release: &str,
+        config: Option<&BTreeMap<String, String>>,
+    ) -> Result<bool, StepError> {
+        let dep = names::deployment(service);
+        let Some(d) = self.deployment(service).await? else {
+            return Ok(false);
+        };
+        let on_release =
+            workload::container_image(&d, &dep).is_some_and(|i| release_of_image(&i) == release);
+        if !on_release || !rollout::deployment(&d).is_complete() {
+            return Ok(false);
+        }
+        let Some(want) = config else {
+            return Ok(true);
+        };
+        let stamped = workload::template_annotations(&d).get(names::CONFIG_STAMP)
+            == Some(&config_stamp(want));
+        Ok(stamped && &self.config_of(service).await? == want)
+    }
+
+    async fn removed(&self, service: &str) -> Result<bool, StepError> {
+        self.work
+            .removed(&names::deployment(service))
+            .await
+            .map_err(step)
+    }
+
+    async fn set_workload(
+        &self,
+        service: &str,
+        image: &str,
+        config: &BTreeMap<String, String>,
+        timeout: Duration,
+    ) -> Result<String, StepError> {
+        self.record_release_before_acting().await?;
+        let dep = names::deployment(service);
+        let shared = self
+            .cm_data(names::SHARED_CONFIG)
+            .await?
+            .unwrap_or_default();
+        if let Some(k) = shared.keys().find(|k| !config.contains_key(*k)) {
+            return Err(StepError::fatal(format!(
+                "{service}'s configuration has no {k}, which configmap {} sets for every service: one service \
+                 cannot drop a shared key",
+                names::SHARED_CONFIG
+            )));
+        }
+        // The service's own ConfigMap holds what differs from the shared one, and nothing else.
+        let own = names::config_map(service);
+        let live_own = self.cm_data(&own).await?.unwrap_or_default();
+        let mut changes: BTreeMap<String, Option<String>> = config
+            .iter()
+            .filter(|(k, v)| shared.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect();
+        for k in live_own.keys() {
+            if !changes.contains_key(k) {
+                changes.insert(k.clone(), None);
+            }
+        }
+        let config_changed = self.cm_merge(&own, &changes).await?;
+        let stamp = BTreeMap::from([(names::CONFIG_STAMP.to_string(), config_stamp(config))]);
+        let cause = format!("xorbctl: set image deployment/{dep} {dep}={image}");
+        let done = self
+            .work
+            .set_template(&dep, &dep, image, &stamp, &cause)
+            .await
+            .map_err(step)?;
+        let rolled = self
+            .work
+            .wait_rollout(Kind::Deployment, &dep, timeout)
+            .await
+            .map_err(step)?;
+        let how = match (done.changed(), config_changed) {
+            (true, _) => done.message().to_string(),
+            (false, true) => format!("configmap {own} updated"),
+            (false, false) => "nothing to change".to_string(),
+        };
+        Ok(format!("{service} runs {image} ({how}); {rolled}"))
+    }
+
+    async fn add_workload(
+        &self,
+        service: &str,
+        image: &str,
+        release: &str,
+        config: &BTreeMap<String, String>,
+        timeout: Duration,
+    ) -> Result<String, StepError> {
+        // The Role creates no Deployments: a workload the namespace lacks is the release's manifests' job
+        // (`kubectl apply -f deployments/`), not a rollback's.
+        if self.deployment(service).await?.is_none() {
+            return Err(StepError::fatal(format!(
+                "deployment {} does not exist in namespace {}: apply {release}'s k8s/deployments and k8s/services \
+                 first (xorbctl's Role may not create Deployments)",
+                names::deployment(service),
+                self.namespace()
+            )));
+        }
+        self.set_workload(service, image, config, timeout).await
+    }
+
+    async fn remove_workload(&self, service: &str) -> Result<String, StepError> {
+        self.record_release_before_acting().await?;
+        let done = self
+            .work
+            .delete_deployment_and_service(&names::deployment(service))
+            .await
+            .map_err(step)?;
+        Ok(done.message().to_string())
+    }
+
+    async fn stop_workload(&self, service: &str) -> Result<(), StepError> {
+        self.record_release_before_acting().await?;
+        self.work
+            .scale(&names::deployment(service), 0)
+            .await
+            .map(drop)
+            .map_err(step)
+    }
+
+    fn settle(&self, to: &Release) -> Result<(), StepError> {
+        block(async {
+            let live = self.observe().await?;
+            let all_on = live.services.len() == to.services.len()
+                && live.services.iter().all(|s| s.release == to.name());
+            if all_on && live.release != to.name() {
+                self.cm_merge(
+                    names::STATE,
+                    &BTreeMap::from([("release".to_string(), Some(to.name().to_string()))]),
+                )
+                .await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn write_config(&self, set: ConfigSet, name: &str, bytes: &[u8]) -> Result<(), StepError> {
+        let cm = Self::config_key(set, name)?;
+        let text = std::str::from_utf8(bytes).map_err(|_| {
+            StepError::fatal(format!(
+                "{name} of the {} configuration is not UTF-8",
+                set.name()
+            ))
+        })?;
+        block(self.cm_merge(
+            cm,
+            &BTreeMap::from([(name.to_string(), Some(text.to_string()))]),
+        ))
+        .map(drop)
+    }
+
+    fn read_config(&self, set: ConfigSet, name: &str) -> Option<Vec<u8>> {
+        let cm = Self::config_key(set, name).ok()?;
+        block(self.cm_data(cm))
+            .ok()
+            .flatten()
+            .and_then(|d| d.get(name).map(|v| v.clone().into_bytes()))
+    }
+
+    fn remove_config(&self, set: ConfigSet, name: &str) -> Result<bool, StepError> {
+        let cm = Self::config_key(set, name)?;
+        block(async {
+            let had = self
+                .cm_data(cm)
+                .await?
+                .is_some_and(|d| d.contains_key(name));
+            if had {
+                self.cm_merge(cm, &BTreeMap::from([(name.to_string(), None)]))
+                    .await?;
+            }
+            Ok(had)
+        })
+    }
+
+    fn has_config(&self, set: ConfigSet) -> bool {
+        Self::config_map_of(set).is_some()
+    }
+
+    fn prometheus_config(&self, release: &Release, rules_dir: &Path) -> Result<Value, StepError> {
+        // In the cluster Prometheus scrapes the Services by name, as the release writes them; only the rule
+        // files move to where the ConfigMap is mounted.
+        let src = release.path(&release.manifest.monitoring.prometheus);
+        let text = std::fs::read_to_string(&src)
+            .map_err(|e| StepError::fatal(format!("cannot read {}: {e}", src.display())))?;
+        let mut cfg: Value = serde_saphyr::from_str(&text)
+            .map_err(|e| StepError::fatal(format!("{} is not valid YAML: {e}", src.display())))?;
+        let rules: Vec<Value> = release
+            .manifest
+            .monitoring
+            .rules
+            .iter()
+            .filter_map(|r| r.file_name())
+            .map(|n| Value::String(rules_dir.join(n).display().to_string()))
+            .collect();
+        cfg["rule_files"] = Value::Array(rules);
+        Ok(cfg)
+    }
+
+    fn prometheus_rules_dir(&self) -> PathBuf {
+        // The mountPath of prometheus-config in the releases' Prometheus Deployment.
+        PathBuf::from("/etc/prometheus")
+    }
+
+    fn evidence_dir(&self) -> PathBuf {
+        self.spec
+            .evidence_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("evidence"))
+    }
+
+    async fn capture(&self, dir: &Path) -> Result<String, StepError> {
+        let live = self.observe().await?;
+        write_json(&dir.join("services.json"), &live)?;
+        let mut objects: Vec<Value> = Vec::new();
+        let services: Api<Service> = Api::namespaced(self.client.clone(), self.namespace());
+        for (name, d) in self.deployments().await? {
+            objects.push(serde_json::to_value(&d).unwrap_or_default());
+            let dep = names::deployment(&name);
+            if let Some(s) = services
+                .get_opt(&dep)
+                .await
+                .map_err(|e| step(KubeError::from_kube(self.site("get", "service", &dep), e)))?
+            {
+                objects.push(serde_json::to_value(&s).unwrap_or_default());
+            }
+        }
+        let mut cms: Vec<String> = vec![names::SHARED_CONFIG.to_string(), names::STATE.to_string()];
+        cms.extend(SERVICE_ORDER.iter().map(|s| names::config_map(s)));
+        cms.extend(
+            [
+                ConfigSet::Prometheus,
+                ConfigSet::Alertmanager,
+                ConfigSet::Redis,
+            ]
+            .into_iter()
+            .filter_map(Self::config_map_of)
+            .map(str::to_string),
+        );
+        for name in &cms {
+            if let Some(cm) =
+                self.config_maps().get_opt(name).await.map_err(|e| {
+                    step(KubeError::from_kube(self.site("get", "configmap", name), e))
+                })?
+            {
+                objects.push(serde_json::to_value(&cm).unwrap_or_default());
+            }
+        }
+        write_json(&dir.join("objects.json"), &objects)?;
+        // The Secrets only encrypted: what a failed rollback needs to put them back.
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), self.namespace());
+        let mut sealed = serde_json::Map::new();
+        let mut wanted = vec!["xorb-secrets".to_string()];
+        wanted.push(self.spec.postgres.password.secret.clone());
+        wanted.push(self.spec.redis.password.secret.clone());
+        wanted.sort();
+        wanted.dedup();
+        for name in &wanted {
+            if let Some(s) = secrets
+                .get_opt(name)
+                .await
+                .map_err(|e| step(KubeError::from_kube(self.site("get", "secret", name), e)))?
+            {
+                sealed.insert(name.clone(), serde_json::to_value(&s).unwrap_or_default());
+            }
+        }
+        xorb_adapters::sealed::seal(
+            &self.state_dir,
+            &dir.join("secrets.json.age"),
+            Value::Object(sealed).to_string().as_bytes(),
+        )?;
+        Ok(format!(
+            "{} services and {} objects captured into {} ({} Secrets encrypted)",
+            live.services.len(),
+            objects.len(),
+            dir.display(),
+            wanted.len()
+        ))
+    }
+
+    async fn verify_available(&self, release: &Release) -> Result<String, StepError> {
+        // Images are pulled by the cluster, not here: what can be checked is that the release's manifests run
+        // the images its release.toml names.
+        let dir = release.dir.join("k8s").join("deployments");
+        for s in &release.services {
+            let file = dir.join(format!("{}.yaml", names::deployment(&s.name)));
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                StepError::fatal(format!(
+                    "{} is missing from the release: {e}",
+                    file.display()
+                ))
+            })?;
+            if !text.contains(&format!("image: {}", s.image)) {
+                return Err(StepError::fatal(format!(
+                    "{} does not run {} as release.toml says",
+                    file.display(),
+                    s.image
+                )));
+            }
+        }
+        Ok(format!(
+            "{} available: {} services with their Deployments, schema head {}",
+            release.name(),
+            release.services.len(),
+            release.manifest.schema.head
+        ))
+    }
+
+    fn check_token(&self, slug: &str) -> Result<String, StepError> {
+        let dir = xorb_adapters::files::private_dir(&self.state_dir.join("secrets"))?;
+        let path = dir.join("check-tenants.json");
+        let mut tokens: BTreeMap<String, String> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let token = tokens
+            .entry(slug.to_string())
+            .or_insert_with(|| {
+                use rand::RngCore;
+                let mut b = [0u8; 24];
+                rand::thread_rng().fill_bytes(&mut b);
+                hex::encode(b)
+            })
+            .clone();
+        write_private(&path, &serde_json::to_vec(&tokens).unwrap_or_default())?;
+        Ok(token)
+    }
+
+    fn log_hint(&self, what: &str) -> Option<String> {
+        let object = match what {
+            "Redis" => "deployment/redis",
+            "Prometheus" => "deployment/prometheus",
+            "Alertmanager" => "deployment/alertmanager",
+            "NATS" => "statefulset/nats-cluster",
+            _ => return None,
+        };
+        Some(format!(
+            "kubectl --namespace {} logs {object}",
+            self.namespace()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stamp_changes_with_any_key_or_value_and_only_then() {
+        let a = BTreeMap::from([
+            ("A".to_string(), "1".to_string()),
+            ("B".to_string(), "2".to_string()),
+        ]);
+        let mut b = a.clone();
+        assert_eq!(config_stamp(&a), config_stamp(&b));
+        b.insert("B".into(), "3".into());
+        assert_ne!(config_stamp(&a), config_stamp(&b));
+        // Key and value boundaries count: {"AB": ""} is not {"A": "B"}.
+        let c = BTreeMap::from([("AB".to_string(), String::new())]);
+        let d = BTreeMap::from([("A".to_string(), "B".to_string())]);
+        assert_ne!(config_stamp(&c), config_stamp(&d));
+    }
+
+    #[test]
+    fn configuration_names_are_keys_never_paths() {
+        assert!(KubeTarget::config_key(ConfigSet::Prometheus, "alert-rules.yml").is_ok());
+        for bad in ["", "..", "../x", "a/b", "a b"] {
+            assert!(
+                KubeTarget::config_key(ConfigSet::Prometheus, bad).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(KubeTarget::config_key(ConfigSet::Dashboards, "x.json").is_err());
+    }
+}
