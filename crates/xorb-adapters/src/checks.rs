@@ -30,6 +30,27 @@ impl Scope<'_> {
 }
 
 impl<T: Target> TargetRunner<T> {
+    /// The services that run now (as the target observes them, not as an address book lists them: a removed
+    /// service is not checked), in scope, each with its address when the target has one.
+    async fn live_services(
+        &self,
+        ep: &crate::target::Endpoints,
+        scope: Scope<'_>,
+    ) -> Result<Vec<(String, Option<String>)>, StepError> {
+        Ok(self
+            .target
+            .observe()
+            .await?
+            .services
+            .into_iter()
+            .filter(|s| scope.includes(&s.name))
+            .map(|s| {
+                let base = ep.service(&s.name).map(str::to_string);
+                (s.name, base)
+            })
+            .collect())
+    }
+
     pub(crate) async fn check(
         &self,
         check: Check,
@@ -42,9 +63,13 @@ impl<T: Target> TargetRunner<T> {
             Check::Health => {
                 let mut bad = Vec::new();
                 let mut n = 0;
-                for (name, base) in ep.services.iter().filter(|(n, _)| scope.includes(n)) {
+                for (name, base) in self.live_services(&ep, scope).await? {
                     n += 1;
-                    match probe_service(&self.http, base).await {
+                    let Some(base) = base else {
+                        bad.push(format!("{name}: the target gives no address for it"));
+                        continue;
+                    };
+                    match probe_service(&self.http, &base).await {
                         Ok(h) if h.healthy => {}
                         Ok(h) => bad.push(format!("{name}: {}", h.detail)),
                         Err(e) => bad.push(format!("{name}: {e}")),
@@ -59,9 +84,13 @@ impl<T: Target> TargetRunner<T> {
             Check::Release => {
                 let mut wrong = Vec::new();
                 let mut n = 0;
-                for (name, base) in ep.services.iter().filter(|(n, _)| scope.includes(n)) {
+                for (name, base) in self.live_services(&ep, scope).await? {
                     n += 1;
-                    match probe_service(&self.http, base).await {
+                    let Some(base) = base else {
+                        wrong.push(format!("{name}: the target gives no address for it"));
+                        continue;
+                    };
+                    match probe_service(&self.http, &base).await {
                         Ok(h) if h.release.as_deref() == Some(self.to.name()) => {}
                         Ok(h) => wrong.push(format!(
                             "{name} reports {}",

@@ -286,6 +286,7 @@ async fn prometheus_diff(
         v["data"]["yaml"].as_str().unwrap_or(""),
         "Prometheus's loaded configuration",
     )?;
+    let loaded = relative_rule_files(want, loaded);
     contained(want, &loaded, "prometheus").map_err(|e| format!("loaded configuration: {e}"))?;
     let live = live_rule_groups(http, base).await?;
     if &live != groups {
@@ -302,6 +303,26 @@ async fn prometheus_diff(
         ));
     }
     Ok(())
+}
+
+/// Prometheus shows a relative rule file resolved against its configuration's directory: a loaded path that
+/// ends with the relative one written is that one (the rule groups served are compared on their own).
+fn relative_rule_files(want: &Value, mut loaded: Value) -> Value {
+    let (Some(w), Some(l)) = (
+        want["rule_files"].as_array(),
+        loaded["rule_files"].as_array_mut(),
+    ) else {
+        return loaded;
+    };
+    for (w, l) in w.iter().zip(l.iter_mut()) {
+        if let (Some(ws), Some(ls)) = (w.as_str(), l.as_str())
+            && !ws.starts_with('/')
+            && ls.ends_with(&format!("/{ws}"))
+        {
+            *l = w.clone();
+        }
+    }
+    loaded
 }
 
 pub async fn live_rule_groups(
@@ -459,6 +480,7 @@ pub async fn monitoring_apply<T: Target>(
             .unwrap_or_default()
             .as_bytes(),
     )?;
+    r.target.config_written(ConfigSet::Prometheus).await?;
     post_reload(&r.http, &ep.prometheus, "Prometheus").await?;
     let healthy = r
         .http
@@ -510,6 +532,7 @@ pub async fn monitoring_apply<T: Target>(
             let want = yaml_value(&text, &src.display().to_string()).map_err(StepError::fatal)?;
             r.target
                 .write_config(ConfigSet::Alertmanager, "alertmanager.yml", text.as_bytes())?;
+            r.target.config_written(ConfigSet::Alertmanager).await?;
             post_reload(&r.http, base, "Alertmanager").await?;
             alertmanager_diff(&r.http, base, &want)
                 .await
@@ -617,4 +640,21 @@ pub async fn prometheus_targets(
         .unwrap_or_default();
     out.sort_by(|a, b| a.job.cmp(&b.job));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_relative_rule_file_matches_its_resolved_path_and_nothing_else() {
+        let want = json!({"rule_files": ["alert-rules.yml", "/etc/abs.yml"]});
+        let loaded = json!({"rule_files": ["/etc/prometheus/alert-rules.yml", "/etc/abs.yml"]});
+        assert_eq!(relative_rule_files(&want, loaded), want);
+        // Another file with the same suffix is not it, and an absolute path must match exactly.
+        let other =
+            json!({"rule_files": ["/etc/prometheus/old-alert-rules.yml", "/x/etc/abs.yml"]});
+        assert_eq!(relative_rule_files(&want, other.clone()), other);
+    }
 }

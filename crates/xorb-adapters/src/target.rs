@@ -158,6 +158,14 @@ pub trait Target {
     /// Removes file `name` of `set`; Ok(false) when it was not there.
     fn remove_config(&self, set: ConfigSet, name: &str) -> Result<bool, StepError>;
 
+    /// The files of `set` were written: make its server see them before it is asked to reload. A local file is
+    /// seen at once; a ConfigMap mounted in a Pod is not (the kubelet refreshes it when it likes), so the
+    /// Kubernetes target restarts the server's workload. Returns once the server answers again.
+    fn config_written(&self, set: ConfigSet) -> impl Future<Output = Result<(), StepError>> {
+        let _ = set;
+        async { Ok(()) }
+    }
+
     /// Whether the target has `set` at all (a target without Grafana has no dashboards).
     fn has_config(&self, set: ConfigSet) -> bool;
 

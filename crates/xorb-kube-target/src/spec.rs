@@ -68,6 +68,13 @@ pub struct TargetFile {
     /// Service name (`api`) → `http://host:port` of its API as this machine reaches it.
     #[serde(default)]
     pub services: BTreeMap<String, String>,
+    /// Scrape job (`xorb-api`) → `host:port` where Prometheus reaches it, when not at the release's Service
+    /// name (a cluster without DNS for its Services, such as the test lab). Jobs not named keep the release's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scrape_targets: BTreeMap<String, String>,
+    /// `host:port` where Prometheus reaches Alertmanager, when not at the release's Service name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerting_target: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -140,6 +147,12 @@ impl TargetFile {
             }
             url(&format!("services.{name}"), u, &["http://", "https://"])?;
         }
+        for (job, a) in &self.scrape_targets {
+            host_port(&format!("scrape_targets.{job}"), a)?;
+        }
+        if let Some(a) = &self.alerting_target {
+            host_port("alerting_target", a)?;
+        }
         Ok(())
     }
 }
@@ -161,6 +174,15 @@ fn url(what: &str, u: &str, schemes: &[&str]) -> Result<(), String> {
         return Err(format!("{what} = {u:?}: no host"));
     }
     Ok(())
+}
+
+fn host_port(what: &str, v: &str) -> Result<(), String> {
+    match v.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(())
+        }
+        _ => Err(format!("{what} = {v:?}: expected host:port")),
+    }
 }
 
 fn dns_label(what: &str, v: &str) -> Result<(), String> {
@@ -266,6 +288,11 @@ api = "http://127.0.0.1:8000"
                 "namespace = \"xorb\"",
                 "namespace = \"xorb\"\nextra = 1",
                 "extra",
+            ),
+            (
+                "namespace = \"xorb\"",
+                "namespace = \"xorb\"\nalerting_target = \"alertmanager\"",
+                "alerting_target",
             ),
         ] {
             assert!(GOOD.contains(from), "{from}");

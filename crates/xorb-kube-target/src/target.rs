@@ -71,6 +71,9 @@ impl KubeTargetError {
     }
 }
 
+/// How long a dependency restarted for new configuration files may take to be ready again.
+const CONFIG_ROLLOUT: Duration = Duration::from_secs(120);
+
 fn step(e: KubeError) -> StepError {
     if e.retryable() {
         StepError::retryable(e.to_string())
@@ -591,6 +594,47 @@ impl Target for KubeTarget {
         })
     }
 
+    async fn config_written(&self, set: ConfigSet) -> Result<(), StepError> {
+        // Redis takes its settings live (CONFIG SET); its file only has to survive a restart.
+        let (workload, url) = match set {
+            ConfigSet::Prometheus => ("prometheus", Some(self.spec.prometheus.clone())),
+            ConfigSet::Alertmanager => ("alertmanager", self.spec.alertmanager.clone()),
+            ConfigSet::Redis | ConfigSet::Dashboards => return Ok(()),
+        };
+        let cm = Self::config_map_of(set).unwrap_or_default();
+        let data = self.cm_data(cm).await?.unwrap_or_default();
+        // The stamp is the files' hash, so the same files never restart the server twice (a resumed step).
+        self.work
+            .restart(Kind::Deployment, workload, &config_stamp(&data))
+            .await
+            .map_err(step)?;
+        self.work
+            .wait_rollout(Kind::Deployment, workload, CONFIG_ROLLOUT)
+            .await
+            .map_err(step)?;
+        // Its Service forwards to the new Pod once the proxy (kube-proxy, in a cluster) has caught up.
+        if let Some(base) = url {
+            let ready = format!("{base}/-/ready");
+            let http = xorb_adapters::deps::http_client();
+            let ok = xorb_adapters::poll::poll_until(CONFIG_ROLLOUT, || async {
+                http.get(&ready)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(drop)
+            })
+            .await;
+            if ok.is_none() {
+                return Err(StepError::retryable(format!(
+                    "{workload} restarted with its new configuration, but {ready} did not answer within {}s",
+                    CONFIG_ROLLOUT.as_secs()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn has_config(&self, set: ConfigSet) -> bool {
         Self::config_map_of(set).is_some()
     }
@@ -612,12 +656,17 @@ impl Target for KubeTarget {
             .map(|n| Value::String(rules_dir.join(n).display().to_string()))
             .collect();
         cfg["rule_files"] = Value::Array(rules);
-        Ok(cfg)
+        Ok(with_targets(
+            cfg,
+            &self.spec.scrape_targets,
+            self.spec.alerting_target.as_deref(),
+        ))
     }
 
     fn prometheus_rules_dir(&self) -> PathBuf {
-        // The mountPath of prometheus-config in the releases' Prometheus Deployment.
-        PathBuf::from("/etc/prometheus")
+        // Empty: rule files named relative to prometheus.yml, which Prometheus resolves against the directory the
+        // ConfigMap is mounted at, wherever that is (/etc/prometheus in the releases' Deployment).
+        PathBuf::new()
     }
 
     fn evidence_dir(&self) -> PathBuf {
@@ -759,6 +808,27 @@ impl Target for KubeTarget {
     }
 }
 
+/// The release's Prometheus configuration with the target file's addresses for the jobs it names and for
+/// Alertmanager; everything else as the release wrote it.
+fn with_targets(
+    mut cfg: Value,
+    scrape_targets: &BTreeMap<String, String>,
+    alerting: Option<&str>,
+) -> Value {
+    if let Some(jobs) = cfg["scrape_configs"].as_array_mut() {
+        for job in jobs {
+            let name = job["job_name"].as_str().unwrap_or_default().to_string();
+            if let Some(addr) = scrape_targets.get(&name) {
+                job["static_configs"] = json!([{ "targets": [addr] }]);
+            }
+        }
+    }
+    if let Some(addr) = alerting {
+        cfg["alerting"] = json!({"alertmanagers": [{"static_configs": [{"targets": [addr]}]}]});
+    }
+    cfg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -777,6 +847,29 @@ mod tests {
         let c = BTreeMap::from([("AB".to_string(), String::new())]);
         let d = BTreeMap::from([("A".to_string(), "B".to_string())]);
         assert_ne!(config_stamp(&c), config_stamp(&d));
+    }
+
+    #[test]
+    fn named_jobs_and_alertmanager_move_and_the_rest_stays() {
+        let cfg = json!({
+            "scrape_configs": [
+                {"job_name": "xorb-api", "static_configs": [{"targets": ["xorb-api:8000"]}]},
+                {"job_name": "xorb-worker", "static_configs": [{"targets": ["xorb-worker:8000"]}]},
+            ],
+            "alerting": {"alertmanagers": [{"static_configs": [{"targets": ["alertmanager:9093"]}]}]},
+        });
+        let map = BTreeMap::from([("xorb-api".to_string(), "127.0.0.1:1".to_string())]);
+        let out = with_targets(cfg.clone(), &map, Some("127.0.0.1:2"));
+        assert_eq!(
+            out["scrape_configs"][0]["static_configs"][0]["targets"][0],
+            "127.0.0.1:1"
+        );
+        assert_eq!(out["scrape_configs"][1], cfg["scrape_configs"][1]);
+        assert_eq!(
+            out["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"][0],
+            "127.0.0.1:2"
+        );
+        assert_eq!(with_targets(cfg.clone(), &BTreeMap::new(), None), cfg);
     }
 
     #[test]

@@ -5,78 +5,17 @@
 //!
 //! Needs the platform's binary: `cargo build -p xorb-svc` (the test says so when it is missing).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use xorb_adapters::target::{ConfigSet, Target};
-use xorb_kube_target::spec::TargetFile;
 use xorb_kube_target::{KubeTarget, names};
-use xorb_kubelab::stack::{KubeStack, StackConfig, lab_client};
+use xorb_kubelab::stack::lab_client;
+
+mod support;
+use support::*;
 use xorb_model::release::Release;
 
-const RC1: &str = "v2025.08-rc1";
-const STABLE: &str = "v2025.07-stable";
 const ROLLOUT: Duration = Duration::from_secs(180);
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn svc_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("xorb-svc");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build -p xorb-svc` first",
-        bin.display()
-    );
-    bin
-}
-
-/// The target file for the lab: every address is a stable proxy port of a Service.
-fn target_file(stack: &KubeStack) -> TargetFile {
-    let port = |svc: &str, p: &str| {
-        stack
-            .service_port(svc, p)
-            .unwrap_or_else(|| panic!("service {svc} port {p} is not proxied"))
-    };
-    let mut services = String::new();
-    for s in [
-        "api",
-        "orchestrator",
-        "control-plane",
-        "worker",
-        "scheduler",
-    ] {
-        services.push_str(&format!(
-            "{s:?} = \"http://127.0.0.1:{}\"\n",
-            port(&names::deployment(s), "http")
-        ));
-    }
-    let text = format!(
-        r#"
-namespace = "xorb"
-nats = "nats://127.0.0.1:{nats}"
-prometheus = "http://127.0.0.1:{prom}"
-[postgres]
-host = "127.0.0.1"
-port = {pg}
-user = "xorb"
-database = "xorb"
-password = {{ secret = "xorb-db", key = "password" }}
-[redis]
-host = "127.0.0.1"
-port = {redis}
-password = {{ secret = "xorb-redis-auth", key = "password" }}
-[services]
-{services}"#,
-        nats = port("nats-cluster", "client"),
-        prom = port("prometheus", "http"),
-        pg = port("postgres", "postgres"),
-        redis = port("redis", "redis"),
-    );
-    TargetFile::parse(&text, std::path::Path::new("lab.toml")).unwrap()
-}
 
 #[test]
 fn the_target_seam_acts_on_the_lab_as_kubectl_would() {
@@ -86,16 +25,7 @@ fn the_target_seam_acts_on_the_lab_as_kubectl_would() {
         .enable_all()
         .build()
         .unwrap();
-    let stack = rt
-        .block_on(KubeStack::up(StackConfig {
-            releases_root: repo().join("releases"),
-            release: RC1.into(),
-            svc_bin: svc_bin(),
-            venv: repo().join(".venv"),
-            namespace: "xorb".into(),
-            dir: dir.path().join("stack"),
-        }))
-        .unwrap_or_else(|e| panic!("the stack did not come up: {e}"));
+    let stack = rt.block_on(rc1_up(dir.path()));
     let kubectl = |args: &[&str]| -> String {
         let out = stack
             .lab()

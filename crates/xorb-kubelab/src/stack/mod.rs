@@ -181,8 +181,15 @@ impl KubeStack {
         create_or_replace(&secrets_api, secrets::redis_auth(&redis_password)).await?;
         create_or_replace(&secrets_api, secrets::db_auth(db_password)).await?;
 
-        // The dependencies first: Redis, NATS, Prometheus, Alertmanager, and PostgreSQL's Endpoints.
-        self.kubectl(&["apply", "-R", "-f"], &k8s.join("datastores"))?;
+        // The dependencies first: Redis, NATS, Prometheus, Alertmanager, and PostgreSQL's Endpoints. Not
+        // Prometheus's configuration as the release writes it: its targets are Service names, which this
+        // machine would ask its own resolver about, off loopback (written below, once the ports are known; the
+        // Prometheus Pod waits for it).
+        for file in manifest_files(&k8s.join("datastores"))? {
+            if !file.ends_with(PROMETHEUS_CONFIG_FILE) {
+                self.kubectl(&["apply", "-f"], &file)?;
+            }
+        }
         let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), ns);
         let ep: Endpoints = serde_json::from_value(json!({
             "metadata": {"name": "postgres"},
@@ -213,6 +220,7 @@ impl KubeStack {
         };
         let svc_secret = secrets::xorb_secrets(&addresses, db_password, &redis_password);
         create_or_replace(&secrets_api, svc_secret).await?;
+        self.prometheus_config(&client, release).await?;
 
         // The schema at the release's head, as the local target does it, straight to PostgreSQL.
         let paths = xorb_adapters::Paths {
@@ -271,6 +279,74 @@ impl KubeStack {
             self.rollout(&format!("deployment/xorb-{}", s.name))?;
         }
         Ok(())
+    }
+
+    /// The ConfigMap `prometheus-config` as the release has it, with every target at the proxy's port of its
+    /// Service (as the local target rewrites them for its processes) and rule files relative to the
+    /// configuration, as they are mounted side by side.
+    async fn prometheus_config(
+        &self,
+        client: &kube::Client,
+        release: &Release,
+    ) -> Result<(), StackError> {
+        let port = |addr: String| {
+            addr.rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .ok_or_else(|| StackError::Start {
+                    what: "the proxy's address".into(),
+                    why: format!("{addr:?} has no port"),
+                })
+        };
+        let mut ports = BTreeMap::new();
+        for s in &release.services {
+            let addr = self
+                .proxied(client, &format!("xorb-{}", s.name), "http")
+                .await?;
+            ports.insert(s.name.clone(), port(addr)?);
+        }
+        let alertmanager = port(self.proxied(client, "alertmanager", "http").await?)?;
+        let cfg = xorb_local::servers::prometheus_config(
+            release,
+            Path::new(""),
+            &ports,
+            Some(alertmanager),
+            None,
+        )
+        .map_err(|e| StackError::Start {
+            what: "Prometheus's configuration".into(),
+            why: e.to_string(),
+        })?;
+        let mut data = BTreeMap::from([(
+            "prometheus.yml".to_string(),
+            serde_json::to_string_pretty(&cfg).unwrap_or_default(),
+        )]);
+        for rule in &release.manifest.monitoring.rules {
+            let src = release.path(rule);
+            let name = rule
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let text = std::fs::read_to_string(&src).map_err(|e| StackError::Start {
+                what: format!("reading {}", src.display()),
+                why: e.to_string(),
+            })?;
+            data.insert(name, text);
+        }
+        let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "prometheus-config", "labels": {"app.kubernetes.io/part-of": "xorb"}},
+            "data": data,
+        }))
+        .map_err(|e| StackError::Start {
+            what: "the ConfigMap prometheus-config".into(),
+            why: e.to_string(),
+        })?;
+        let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
+            Api::namespaced(client.clone(), &self.namespace);
+        match api.create(&PostParams::default(), &cm).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => Err(kube_err("creating the ConfigMap prometheus-config")(e)),
+        }
     }
 
     /// The proxy's `127.0.0.1:PORT` of a Service port, once recorded on the Service.
@@ -414,6 +490,31 @@ impl Drop for KubeStack {
             .proc
             .stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10));
     }
+}
+
+/// The release's Prometheus ConfigMap, which the lab writes itself (see `prometheus_config`).
+const PROMETHEUS_CONFIG_FILE: &str = "configmaps/prometheus-config.yaml";
+
+/// Every `.yaml` under `dir`, in path order (what `kubectl apply -R -f dir` would read).
+fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, StackError> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let rd = std::fs::read_dir(&d).map_err(|e| StackError::Start {
+            what: format!("reading {}", d.display()),
+            why: e.to_string(),
+        })?;
+        for e in rd.filter_map(Result::ok) {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 async fn create_or_replace(api: &Api<Secret>, secret: Secret) -> Result<(), StackError> {

@@ -1,0 +1,111 @@
+//! What the lab tests share: the repository, the platform's binary, rc1 brought up whole, and the target file
+//! that points at it.
+
+use std::path::PathBuf;
+
+use xorb_kube_target::names;
+use xorb_kube_target::spec::TargetFile;
+use xorb_kubelab::stack::{KubeStack, StackConfig};
+
+pub const RC1: &str = "v2025.08-rc1";
+pub const STABLE: &str = "v2025.07-stable";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn svc_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("xorb-svc");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p xorb-svc` first",
+        bin.display()
+    );
+    bin
+}
+
+/// The target file for the lab: every address is a stable proxy port of a Service.
+pub fn target_file(stack: &KubeStack) -> TargetFile {
+    let port = |svc: &str, p: &str| {
+        stack
+            .service_port(svc, p)
+            .unwrap_or_else(|| panic!("service {svc} port {p} is not proxied"))
+    };
+    let mut services = String::new();
+    for s in [
+        "api",
+        "orchestrator",
+        "control-plane",
+        "worker",
+        "scheduler",
+    ] {
+        services.push_str(&format!(
+            "{s:?} = \"http://127.0.0.1:{}\"\n",
+            port(&names::deployment(s), "http")
+        ));
+    }
+    // The lab's node keeps a claim as a directory (kubernetes-lab.md, "Volumes"): the evidence volume is
+    // reachable from here, as a mounted volume would be from an operator's machine.
+    let evidence = stack
+        .lab()
+        .dir()
+        .parent()
+        .unwrap()
+        .join("node/pvc/xorb/xorb-evidence");
+    // Nothing resolves Service names on the lab: Prometheus reaches every job and Alertmanager at the proxy.
+    let mut scrape = String::new();
+    for s in [
+        "api",
+        "orchestrator",
+        "control-plane",
+        "worker",
+        "scheduler",
+    ] {
+        let job = names::deployment(s);
+        scrape.push_str(&format!("{job:?} = \"127.0.0.1:{}\"\n", port(&job, "http")));
+    }
+    let text = format!(
+        r#"
+namespace = "xorb"
+evidence_dir = "{evidence}"
+alerting_target = "127.0.0.1:{am}"
+nats = "nats://127.0.0.1:{nats}"
+prometheus = "http://127.0.0.1:{prom}"
+[postgres]
+host = "127.0.0.1"
+port = {pg}
+user = "xorb"
+database = "xorb"
+password = {{ secret = "xorb-db", key = "password" }}
+[redis]
+host = "127.0.0.1"
+port = {redis}
+password = {{ secret = "xorb-redis-auth", key = "password" }}
+[services]
+{services}
+[scrape_targets]
+{scrape}"#,
+        nats = port("nats-cluster", "client"),
+        prom = port("prometheus", "http"),
+        pg = port("postgres", "postgres"),
+        redis = port("redis", "redis"),
+        evidence = evidence.display(),
+        am = port("alertmanager", "http"),
+    );
+    TargetFile::parse(&text, std::path::Path::new("lab.toml")).unwrap()
+}
+
+/// rc1 with every workload rolled out, in `dir`.
+pub async fn rc1_up(dir: &std::path::Path) -> KubeStack {
+    KubeStack::up(StackConfig {
+        releases_root: repo().join("releases"),
+        release: RC1.into(),
+        svc_bin: svc_bin(),
+        venv: repo().join(".venv"),
+        namespace: "xorb".into(),
+        dir: dir.join("stack"),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the stack did not come up: {e}"))
+}
