@@ -40,22 +40,26 @@ impl<T: Target> TargetRunner<T> {
         services: &BTreeMap<String, BTreeMap<String, String>>,
         timeout: Duration,
     ) -> Result<String, StepError> {
+        let wanted: BTreeMap<String, BTreeMap<String, String>> = services
+            .iter()
+            .map(|(name, want)| (name.clone(), self.unredacted(name, want)))
+            .collect();
+        self.target.share_configuration(&wanted).await?;
         let mut done = Vec::new();
-        for (name, want) in services {
-            let want = self.unredacted(name, want);
+        for (name, want) in &wanted {
             let live = self.target.observe().await?;
             let Some(svc) = live.services.iter().find(|s| &s.name == name) else {
                 continue;
             };
             if self
                 .target
-                .converged(name, &svc.release, Some(&want))
+                .converged(name, &svc.release, Some(want))
                 .await?
             {
                 continue;
             }
             self.target
-                .set_workload(name, &svc.image, &want, timeout)
+                .set_workload(name, &svc.image, want, timeout)
                 .await?;
             done.push(name.clone());
         }

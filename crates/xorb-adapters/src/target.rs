@@ -140,6 +140,18 @@ pub trait Target {
         timeout: Duration,
     ) -> impl Future<Output = Result<String, StepError>>;
 
+    /// Before each service of `services` is run with exactly its configuration (phase 2's configuration step):
+    /// a target whose services read a shared configuration (Kubernetes' ConfigMap `xorb-config`) puts there what
+    /// they all have in common, as the runbook's `kubectl patch configmap xorb-config` does. Changes nothing a
+    /// running instance sees; the services are restarted one by one afterwards, as their configuration differs.
+    fn share_configuration(
+        &self,
+        services: &BTreeMap<String, BTreeMap<String, String>>,
+    ) -> impl Future<Output = Result<(), StepError>> {
+        let _ = services;
+        async { Ok(()) }
+    }
+
     /// Stops and forgets `service` (the runbook's `kubectl delete deployment`).
     fn remove_workload(&self, service: &str) -> impl Future<Output = Result<String, StepError>>;
 

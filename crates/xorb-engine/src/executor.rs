@@ -358,7 +358,6 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
         self.check_lock(lock)?;
         plan.validate()?;
         let run_id = new_run_id();
-        lock.set_run_id(Some(&run_id))?;
         let dir = run_dir(&self.state_dir, &run_id);
         crate::private::create_dir_all(&dir).map_err(|source| EngineError::RunDir {
             path: dir.clone(),
@@ -384,6 +383,9 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
         let rec = self
             .journal
             .create_run(&run_id, &plan, &dir, created_at, event)?;
+        // Named in the lock only once the journal has it: a second invocation is told to resume this run, and a
+        // process killed before this point leaves no run to resume (the lock said "a run that is starting").
+        lock.set_run_id(Some(&run_id))?;
         let progress = vec![
             Progress {
                 state: StepState::Pending,

@@ -521,6 +521,42 @@ impl Target for KubeTarget {
         self.set_workload(service, image, config, timeout).await
     }
 
+    async fn share_configuration(
+        &self,
+        services: &BTreeMap<String, BTreeMap<String, String>>,
+    ) -> Result<(), StepError> {
+        let shared = shared_part(services.values());
+        let mut changes: BTreeMap<String, Option<String>> =
+            shared.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        // A key no service wants any more leaves xorb-config, but only when every running service is being
+        // configured: otherwise it is still someone's. Keys the services no longer share but still use stay
+        // until each service's own ConfigMap has them (set_workload writes those).
+        let live: Vec<String> = self
+            .deployments()
+            .await?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        if live.iter().all(|n| services.contains_key(n)) {
+            let current = self
+                .cm_data(names::SHARED_CONFIG)
+                .await?
+                .unwrap_or_default();
+            for k in current.keys() {
+                if services.values().all(|c| !c.contains_key(k)) {
+                    changes.insert(k.clone(), None);
+                }
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.record_release_before_acting().await?;
+        self.cm_merge(names::SHARED_CONFIG, &changes)
+            .await
+            .map(drop)
+    }
+
     async fn remove_workload(&self, service: &str) -> Result<String, StepError> {
         self.record_release_before_acting().await?;
         let done = self
@@ -808,6 +844,20 @@ impl Target for KubeTarget {
     }
 }
 
+/// The keys every configuration has, with the same value.
+fn shared_part<'a>(
+    mut configs: impl Iterator<Item = &'a BTreeMap<String, String>>,
+) -> BTreeMap<String, String> {
+    let Some(first) = configs.next() else {
+        return BTreeMap::new();
+    };
+    let mut shared = first.clone();
+    for c in configs {
+        shared.retain(|k, v| c.get(k) == Some(v));
+    }
+    shared
+}
+
 /// The release's Prometheus configuration with the target file's addresses for the jobs it names and for
 /// Alertmanager; everything else as the release wrote it.
 fn with_targets(
@@ -870,6 +920,20 @@ mod tests {
             "127.0.0.1:2"
         );
         assert_eq!(with_targets(cfg.clone(), &BTreeMap::new(), None), cfg);
+    }
+
+    #[test]
+    fn the_shared_part_is_what_every_service_has_alike() {
+        let m = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let a = m(&[("MODE", "basic"), ("LOG", "info"), ("ONLY_A", "1")]);
+        let b = m(&[("MODE", "basic"), ("LOG", "debug")]);
+        assert_eq!(shared_part([&a, &b].into_iter()), m(&[("MODE", "basic")]));
+        assert_eq!(shared_part([&a].into_iter()), a);
+        assert!(shared_part(std::iter::empty()).is_empty());
     }
 
     #[test]

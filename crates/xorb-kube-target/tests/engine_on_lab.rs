@@ -105,6 +105,14 @@ fn the_engine_runs_the_rollback_plan_on_the_lab() {
         history.contains("xorb-api=xorb/api:v2025.07-stable"),
         "{history}"
     );
+    // The runbook's `kubectl patch configmap xorb-config`: what the four stable services share is there.
+    let (_, shared) = kubectl(&["get", "configmap", "xorb-config", "-o", "json"]);
+    let shared: serde_json::Value = serde_json::from_str(&shared).unwrap();
+    assert_eq!(shared["data"]["TENANT_ISOLATION_MODE"], "basic", "{shared}");
+    assert_eq!(
+        shared["data"]["EVIDENCE_SYSTEM_ENABLED"], "false",
+        "{shared}"
+    );
     let (_, state) = kubectl(&[
         "get",
         "configmap",
