@@ -262,6 +262,56 @@ impl KubeTarget {
         Ok(out)
     }
 
+    /// Until the service's address answers healthy on `release`: a complete rollout does not mean its Service
+    /// forwards to the new Pods yet (kube-proxy learns of them a moment later), and the checks after a step ask
+    /// the Service. A service the target file gives no address for is not waited for.
+    async fn wait_serving(
+        &self,
+        service: &str,
+        release: &str,
+        within: Duration,
+    ) -> Result<(), StepError> {
+        let Some(base) = self.spec.services.get(service) else {
+            return Ok(());
+        };
+        // Scaled to zero (an emergency procedure did it): nothing serves, and nothing should.
+        let replicas = self
+            .deployment(service)
+            .await?
+            .and_then(|d| d.spec)
+            .and_then(|s| s.replicas)
+            .unwrap_or(1);
+        if replicas == 0 {
+            return Ok(());
+        }
+        let http = xorb_adapters::deps::http_client();
+        let last = std::sync::Mutex::new(String::from("no answer yet"));
+        let ok = xorb_adapters::poll::poll_until(within.max(Duration::from_secs(1)), || async {
+            match xorb_adapters::services::probe_service(&http, base).await {
+                Ok(h) if h.healthy && h.release.as_deref() == Some(release) => Some(()),
+                Ok(h) => {
+                    *last.lock().unwrap_or_else(|p| p.into_inner()) = format!(
+                        "{} on {}",
+                        if h.healthy { "healthy" } else { "unhealthy" },
+                        h.release.as_deref().unwrap_or("no release")
+                    );
+                    None
+                }
+                Err(e) => {
+                    *last.lock().unwrap_or_else(|p| p.into_inner()) = e;
+                    None
+                }
+            }
+        })
+        .await;
+        ok.ok_or_else(|| {
+            StepError::retryable(format!(
+                "{service} rolled out, but {base} does not answer healthy on {release} ({})",
+                last.into_inner().unwrap_or_else(|p| p.into_inner())
+            ))
+        })
+    }
+
     /// The release recorded in `xorbctl-state`, if any.
     async fn recorded_release(&self) -> Result<Option<String>, StepError> {
         Ok(self
@@ -487,11 +537,18 @@ impl Target for KubeTarget {
             .set_template(&dep, &dep, image, &stamp, &cause)
             .await
             .map_err(step)?;
+        let t0 = std::time::Instant::now();
         let rolled = self
             .work
             .wait_rollout(Kind::Deployment, &dep, timeout)
             .await
             .map_err(step)?;
+        self.wait_serving(
+            service,
+            release_of_image(image),
+            timeout.saturating_sub(t0.elapsed()),
+        )
+        .await?;
         let how = match (done.changed(), config_changed) {
             (true, _) => done.message().to_string(),
             (false, true) => format!("configmap {own} updated"),
