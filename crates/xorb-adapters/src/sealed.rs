@@ -8,6 +8,14 @@ use age::secrecy::ExposeSecret;
 use crate::AdapterError;
 use crate::files::{private_dir, write_private};
 
+/// A new random secret: 24 bytes from the thread's CSPRNG, hex (passwords, tenant tokens).
+pub fn random_secret() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
 /// The identity file, under the state directory's `secrets/`.
 pub const IDENTITY: &str = "capture.age-identity";
 

@@ -875,12 +875,7 @@ impl Target for KubeTarget {
             .unwrap_or_default();
         let token = tokens
             .entry(slug.to_string())
-            .or_insert_with(|| {
-                use rand::RngCore;
-                let mut b = [0u8; 24];
-                rand::thread_rng().fill_bytes(&mut b);
-                hex::encode(b)
-            })
+            .or_insert_with(xorb_adapters::sealed::random_secret)
             .clone();
         write_private(&path, &serde_json::to_vec(&tokens).unwrap_or_default())?;
         Ok(token)

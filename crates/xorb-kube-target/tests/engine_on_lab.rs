@@ -16,13 +16,8 @@ use support::*;
 
 #[test]
 fn the_engine_runs_the_rollback_plan_on_the_lab() {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let stack = rt.block_on(rc1_up(dir.path()));
+    let lab = Lab::rc1();
+    let (dir, rt, stack) = (&lab.dir, &lab.rt, &lab.stack);
     let state_dir = dir.path().join("state");
     std::fs::create_dir_all(&state_dir).unwrap();
     let spec = target_file(&stack);
@@ -74,21 +69,7 @@ fn the_engine_runs_the_rollback_plan_on_the_lab() {
     }
 
     // Debian's kubectl: the four roles on stable and rolled out, the control plane gone with its Service.
-    let kubectl = |args: &[&str]| -> (bool, String) {
-        let out = stack
-            .lab()
-            .kubectl()
-            .args(["--namespace", "xorb"])
-            .args(args)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
+    let kubectl = |args: &[&str]| lab.kubectl(args);
     for s in ["api", "orchestrator", "worker", "scheduler"] {
         let d = format!("deployment/xorb-{s}");
         let (ok, image) = kubectl(&[
@@ -106,20 +87,20 @@ fn the_engine_runs_the_rollback_plan_on_the_lab() {
     }
     let (ok, gone) = kubectl(&["get", "deployment,service", "xorb-control-plane"]);
     assert!(!ok && gone.contains("NotFound"), "{gone}");
-    let (_, history) = kubectl(&["rollout", "history", "deployment/xorb-api"]);
+    let history = lab.kubectl_ok(&["rollout", "history", "deployment/xorb-api"]);
     assert!(
         history.contains("xorb-api=xorb/api:v2025.07-stable"),
         "{history}"
     );
     // The runbook's `kubectl patch configmap xorb-config`: what the four stable services share is there.
-    let (_, shared) = kubectl(&["get", "configmap", "xorb-config", "-o", "json"]);
+    let shared = lab.kubectl_ok(&["get", "configmap", "xorb-config", "-o", "json"]);
     let shared: serde_json::Value = serde_json::from_str(&shared).unwrap();
     assert_eq!(shared["data"]["TENANT_ISOLATION_MODE"], "basic", "{shared}");
     assert_eq!(
         shared["data"]["EVIDENCE_SYSTEM_ENABLED"], "false",
         "{shared}"
     );
-    let (_, state) = kubectl(&[
+    let state = lab.kubectl_ok(&[
         "get",
         "configmap",
         "xorbctl-state",
@@ -162,5 +143,5 @@ fn the_engine_runs_the_rollback_plan_on_the_lab() {
             );
         }
     }
-    rt.block_on(stack.down());
+    lab.down();
 }

@@ -19,28 +19,9 @@ const ROLLOUT: Duration = Duration::from_secs(180);
 
 #[test]
 fn the_target_seam_acts_on_the_lab_as_kubectl_would() {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let stack = rt.block_on(rc1_up(dir.path()));
-    let kubectl = |args: &[&str]| -> String {
-        let out = stack
-            .lab()
-            .kubectl()
-            .args(["--namespace", "xorb"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let lab = Lab::rc1();
+    let (dir, rt, stack) = (&lab.dir, &lab.rt, &lab.stack);
+    let kubectl = |args: &[&str]| lab.kubectl_ok(args);
     let json = |args: &[&str]| -> serde_json::Value {
         let mut a = args.to_vec();
         a.extend(["-o", "json"]);
@@ -172,20 +153,8 @@ fn the_target_seam_acts_on_the_lab_as_kubectl_would() {
         assert!(!t.removed("control-plane").await.unwrap());
         t.remove_workload("control-plane").await.unwrap();
         assert!(t.removed("control-plane").await.unwrap());
-        let gone = stack
-            .lab()
-            .kubectl()
-            .args([
-                "--namespace",
-                "xorb",
-                "get",
-                "deployment,service",
-                "xorb-control-plane",
-            ])
-            .output()
-            .unwrap();
-        assert!(!gone.status.success());
-        assert!(String::from_utf8_lossy(&gone.stderr).contains("NotFound"));
+        let (ok, gone) = lab.kubectl(&["get", "deployment,service", "xorb-control-plane"]);
+        assert!(!ok && gone.contains("NotFound"), "{gone}");
         let again = t.remove_workload("control-plane").await.unwrap();
         assert!(again.contains("no deployment or service left"), "{again}");
 
@@ -261,7 +230,7 @@ fn the_target_seam_acts_on_the_lab_as_kubectl_would() {
             xorb_adapters::sealed::open(&state_dir, &cap.join("secrets.json.age")).unwrap();
         assert!(String::from_utf8_lossy(&opened).contains("xorb-redis-auth"));
     });
-    rt.block_on(stack.down());
+    lab.down();
 }
 
 /// One GET with the adapters' HTTP client, as the checks make it.

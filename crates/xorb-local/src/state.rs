@@ -56,12 +56,7 @@ pub struct Secrets {
     pub tenant_tokens: BTreeMap<String, String>,
 }
 
-pub(crate) fn random_secret() -> String {
-    use rand::RngCore;
-    let mut b = [0u8; 24];
-    rand::thread_rng().fill_bytes(&mut b);
-    hex::encode(b)
-}
+pub(crate) use xorb_adapters::sealed::random_secret;
 
 impl Secrets {
     fn dir(state_dir: &Path) -> PathBuf {

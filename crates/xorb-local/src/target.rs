@@ -522,12 +522,7 @@ impl Target for LocalTarget {
         let token = secrets
             .tenant_tokens
             .entry(slug.to_string())
-            .or_insert_with(|| {
-                use rand::RngCore;
-                let mut b = [0u8; 24];
-                rand::thread_rng().fill_bytes(&mut b);
-                hex::encode(b)
-            })
+            .or_insert_with(xorb_adapters::sealed::random_secret)
             .clone();
         secrets.save_tenants(&self.state_dir).map_err(failed)?;
         Ok(token)

@@ -96,16 +96,62 @@ password = {{ secret = "xorb-redis-auth", key = "password" }}
     TargetFile::parse(&text, std::path::Path::new("lab.toml")).unwrap()
 }
 
-/// rc1 with every workload rolled out, in `dir`.
-pub async fn rc1_up(dir: &std::path::Path) -> KubeStack {
-    KubeStack::up(StackConfig {
-        releases_root: repo().join("releases"),
-        release: RC1.into(),
-        svc_bin: svc_bin(),
-        venv: repo().join(".venv"),
-        namespace: "xorb".into(),
-        dir: dir.join("stack"),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("the stack did not come up: {e}"))
+/// rc1 with every workload rolled out, and the runtime that drives the lab's agent and proxy.
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    pub rt: tokio::runtime::Runtime,
+    pub stack: KubeStack,
+}
+
+impl Lab {
+    pub fn rc1() -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let stack = rt
+            .block_on(KubeStack::up(StackConfig {
+                releases_root: repo().join("releases"),
+                release: RC1.into(),
+                svc_bin: svc_bin(),
+                venv: repo().join(".venv"),
+                namespace: "xorb".into(),
+                dir: dir.path().join("stack"),
+            }))
+            .unwrap_or_else(|e| panic!("the stack did not come up: {e}"));
+        Lab { dir, rt, stack }
+    }
+
+    /// Debian's kubectl in the namespace: whether it succeeded, and what it printed (stdout, then stderr).
+    pub fn kubectl(&self, args: &[&str]) -> (bool, String) {
+        let out = self
+            .stack
+            .lab()
+            .kubectl()
+            .args(["--namespace", "xorb"])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// kubectl that must succeed.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let (ok, text) = self.kubectl(args);
+        assert!(ok, "kubectl {args:?}: {text}");
+        text
+    }
+
+    pub fn down(self) {
+        let Lab { dir, rt, stack } = self;
+        rt.block_on(stack.down());
+        drop(dir);
+    }
 }
