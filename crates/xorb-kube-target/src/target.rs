@@ -230,18 +230,26 @@ impl KubeTarget {
         Ok(true)
     }
 
-    /// What a service's Pods read: `xorb-config`, then its own ConfigMap over it.
-    async fn config_of(&self, service: &str) -> Result<BTreeMap<String, String>, StepError> {
-        let mut config = self
-            .cm_data(names::SHARED_CONFIG)
-            .await?
-            .unwrap_or_default();
+    /// What a service's Pods read: `shared` (the data of `xorb-config`), then its own ConfigMap over it.
+    async fn config_of(
+        &self,
+        shared: &BTreeMap<String, String>,
+        service: &str,
+    ) -> Result<BTreeMap<String, String>, StepError> {
+        let mut config = shared.clone();
         config.extend(
             self.cm_data(&names::config_map(service))
                 .await?
                 .unwrap_or_default(),
         );
         Ok(config)
+    }
+
+    async fn shared_config(&self) -> Result<BTreeMap<String, String>, StepError> {
+        Ok(self
+            .cm_data(names::SHARED_CONFIG)
+            .await?
+            .unwrap_or_default())
     }
 
     async fn deployment(&self, service: &str) -> Result<Option<Deployment>, StepError> {
@@ -401,6 +409,8 @@ impl Target for KubeTarget {
 
     async fn observe(&self) -> Result<LiveState, StepError> {
         let mut services = Vec::new();
+        // Read once: every service reads the same xorb-config.
+        let shared = self.shared_config().await?;
         for (name, d) in self.deployments().await? {
             let dep = names::deployment(&name);
             let image = workload::container_image(&d, &dep).ok_or_else(|| {
@@ -412,7 +422,7 @@ impl Target for KubeTarget {
             services.push(LiveService {
                 release: release_of_image(&image).to_string(),
                 image,
-                config: self.config_of(&name).await?,
+                config: self.config_of(&shared, &name).await?,
                 name,
             });
         }
@@ -486,7 +496,11 @@ impl Target for KubeTarget {
         };
         let stamped = workload::template_annotations(&d).get(names::CONFIG_STAMP)
             == Some(&config_stamp(want));
-        Ok(stamped && &self.config_of(service).await? == want)
+        Ok(stamped
+            && &self
+                .config_of(&self.shared_config().await?, service)
+                .await?
+                == want)
     }
 
     async fn removed(&self, service: &str) -> Result<bool, StepError> {
@@ -505,10 +519,7 @@ impl Target for KubeTarget {
     ) -> Result<String, StepError> {
         self.record_release_before_acting().await?;
         let dep = names::deployment(service);
-        let shared = self
-            .cm_data(names::SHARED_CONFIG)
-            .await?
-            .unwrap_or_default();
+        let shared = self.shared_config().await?;
         if let Some(k) = shared.keys().find(|k| !config.contains_key(*k)) {
             return Err(StepError::fatal(format!(
                 "{service}'s configuration has no {k}, which configmap {} sets for every service: one service \
@@ -595,10 +606,7 @@ impl Target for KubeTarget {
             .map(|(n, _)| n)
             .collect();
         if live.iter().all(|n| services.contains_key(n)) {
-            let current = self
-                .cm_data(names::SHARED_CONFIG)
-                .await?
-                .unwrap_or_default();
+            let current = self.shared_config().await?;
             for k in current.keys() {
                 if services.values().all(|c| !c.contains_key(k)) {
                     changes.insert(k.clone(), None);

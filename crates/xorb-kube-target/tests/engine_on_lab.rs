@@ -20,7 +20,7 @@ fn the_engine_runs_the_rollback_plan_on_the_lab() {
     let (dir, rt, stack) = (&lab.dir, &lab.rt, &lab.stack);
     let state_dir = dir.path().join("state");
     std::fs::create_dir_all(&state_dir).unwrap();
-    let spec = target_file(&stack);
+    let spec = target_file(stack);
     let releases = repo().join("releases");
     let from = Release::load_named(&releases, RC1).unwrap();
     let to = Release::load_named(&releases, STABLE).unwrap();

@@ -40,7 +40,7 @@ fn the_target_seam_acts_on_the_lab_as_kubectl_would() {
     };
     let state_dir = dir.path().join("state");
     std::fs::create_dir_all(&state_dir).unwrap();
-    let spec = target_file(&stack);
+    let spec = target_file(stack);
 
     rt.block_on(async {
         let client = lab_client(stack.lab()).await.unwrap();

@@ -32,18 +32,14 @@ pub fn target_file(stack: &KubeStack) -> TargetFile {
             .service_port(svc, p)
             .unwrap_or_else(|| panic!("service {svc} port {p} is not proxied"))
     };
-    let mut services = String::new();
-    for s in [
-        "api",
-        "orchestrator",
-        "control-plane",
-        "worker",
-        "scheduler",
-    ] {
-        services.push_str(&format!(
-            "{s:?} = \"http://127.0.0.1:{}\"\n",
-            port(&names::deployment(s), "http")
-        ));
+    // Nothing resolves Service names on the lab: this machine reaches each service, and Prometheus each scrape
+    // job and Alertmanager, at the proxy.
+    let (mut services, mut scrape) = (String::new(), String::new());
+    for s in xorb_model::release::SERVICE_ORDER {
+        let job = names::deployment(s);
+        let addr = format!("127.0.0.1:{}", port(&job, "http"));
+        services.push_str(&format!("{s:?} = \"http://{addr}\"\n"));
+        scrape.push_str(&format!("{job:?} = \"{addr}\"\n"));
     }
     // The lab's node keeps a claim as a directory (kubernetes-lab.md, "Volumes"): the evidence volume is
     // reachable from here, as a mounted volume would be from an operator's machine.
@@ -53,18 +49,6 @@ pub fn target_file(stack: &KubeStack) -> TargetFile {
         .parent()
         .unwrap()
         .join("node/pvc/xorb/xorb-evidence");
-    // Nothing resolves Service names on the lab: Prometheus reaches every job and Alertmanager at the proxy.
-    let mut scrape = String::new();
-    for s in [
-        "api",
-        "orchestrator",
-        "control-plane",
-        "worker",
-        "scheduler",
-    ] {
-        let job = names::deployment(s);
-        scrape.push_str(&format!("{job:?} = \"127.0.0.1:{}\"\n", port(&job, "http")));
-    }
     let text = format!(
         r#"
 namespace = "xorb"
