@@ -355,9 +355,22 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
         plan: Plan,
         gate: impl FnOnce(&str) -> Result<Option<RunStatus>, EngineError>,
     ) -> Result<RunEnd, EngineError> {
+        self.start_locked_gated_as(lock, plan, new_run_id(), gate)
+            .await
+    }
+
+    /// As [`Engine::start_locked_gated`], under a run id the caller chose (from [`new_run_id`]): a target that
+    /// guards the run with something outside this machine (the Kubernetes Lease) takes it in the run's name
+    /// before the run is journaled, so a refused run leaves nothing behind.
+    pub async fn start_locked_gated_as(
+        &mut self,
+        lock: &mut RollbackLock,
+        plan: Plan,
+        run_id: String,
+        gate: impl FnOnce(&str) -> Result<Option<RunStatus>, EngineError>,
+    ) -> Result<RunEnd, EngineError> {
         self.check_lock(lock)?;
         plan.validate()?;
-        let run_id = new_run_id();
         let dir = run_dir(&self.state_dir, &run_id);
         crate::private::create_dir_all(&dir).map_err(|source| EngineError::RunDir {
             path: dir.clone(),

@@ -593,24 +593,27 @@ impl Target for KubeTarget {
         &self,
         services: &BTreeMap<String, BTreeMap<String, String>>,
     ) -> Result<(), StepError> {
-        let shared = shared_part(services.values());
-        let mut changes: BTreeMap<String, Option<String>> =
-            shared.into_iter().map(|(k, v)| (k, Some(v))).collect();
-        // A key no service wants any more leaves xorb-config, but only when every running service is being
-        // configured: otherwise it is still someone's. Keys the services no longer share but still use stay
-        // until each service's own ConfigMap has them (set_workload writes those).
+        // xorb-config is read by every service: it changes only when every running service is being configured
+        // (a rollback `--only api` must not hand the api's values to the worker at its next restart). Then what
+        // they all share goes there, and a key no service wants any more leaves it. Keys the services no longer
+        // share but still use stay until each service's own ConfigMap has them (set_workload writes those).
         let live: Vec<String> = self
             .deployments()
             .await?
             .into_iter()
             .map(|(n, _)| n)
             .collect();
-        if live.iter().all(|n| services.contains_key(n)) {
-            let current = self.shared_config().await?;
-            for k in current.keys() {
-                if services.values().all(|c| !c.contains_key(k)) {
-                    changes.insert(k.clone(), None);
-                }
+        if !live.iter().all(|n| services.contains_key(n)) {
+            return Ok(());
+        }
+        let mut changes: BTreeMap<String, Option<String>> = shared_part(services.values())
+            .into_iter()
+            .map(|(k, v)| (k, Some(v)))
+            .collect();
+        let current = self.shared_config().await?;
+        for k in current.keys() {
+            if services.values().all(|c| !c.contains_key(k)) {
+                changes.insert(k.clone(), None);
             }
         }
         if changes.is_empty() {

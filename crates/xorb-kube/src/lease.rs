@@ -332,6 +332,48 @@ impl RollbackLease {
         Err(self.lost("another writer that kept changing it".into()))
     }
 
+    /// Stops holding the Lease for now but keeps it in the run's name, expired: the run stopped without finishing
+    /// (failed, or waiting for a person), so its own `resume` takes the Lease over at once, while any other run is
+    /// still refused and told to resume or abandon this one.
+    pub async fn hand_over(self) -> Result<(), KubeError> {
+        let mut lease = self.current.clone();
+        for _ in 0..2 {
+            let past = Timestamp::now()
+                .checked_sub(SignedDuration::from_secs(
+                    i64::try_from(self.duration.as_secs()).unwrap_or(i64::MAX / 2) + 1,
+                ))
+                .unwrap_or(Timestamp::UNIX_EPOCH);
+            if let Some(spec) = lease.spec.as_mut() {
+                spec.renew_time = Some(MicroTime(past));
+            }
+            if let Some(ann) = lease.metadata.annotations.as_mut() {
+                ann.remove(INSTANCE_ANNOTATION);
+            }
+            match self
+                .api
+                .replace(LEASE_NAME, &PostParams::default(), &lease)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    let e = KubeError::from_kube(site("update", &self.namespace), e);
+                    if !(e.is_conflict() || e.is_not_found()) {
+                        return Err(e);
+                    }
+                    match self.read().await? {
+                        Some(seen)
+                            if seen.instance.as_deref() == Some(self.holder.instance.as_str()) =>
+                        {
+                            lease = seen.lease;
+                        }
+                        _ => return Ok(()),
+                    }
+                }
+            }
+        }
+        Err(self.lost("another writer that kept changing it".into()))
+    }
+
     /// Renews every third of the Lease's duration on a task until [`HeldLease::release`]; the task stops and
     /// reports when the Lease is lost, and the run must stop acting.
     pub fn keep_renewed(self) -> HeldLease {
@@ -393,14 +435,30 @@ impl HeldLease {
         self.lost.borrow().clone()
     }
 
+    /// A receiver that holds why the Lease was lost once it is (None until then), for whoever must stop acting.
+    pub fn lost_signal(&self) -> watch::Receiver<Option<String>> {
+        self.lost.clone()
+    }
+
     /// Stops renewing and gives the Lease up.
     pub async fn release(self) -> Result<(), KubeError> {
-        self.task.abort();
-        let lease = self.lease.lock().await.take();
-        match lease {
+        match self.stop().await {
             Some(l) => l.release().await,
             None => Ok(()),
         }
+    }
+
+    /// Stops renewing and hands the Lease to the run's own resume ([`RollbackLease::hand_over`]).
+    pub async fn hand_over(self) -> Result<(), KubeError> {
+        match self.stop().await {
+            Some(l) => l.hand_over().await,
+            None => Ok(()),
+        }
+    }
+
+    async fn stop(self) -> Option<RollbackLease> {
+        self.task.abort();
+        self.lease.lock().await.take()
     }
 }
 

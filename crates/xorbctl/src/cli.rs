@@ -35,6 +35,9 @@ pub struct Cli {
     /// Checklists instead of the built-in policies/checklists.toml.
     #[arg(long, global = true, env = "XORB_CHECKLISTS", value_name = "FILE")]
     pub checklists: Option<PathBuf>,
+    /// Where the stack runs, and how to reach it.
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// Notification sinks and templates (rollback, resume).
     #[command(flatten)]
     pub notify: NotifyArgs,
@@ -428,4 +431,36 @@ pub struct NotifyArgs {
     /// Also trust the CA certificates of this PEM file for https:// webhooks (besides the system's CA store).
     #[arg(long = "notify-ca", value_name = "FILE", env = ENV_CA, global = true)]
     pub notify_ca: Option<PathBuf>,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    /// The whole stack as processes on this machine (`stack up`).
+    Local,
+    /// One namespace of a Kubernetes cluster, reached with a kubeconfig and described by a target file.
+    Kubernetes,
+}
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TargetArgs {
+    /// Where the stack runs. Default: the target the state directory is bound to (by `stack up` or its first
+    /// rollback), else local.
+    #[arg(long, global = true, env = "XORB_TARGET", value_enum)]
+    pub target: Option<TargetKind>,
+    /// Kubernetes: the target file (namespace, where this machine reaches each dependency, passwords by reference
+    /// to Secrets).
+    #[arg(long, global = true, env = "XORB_TARGET_FILE", value_name = "FILE")]
+    pub target_file: Option<PathBuf>,
+    /// Kubernetes: the kubeconfig (default as kubectl: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes: the kubeconfig context (default: its current-context).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Kubernetes: the namespace (default: the target file's).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub namespace: Option<String>,
 }

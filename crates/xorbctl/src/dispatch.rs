@@ -14,6 +14,9 @@ pub async fn run(settings: Settings, out: &Reporter) -> anyhow::Result<Exit> {
         _ => {}
     }
     let red = crate::redaction::redactor(&settings.redaction);
+    if let Some(what) = local_only(&settings.command) {
+        crate::target::local_only(&settings.redaction.state_dir, what)?;
+    }
     match &settings.command {
         CommandSettings::StackUp(s) => cmd::stack::up(s, out).await,
         CommandSettings::StackDown(s) => cmd::stack::down(s, out).await,
@@ -41,4 +44,18 @@ pub async fn run(settings: Settings, out: &Reporter) -> anyhow::Result<Exit> {
             unreachable!("handled before the redactor is built")
         }
     }
+}
+
+/// The commands that work on the local stack only for now (a state directory bound to Kubernetes refuses them).
+fn local_only(c: &CommandSettings) -> Option<&'static str> {
+    Some(match c {
+        CommandSettings::Status(_) => "status",
+        CommandSettings::Integrity(_) => "integrity",
+        CommandSettings::Loss(_) => "loss",
+        CommandSettings::Assess(_) => "assess",
+        CommandSettings::Monitor(_) => "monitor",
+        CommandSettings::Perf(_) => "perf",
+        CommandSettings::AuditPlatform(_) => "audit platform",
+        _ => return None,
+    })
 }

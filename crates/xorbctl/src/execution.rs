@@ -49,13 +49,42 @@ pub async fn execute(
     op: Op<'_>,
 ) -> anyhow::Result<RunEnd> {
     let state_dir = &s.locations.state_dir;
-    let paths = target::paths(&s.locations)?;
+    let opened = target::open(&s.locations).await?;
+    redactor.add_all(opened.secrets());
     // The invocation's one redactor goes to the terminal, the journal, the log file, the audit trail and the
     // notifications. The webhook URLs are read again here, strictly: one that is not usable stops the command.
     let urls = crate::notify::webhook_urls(state_dir, &s.notify)?;
     let config = crate::notify::NotifyConfig::load(state_dir, &s.notify, urls)?;
     let notifier = crate::notify::Notifier::new(state_dir, config, redactor.clone());
-    let runner = target::runner(state_dir, paths, to);
+    // On Kubernetes the run holds the namespace's Lease while it acts: taken in the run's name before anything is
+    // journaled, so a refused run leaves nothing behind.
+    let (run_id, resuming) = match &op {
+        Op::Start(..) => (xorb_engine::new_run_id(), false),
+        // `resume` resolved the id already (a prefix or `latest` became the run's id).
+        Op::Resume(run, _) => (run.to_string(), true),
+    };
+    let lease = match opened.cluster() {
+        None => None,
+        Some((choice, cluster)) => {
+            let operator = match &op {
+                Op::Start(_, gov) => gov.initiator().to_string(),
+                Op::Resume(..) => crate::governance::trail::user(),
+            };
+            let held = target::lease::take(
+                cluster.client.clone(),
+                &cluster.namespace,
+                &run_id,
+                &operator,
+                resuming,
+                |line| out.line(line),
+            )
+            .await?;
+            // Bound only once this run may act: a later `resume` finds the same cluster without flags.
+            target::select::bind(state_dir, choice)?;
+            Some(held)
+        }
+    };
+    let runner = opened.runner(to, lease.as_ref());
     let sink = crate::sinks::RunSink::new(
         out.format,
         state_dir,
@@ -63,7 +92,16 @@ pub async fn execute(
         Some(notifier.clone()),
     )?;
     let engine = Engine::new(state_dir, runner, sink)?.with_redactor(redactor.clone());
-    let end = run_op(engine, lock, op).await;
+    let end = run_op(engine, lock, op, run_id).await;
+    if let Some(lease) = lease {
+        let status = end.as_ref().ok().map(|e| &e.status);
+        if let Err(e) = target::lease::finish(lease, status).await {
+            out.line(format!(
+                "The rollback Lease could not be let go ({e}); it expires by itself in {} s",
+                target::lease::LEASE_DURATION.as_secs()
+            ));
+        }
+    }
     // A slow or failing webhook never holds the rollback: a short grace, then what is left stays queued.
     if let Some((delivered, pending)) = notifier.finish().await
         && pending > 0
@@ -82,15 +120,18 @@ async fn run_op<S: xorb_engine::EventSink>(
     mut engine: Engine<target::Runner, S>,
     lock: &mut RollbackLock,
     op: Op<'_>,
+    run_id: String,
 ) -> Result<RunEnd, xorb_engine::EngineError> {
     match op {
         Op::Start(plan, gov) => {
             let state_dir = engine.state_dir().to_path_buf();
             engine
-                .start_locked_gated(lock, plan, |run_id| gov.at_start(&state_dir, run_id))
+                .start_locked_gated_as(lock, plan, run_id, |run_id| {
+                    gov.at_start(&state_dir, run_id)
+                })
                 .await
         }
-        Op::Resume(run, opts) => engine.resume_locked(lock, run, opts).await,
+        Op::Resume(_, opts) => engine.resume_locked(lock, &run_id, opts).await,
     }
 }
 

@@ -8,6 +8,7 @@ use anyhow::Context;
 use xorb_engine::planner::{self, PlanOptions, Scope};
 use xorb_model::plan::Plan;
 use xorb_model::policy::Policy;
+use xorb_model::redact::Redactor;
 use xorb_model::release::Release;
 
 use crate::settings::{Locations, PlanRequest};
@@ -26,9 +27,12 @@ pub fn load_policy(file: Option<&Path>) -> anyhow::Result<Policy> {
 
 /// Loading (no side effects): releases, policy, live observation (services, and the database when the plan
 /// touches it), plan.
-pub async fn compute_plan(loc: &Locations, a: &PlanRequest) -> anyhow::Result<(Plan, Release)> {
+pub async fn compute_plan(
+    loc: &Locations,
+    a: &PlanRequest,
+    red: &Redactor,
+) -> anyhow::Result<(Plan, Release)> {
     let (from, to) = (a.from.as_str(), a.to.as_str());
-    let state_dir = &loc.state_dir;
     let paths = target::paths(loc)?;
     let policy = load_policy(a.runbook.as_deref())?;
     let from_rel = Release::load_named(&paths.releases_root, from)
@@ -47,20 +51,23 @@ pub async fn compute_plan(loc: &Locations, a: &PlanRequest) -> anyhow::Result<(P
         .map(Scope::parse)
         .transpose()?
         .unwrap_or(Scope::All);
-    let mut live = target::observe(state_dir)?;
+    let opened = target::open(loc).await?;
+    red.add_all(opened.secrets());
+    let mut live = opened.observe().await?;
     if matches!(scope, Scope::All | Scope::Database) {
         target::check_migrations_dir(&from_rel)?;
-        let db = target::observe_database(state_dir, &paths, &from_rel)
+        let db = opened
+            .observe_database(&from_rel)
             .await
             .map_err(|e| planner::PlanError::NoDatabase(e.to_string()))?;
         live.database = Some(db);
     }
-    live.streams = target::observe_streams(state_dir).await;
+    live.streams = opened.observe_streams().await;
     let opts = PlanOptions {
         scope: Some(scope),
         to_revision: a.to_revision.clone(),
         migration: a.migration.clone(),
-        reimport_from: target::pending_reimports(state_dir),
+        reimport_from: opened.pending_reimports(),
     };
     let mut plan = planner::plan_with(&live, &from_rel, &to_rel, &policy, &opts)?;
     plan.release_digests = crate::release_drift::digests(&[&from_rel, &to_rel])

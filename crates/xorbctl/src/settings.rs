@@ -34,6 +34,8 @@ pub struct Locations {
     pub venv: PathBuf,
     /// `XORB_SVC_BIN`, else `xorb-svc` beside this binary.
     pub svc_bin: PathBuf,
+    /// `--target` and how to reach it, as typed; `target::select` decides with the state directory's binding.
+    pub target: cli::TargetArgs,
 }
 
 impl Locations {
@@ -370,6 +372,7 @@ fn locations(cli: &Cli) -> Locations {
         releases_root,
         venv,
         svc_bin,
+        target: cli.target.clone(),
     }
 }
 
@@ -652,6 +655,7 @@ mod tests {
             releases_root: None,
             venv: ".venv".into(),
             svc_bin: "xorb-svc".into(),
+            target: Default::default(),
         };
         assert!(
             loc.releases_root()

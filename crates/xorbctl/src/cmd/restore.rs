@@ -90,7 +90,7 @@ pub async fn run(s: &Restore, out: &Reporter, red: &Redactor) -> anyhow::Result<
     })?;
     let paths = target::paths(&s.run.locations)?;
     let policy = load_policy(s.runbook.as_deref())?;
-    let live = target::observe(state_dir)?;
+    let live = target::open(&s.run.locations).await?.observe().await?;
     let release = Release::load_named(&paths.releases_root, &live.release)
         .with_context(|| format!("the live stack's release {}", live.release))?;
     let backup = BackupToRestore {

@@ -81,6 +81,11 @@ pub struct RollbackGov {
 }
 
 impl RollbackGov {
+    /// Who starts the run.
+    pub fn initiator(&self) -> &str {
+        &self.initiator
+    }
+
     pub fn prepare(
         state_dir: &Path,
         files: &PolicyFiles,
