@@ -34,16 +34,19 @@ pub struct Holder {
 }
 
 impl Holder {
-    /// A holder for this process (instance from the pid and the start time, unique enough on one machine and
-    /// never reused between two processes that could both be alive).
+    /// A holder for this process. The instance names the machine (host name and boot), the pid and the pid's
+    /// start time: unique among processes that could both be alive, and enough for a process on the same machine
+    /// to tell that the holder is dead ([`instance_is_dead`]).
     pub fn for_this_process(run: &str, operator: &str) -> Self {
+        let pid = std::process::id();
         Holder {
             run: run.to_string(),
             operator: operator.to_string(),
             instance: format!(
-                "{}-{}",
-                std::process::id(),
-                Timestamp::now().as_microsecond()
+                "{}/{}/{pid}/{}",
+                machine(),
+                boot_id(),
+                start_ticks(pid).unwrap_or_else(|| Timestamp::now().as_microsecond().to_string())
             ),
         }
     }
@@ -52,6 +55,53 @@ impl Holder {
     pub fn identity(&self) -> String {
         format!("run {} by {}", self.run, self.operator)
     }
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    read_trimmed("/proc/sys/kernel/hostname")
+}
+
+fn boot_id() -> String {
+    read_trimmed("/proc/sys/kernel/random/boot_id")
+}
+
+/// A pid's start time in clock ticks since boot (`/proc/PID/stat`, field 22): with the boot, it names one
+/// process for ever, where a pid alone is reused.
+fn start_ticks(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19).map(str::to_string)
+}
+
+/// Whether the holder `instance` is a process of this machine and boot that no longer runs. Then its Lease is
+/// as good as expired for its own run's resume: nothing can act under it. An instance of another machine (or
+/// one this process cannot read) is never taken for dead: it may be alive behind a partition, so its Lease must
+/// expire first.
+pub fn instance_is_dead(instance: &str) -> bool {
+    let mut parts = instance.split('/');
+    let (Some(host), Some(boot), Some(pid), Some(ticks), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    if host.is_empty() || boot.is_empty() || host != machine() || boot != boot_id() {
+        return false;
+    }
+    start_ticks(pid).as_deref() != Some(ticks)
 }
 
 /// The Lease as read, in the terms this module decides on.
@@ -181,7 +231,9 @@ impl RollbackLease {
             let ours = seen.instance.as_deref() == Some(holder.instance.as_str());
             let same_run = seen.run.as_deref() == Some(holder.run.as_str());
             let free = seen.identity.is_none();
-            let expired = !seen.held_by_anyone(now);
+            // The run's own earlier process, dead on this very machine, holds nothing any more.
+            let expired =
+                !seen.held_by_anyone(now) || seen.instance.as_deref().is_some_and(instance_is_dead);
             if !(ours || free || (same_run && expired)) {
                 return Err(held(namespace, &seen));
             }

@@ -257,3 +257,29 @@ async fn release_clears_the_holder() {
     );
     assert_eq!(seen[2].body["metadata"]["resourceVersion"], "6");
 }
+
+#[test]
+fn an_instance_is_dead_only_when_it_is_of_this_machine_and_its_process_is_gone() {
+    let me = Holder::for_this_process("r", "alice").instance;
+    assert!(!instance_is_dead(&me), "this process is alive: {me}");
+    let parts: Vec<&str> = me.split('/').collect();
+    assert_eq!(parts.len(), 4, "{me}");
+    // The same pid with another start time is another process: the one named is gone.
+    let reused = format!("{}/{}/{}/1", parts[0], parts[1], parts[2]);
+    assert!(instance_is_dead(&reused));
+    // A pid that cannot exist.
+    assert!(instance_is_dead(&format!(
+        "{}/{}/4294967295/1",
+        parts[0], parts[1]
+    )));
+    // Another machine, another boot, or an instance in another form: never taken for dead.
+    assert!(!instance_is_dead(&format!(
+        "elsewhere/{}/4294967295/1",
+        parts[1]
+    )));
+    assert!(!instance_is_dead(&format!(
+        "{}/another-boot/4294967295/1",
+        parts[0]
+    )));
+    assert!(!instance_is_dead("i-me"));
+}
