@@ -16,7 +16,7 @@ pub use crate::services::{
 };
 use crate::state::random_secret;
 pub use crate::state::{Paths, Secrets, ServiceState, StackState};
-use xorb_adapters::files::mkdir;
+use xorb_adapters::files::{mkdir, write_private};
 use xorb_adapters::monitoring::PromTarget;
 use xorb_adapters::pg::{PgConn, schema_revision};
 use xorb_adapters::services::{probe_service, wait_session_completed};
@@ -560,11 +560,54 @@ pub async fn demo_bulk_sessions(
 }
 
 async fn demo_data_only(state_dir: &Path, stack: &StackState) -> Result<DemoReport, LocalError> {
-    let mut secrets = Secrets::load(state_dir)?;
-    let client = stack.pg(&secrets).connect().await?;
+    let secrets = Secrets::load(state_dir)?;
+    let api = stack
+        .base_url("api")
+        .ok_or_else(|| LocalError::Config("the stack has no api service".into()))?;
+    seed_demo(&DemoTarget {
+        pg: &stack.pg(&secrets),
+        api: &api,
+        open_ports: &[
+            stack.postgres.port,
+            stack.redis.port,
+            stack.nats.server.port,
+        ],
+        tokens_file: &Secrets::tenants_path(state_dir),
+    })
+    .await
+}
+
+/// Where demo data goes, whatever runs the platform (the local stack, the Kubernetes lab): only addresses and
+/// files, so neither target's own state is needed.
+pub struct DemoTarget<'a> {
+    /// The platform's database.
+    pub pg: &'a PgConn,
+    /// The api's base URL as this machine reaches it (`http://127.0.0.1:PORT`).
+    pub api: &'a str,
+    /// Open ports of 127.0.0.1 the demo sessions scan; a closed one is added, so every session finds both.
+    pub open_ports: &'a [u16],
+    /// The private file (0600, JSON slug → token) that keeps the demo tenants' bearer tokens: read when present
+    /// (a second run keeps them), written back. Its directory must exist. Tokens are never printed.
+    pub tokens_file: &'a Path,
+}
+
+/// Demo data: the tenants `acme` and `globex`, and two sessions each that scan `target.open_ports` and one closed
+/// port, created through the API as a user would and waited for until they complete.
+pub async fn seed_demo(target: &DemoTarget<'_>) -> Result<DemoReport, LocalError> {
+    let client = target.pg.connect().await?;
+    let mut tokens: BTreeMap<String, String> = match std::fs::read_to_string(target.tokens_file) {
+        Ok(s) => serde_json::from_str(&s)
+            .map_err(|e| LocalError::Config(format!("{}: {e}", target.tokens_file.display())))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => {
+            return Err(LocalError::io(
+                format!("cannot read {}", target.tokens_file.display()),
+                e,
+            ));
+        }
+    };
     for (slug, name) in [("acme", "Acme Security"), ("globex", "Globex Corporation")] {
-        let token = secrets
-            .tenant_tokens
+        let token = tokens
             .entry(slug.to_string())
             .or_insert_with(random_secret)
             .clone();
@@ -578,21 +621,15 @@ async fn demo_data_only(state_dir: &Path, stack: &StackState) -> Result<DemoRepo
             .await
             .map_err(|e| LocalError::db("create demo tenants", e))?;
     }
-    secrets.save_tenants(state_dir)?;
+    let text = serde_json::to_string_pretty(&tokens).unwrap_or_default();
+    write_private(target.tokens_file, text.as_bytes())?;
 
-    let api = stack
-        .base_url("api")
-        .ok_or_else(|| LocalError::Config("the stack has no api service".into()))?;
-    let closed = free_port()?;
-    let ports = [
-        stack.postgres.port,
-        stack.redis.port,
-        stack.nats.server.port,
-        closed,
-    ];
+    let api = target.api;
+    let mut ports = target.open_ports.to_vec();
+    ports.push(free_port()?);
     let http = reqwest::Client::new();
     let mut ids = Vec::new();
-    for (slug, token) in &secrets.tenant_tokens {
+    for (slug, token) in &tokens {
         for _ in 0..2 {
             let body = serde_json::json!({"targets": [{"host": "127.0.0.1", "ports": ports}]});
             let r = http
@@ -616,7 +653,7 @@ async fn demo_data_only(state_dir: &Path, stack: &StackState) -> Result<DemoRepo
         }
     }
     for (token, id) in &ids {
-        if wait_session_completed(&http, &api, token, id)
+        if wait_session_completed(&http, api, token, id)
             .await
             .is_none()
         {
@@ -635,7 +672,7 @@ async fn demo_data_only(state_dir: &Path, stack: &StackState) -> Result<DemoRepo
         Err(_) => None,
     };
     Ok(DemoReport {
-        tenants: secrets.tenant_tokens.keys().cloned().collect(),
+        tenants: tokens.keys().cloned().collect(),
         sessions_completed: ids.len(),
         findings,
         evidence,

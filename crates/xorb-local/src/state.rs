@@ -85,7 +85,7 @@ impl Secrets {
         };
         let db_password = get("db-password")?;
         let redis_password = get("redis-password")?;
-        let tenant_tokens = match std::fs::read_to_string(dir.join("tenants.json")) {
+        let tenant_tokens = match std::fs::read_to_string(Self::tenants_path(state_dir)) {
             Ok(s) => serde_json::from_str(&s)
                 .map_err(|e| LocalError::Config(format!("secrets/tenants.json: {e}")))?,
             Err(_) => BTreeMap::new(),
@@ -107,9 +107,14 @@ impl Secrets {
     pub fn save_tenants(&self, state_dir: &Path) -> Result<(), LocalError> {
         let text = serde_json::to_string_pretty(&self.tenant_tokens).unwrap_or_default();
         Ok(write_private(
-            &Self::dir(state_dir).join("tenants.json"),
+            &Self::tenants_path(state_dir),
             text.as_bytes(),
         )?)
+    }
+
+    /// The file that keeps the demo tenants' tokens (0600, in the 0700 `secrets/`).
+    pub fn tenants_path(state_dir: &Path) -> PathBuf {
+        Self::dir(state_dir).join("tenants.json")
     }
 
     /// Every secret value, for redaction.
