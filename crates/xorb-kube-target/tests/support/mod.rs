@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use xorb_kube_target::names;
 use xorb_kube_target::spec::TargetFile;
 use xorb_kubelab::stack::{KubeStack, StackConfig};
 
@@ -25,58 +24,10 @@ pub fn svc_bin() -> PathBuf {
     bin
 }
 
-/// The target file for the lab: every address is a stable proxy port of a Service.
+/// The target file for the lab (`xorb_kubelab::stack::target_file_text`): every address is a stable proxy port
+/// of a Service.
 pub fn target_file(stack: &KubeStack) -> TargetFile {
-    let port = |svc: &str, p: &str| {
-        stack
-            .service_port(svc, p)
-            .unwrap_or_else(|| panic!("service {svc} port {p} is not proxied"))
-    };
-    // Nothing resolves Service names on the lab: this machine reaches each service, and Prometheus each scrape
-    // job and Alertmanager, at the proxy.
-    let (mut services, mut scrape) = (String::new(), String::new());
-    for s in xorb_model::release::SERVICE_ORDER {
-        let job = names::deployment(s);
-        let addr = format!("127.0.0.1:{}", port(&job, "http"));
-        services.push_str(&format!("{s:?} = \"http://{addr}\"\n"));
-        scrape.push_str(&format!("{job:?} = \"{addr}\"\n"));
-    }
-    // The lab's node keeps a claim as a directory (kubernetes-lab.md, "Volumes"): the evidence volume is
-    // reachable from here, as a mounted volume would be from an operator's machine.
-    let evidence = stack
-        .lab()
-        .dir()
-        .parent()
-        .unwrap()
-        .join("node/pvc/xorb/xorb-evidence");
-    let text = format!(
-        r#"
-namespace = "xorb"
-evidence_dir = "{evidence}"
-alerting_target = "127.0.0.1:{am}"
-nats = "nats://127.0.0.1:{nats}"
-prometheus = "http://127.0.0.1:{prom}"
-[postgres]
-host = "127.0.0.1"
-port = {pg}
-user = "xorb"
-database = "xorb"
-password = {{ secret = "xorb-db", key = "password" }}
-[redis]
-host = "127.0.0.1"
-port = {redis}
-password = {{ secret = "xorb-redis-auth", key = "password" }}
-[services]
-{services}
-[scrape_targets]
-{scrape}"#,
-        nats = port("nats-cluster", "client"),
-        prom = port("prometheus", "http"),
-        pg = port("postgres", "postgres"),
-        redis = port("redis", "redis"),
-        evidence = evidence.display(),
-        am = port("alertmanager", "http"),
-    );
+    let text = xorb_kubelab::stack::target_file_text(stack);
     TargetFile::parse(&text, std::path::Path::new("lab.toml")).unwrap()
 }
 

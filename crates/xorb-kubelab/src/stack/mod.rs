@@ -4,6 +4,7 @@
 //! kubernetes` calls. Design: docs/design/kubernetes-lab.md, "A whole release".
 
 mod secrets;
+mod target_file;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,8 @@ use crate::agent::{AgentConfig, ImageMap, NodeAgent};
 use crate::proxy::{HOST_ALIAS_IP, PROXY_ANNOTATION, ServiceProxy};
 use crate::{KubeLab, LabError};
 use secrets::Addresses;
+use target_file::TargetPorts;
+pub use target_file::target_file_text;
 
 const READY_DEADLINE: Duration = Duration::from_secs(300);
 const NODE: &str = "xorb-node";
@@ -102,6 +105,11 @@ pub struct KubeStack {
     lab: KubeLab,
     namespace: String,
     release: String,
+    dir: PathBuf,
+    /// Kept for [`KubeStack::database`]; never printed (the type has no Debug).
+    db_password: String,
+    /// The proxy's ports the target file names, known once `up` has waited for each.
+    ports: TargetPorts,
 }
 
 impl KubeStack {
@@ -135,6 +143,9 @@ impl KubeStack {
             lab,
             namespace: config.namespace.clone(),
             release: config.release.clone(),
+            dir: config.dir.clone(),
+            db_password: db_password.clone(),
+            ports: TargetPorts::default(),
         };
         // On failure, `stack` is dropped, which stops what was started so far.
         stack.bring_up(&config, &release, &db_password).await?;
@@ -278,7 +289,41 @@ impl KubeStack {
         for s in &release.services {
             self.rollout(&format!("deployment/xorb-{}", s.name))?;
         }
+        self.ports = self.target_ports(&client, release).await?;
         Ok(())
+    }
+
+    /// Every port the target file names, each waited for (the proxy records a Service's ports on its next
+    /// refresh): the datastores', and each of the release's services' in the runbook's order.
+    async fn target_ports(
+        &self,
+        client: &kube::Client,
+        release: &Release,
+    ) -> Result<TargetPorts, StackError> {
+        let port = |addr: String| {
+            addr.rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .ok_or_else(|| StackError::Start {
+                    what: "the proxy's address".into(),
+                    why: format!("{addr:?} has no port"),
+                })
+        };
+        // `release.services` is in the runbook's order (xorb_model::release::SERVICE_ORDER).
+        let mut services = Vec::new();
+        for s in &release.services {
+            let addr = self
+                .proxied(client, &format!("xorb-{}", s.name), "http")
+                .await?;
+            services.push((s.name.clone(), port(addr)?));
+        }
+        Ok(TargetPorts {
+            nats: port(self.proxied(client, "nats-cluster", "client").await?)?,
+            prometheus: port(self.proxied(client, "prometheus", "http").await?)?,
+            alertmanager: port(self.proxied(client, "alertmanager", "http").await?)?,
+            postgres: port(self.proxied(client, "postgres", "postgres").await?)?,
+            redis: port(self.proxied(client, "redis", "redis").await?)?,
+            services,
+        })
     }
 
     /// The ConfigMap `prometheus-config` as the release has it, with every target at the proxy's port of its
@@ -450,6 +495,28 @@ impl KubeStack {
 
     pub fn release(&self) -> &str {
         &self.release
+    }
+
+    /// The directory given in [`StackConfig::dir`].
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The platform's database, at the PostgreSQL outside the cluster, with its password: for a client in this
+    /// process (demo data, checks). Hand it to nothing that prints it.
+    pub fn database(&self) -> PgConn {
+        PgConn {
+            host: "127.0.0.1".into(),
+            port: self.postgres.port,
+            user: "xorb".into(),
+            password: self.db_password.clone(),
+            dbname: "xorb".into(),
+        }
+    }
+
+    /// The PostgreSQL outside the cluster, as a pid with its start time.
+    pub fn postgres_process(&self) -> &xorb_local::process::ProcRecord {
+        &self.postgres.proc
     }
 
     pub fn agent(&self) -> Option<&NodeAgent> {
