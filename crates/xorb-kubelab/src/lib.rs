@@ -238,11 +238,14 @@ fn kubeconfig(server: &str, ca_pem: &str, user: &str, token: &str) -> Vec<u8> {
     out
 }
 
+/// The name of etcd's data directory starts with it (see [`KubeLab::etcd_data_dir`]).
+pub(crate) const ETCD_DATA_PREFIX: &str = "xorb-kubelab-etcd-";
+
 /// etcd's data: in memory when /dev/shm is there (etcd fsyncs a lot; the data lives as long as the lab).
 fn etcd_data_dir() -> Result<tempfile::TempDir, LabError> {
     let builder = {
         let mut b = tempfile::Builder::new();
-        b.prefix("xorb-kubelab-etcd-");
+        b.prefix(ETCD_DATA_PREFIX);
         b
     };
     let shm = Path::new("/dev/shm");
@@ -542,6 +545,12 @@ impl KubeLab {
     /// The directory given to [`KubeLab::start`].
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// etcd's data (a temporary directory, on /dev/shm when there is one), deleted when the lab is dropped: a
+    /// stopper that had to kill the lab's owner deletes it.
+    pub fn etcd_data_dir(&self) -> &Path {
+        self._etcd_data.path()
     }
 
     pub fn binaries(&self) -> &Binaries {

@@ -5,33 +5,12 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use xorb_kubelab::stack::{KubeStack, StackConfig};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// `target/<profile>/xorb-svc`, next to this test's own `deps/` directory.
-fn svc_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("xorb-svc");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build -p xorb-svc` first",
-        bin.display()
-    );
-    bin
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        let state = s[s.rfind(')').unwrap() + 2..].chars().next().unwrap();
-        state != 'Z' && state != 'X'
-    })
-}
+mod support;
+use support::{alive, repo, svc_bin};
 
 #[test]
 fn rc1_comes_up_whole_and_down_leaves_no_process() {
@@ -154,7 +133,7 @@ fn rc1_comes_up_whole_and_down_leaves_no_process() {
     assert_eq!(pids.len(), 3 + 11 + 1, "{pids:?}");
     rt.block_on(stack.down());
     for pid in pids {
-        assert!(!alive(pid), "pid {pid} still runs after down");
+        assert!(!alive(pid as u32), "pid {pid} still runs after down");
     }
 }
 

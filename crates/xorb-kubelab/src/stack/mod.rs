@@ -3,6 +3,7 @@
 //! release's head, the release's JetStream streams, and every workload ready. What `xorbctl stack up --target
 //! kubernetes` calls. Design: docs/design/kubernetes-lab.md, "A whole release".
 
+pub mod daemon;
 mod secrets;
 mod target_file;
 

@@ -1,7 +1,9 @@
-//! What every node agent test needs: a lab, an agent on it, kubectl, and polling with a deadline.
+//! What the lab's tests need: a lab, an agent on it, kubectl, polling with a deadline; the repository and the
+//! platform's binary for the stack's tests.
 #![allow(dead_code)]
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -157,4 +159,20 @@ pub fn alive(pid: u32) -> bool {
             state != 'Z' && state != 'X'
         })
         .unwrap_or(false)
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `target/<profile>/xorb-svc`, next to the test's own `deps/` directory.
+pub fn svc_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("xorb-svc");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p xorb-svc` first",
+        bin.display()
+    );
+    bin
 }
