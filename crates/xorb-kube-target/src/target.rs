@@ -40,6 +40,9 @@ pub mod names {
     /// Pod-template annotation: the SHA-256 of the configuration the Pods were started with. A change rolls
     /// the Deployment (as `kubectl rollout restart` would), and the same configuration never rolls it twice.
     pub const CONFIG_STAMP: &str = "xorb.dev/config-sha256";
+    /// On a Deployment an emergency procedure scaled to 0: how many replicas it had (its next service step scales
+    /// it back).
+    pub const EMERGENCY_SCALE: &str = "xorb.dev/replicas-before-emergency";
 
     pub fn deployment(service: &str) -> String {
         format!("xorb-{service}")
@@ -494,6 +497,14 @@ impl Target for KubeTarget {
         let Some(want) = config else {
             return Ok(true);
         };
+        // Scaled down by an emergency procedure: the next service step scales it back.
+        if d.metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(names::EMERGENCY_SCALE))
+        {
+            return Ok(false);
+        }
         let stamped = workload::template_annotations(&d).get(names::CONFIG_STAMP)
             == Some(&config_stamp(want));
         Ok(stamped
@@ -541,6 +552,13 @@ impl Target for KubeTarget {
             }
         }
         let config_changed = self.cm_merge(&own, &changes).await?;
+        // A service an emergency procedure scaled down runs again once it is rolled: the procedure protected the
+        // stack while the run was stopped, and the run going on is the way out of it.
+        let scaled = self
+            .work
+            .scale_back(&dep, names::EMERGENCY_SCALE)
+            .await
+            .map_err(step)?;
         let stamp = BTreeMap::from([(names::CONFIG_STAMP.to_string(), config_stamp(config))]);
         let cause = format!("xorbctl: set image deployment/{dep} {dep}={image}");
         let done = self
@@ -560,11 +578,14 @@ impl Target for KubeTarget {
             timeout.saturating_sub(t0.elapsed()),
         )
         .await?;
-        let how = match (done.changed(), config_changed) {
+        let mut how = match (done.changed(), config_changed) {
             (true, _) => done.message().to_string(),
             (false, true) => format!("configmap {own} updated"),
             (false, false) => "nothing to change".to_string(),
         };
+        if scaled.changed() {
+            how = format!("{how}; {}", scaled.message());
+        }
         Ok(format!("{service} runs {image} ({how}); {rolled}"))
     }
 
@@ -638,7 +659,7 @@ impl Target for KubeTarget {
     async fn stop_workload(&self, service: &str) -> Result<(), StepError> {
         self.record_release_before_acting().await?;
         self.work
-            .scale(&names::deployment(service), 0)
+            .scale_down_noted(&names::deployment(service), names::EMERGENCY_SCALE)
             .await
             .map(drop)
             .map_err(step)

@@ -324,6 +324,103 @@ impl Workloads {
         )))
     }
 
+    /// Scales Deployment `name` to 0 and notes on it (annotation `note`) how many replicas it had, in one write
+    /// guarded by its resourceVersion: an emergency stop that [`Workloads::scale_back`] undoes exactly. A
+    /// Deployment at 0 already keeps the note it has (a second stop must not record 0 as the count to restore).
+    pub async fn scale_down_noted(&self, name: &str, note: &str) -> Result<Done, KubeError> {
+        let site = || self.site("patch", "deployment", name);
+        for _ in 0..3 {
+            let d = self
+                .deployment(name)
+                .await?
+                .ok_or(KubeError::NotFound { site: site() })?;
+            let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            if replicas == 0 {
+                return Ok(Done::Unchanged(format!(
+                    "deployment {name}: already 0 replicas"
+                )));
+            }
+            let patch = json!({
+                "metadata": {
+                    "resourceVersion": d.metadata.resource_version,
+                    "annotations": {note: replicas.to_string()},
+                },
+                "spec": {"replicas": 0},
+            });
+            match self
+                .deployments()
+                .patch(name, &params(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    return Ok(Done::Changed(format!(
+                        "deployment {name}: scaled from {replicas} to 0"
+                    )));
+                }
+                Err(e) => {
+                    let e = KubeError::from_kube(site(), e);
+                    if !e.is_conflict() {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Err(KubeError::Conflict {
+            site: site(),
+            reason: "Conflict (three times in a row: another writer keeps changing it)".into(),
+        })
+    }
+
+    /// Undoes [`Workloads::scale_down_noted`]: the noted replica count back, the note removed, in one write. Nothing
+    /// when the Deployment carries no note (or someone scaled it up since: their count stands, the note goes).
+    pub async fn scale_back(&self, name: &str, note: &str) -> Result<Done, KubeError> {
+        let site = || self.site("patch", "deployment", name);
+        for _ in 0..3 {
+            let d = self
+                .deployment(name)
+                .await?
+                .ok_or(KubeError::NotFound { site: site() })?;
+            let Some(noted) = d.metadata.annotations.as_ref().and_then(|a| a.get(note)) else {
+                return Ok(Done::Unchanged(format!(
+                    "deployment {name}: nothing to scale back"
+                )));
+            };
+            let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let back = match noted.parse::<i32>() {
+                Ok(n) if replicas == 0 && n > 0 => n,
+                _ => replicas,
+            };
+            let patch = json!({
+                "metadata": {
+                    "resourceVersion": d.metadata.resource_version,
+                    "annotations": {note: null},
+                },
+                "spec": {"replicas": back},
+            });
+            match self
+                .deployments()
+                .patch(name, &params(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    return Ok(Done::Changed(format!(
+                        "deployment {name}: scaled back from {replicas} to {back}"
+                    )));
+                }
+                Err(e) => {
+                    let e = KubeError::from_kube(site(), e);
+                    if !e.is_conflict() {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Err(KubeError::Conflict {
+            site: site(),
+            reason: "Conflict (three times in a row: another writer keeps changing it)".into(),
+        })
+    }
+
     /// `kubectl patch configmap NAME -p '{"data":{…}}'`: a merge patch of `data` keys (idempotent by nature).
     pub async fn patch_config_map(
         &self,
