@@ -17,6 +17,7 @@ mod html;
 mod https;
 mod infra;
 mod integrity;
+mod kubernetes;
 mod lost_journal;
 mod memtarget;
 mod monitor;

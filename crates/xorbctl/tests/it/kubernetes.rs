@@ -1,0 +1,552 @@
+//! `xorbctl --target kubernetes` on the lab (a real kube-apiserver and kube-controller-manager; docs/design/
+//! kubernetes-lab.md), with Debian's kubectl checking: `plan` changes nothing, another run's Lease refuses a
+//! rollback before anything is journaled, `--only api` touches the api alone, and the full rollback ends on
+//! stable with the Lease given back and the state directory bound to the cluster.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use xorb_kubelab::stack::{KubeStack, StackConfig};
+
+use crate::common::{repo, svc_bin, text, venv, xorbctl_bin};
+
+const RC1: &str = "v2025.08-rc1";
+const STABLE: &str = "v2025.07-stable";
+const NS: &str = "xorb";
+
+/// One lab at a time in this binary: two control planes, their node agents and the other tests' stacks on a
+/// 2-core machine slow rollouts down past their deadlines.
+static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+struct Lab {
+    _one: std::sync::MutexGuard<'static, ()>,
+    _dir: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+    stack: Option<KubeStack>,
+    target_file: PathBuf,
+}
+
+impl Lab {
+    fn rc1() -> Lab {
+        Lab::rc1_with(&svc_bin())
+    }
+
+    /// rc1 on a lab whose images of the platform run as `svc` (a wrapper of xorb-svc, say).
+    fn rc1_with(svc: &Path) -> Lab {
+        let one = ONE_LAB
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let stack = rt
+            .block_on(KubeStack::up(StackConfig {
+                releases_root: repo().join("releases"),
+                release: RC1.into(),
+                svc_bin: svc.to_path_buf(),
+                venv: venv(),
+                namespace: NS.into(),
+                dir: dir.path().join("stack"),
+            }))
+            .unwrap_or_else(|e| panic!("the lab did not come up: {e}"));
+        let target_file = dir.path().join("target.toml");
+        std::fs::write(&target_file, xorb_kubelab::stack::target_file_text(&stack)).unwrap();
+        Lab {
+            _one: one,
+            _dir: dir,
+            rt,
+            stack: Some(stack),
+            target_file,
+        }
+    }
+
+    fn stack(&self) -> &KubeStack {
+        self.stack.as_ref().unwrap()
+    }
+
+    fn kubeconfig(&self) -> &Path {
+        self.stack().lab().kubeconfig_path()
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        let out = self
+            .stack()
+            .lab()
+            .kubectl()
+            .args(["--namespace", NS])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "kubectl {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Every object xorbctl may write, by kind/name, with its resourceVersion.
+    fn versions(&self) -> BTreeMap<String, String> {
+        self.kubectl(&[
+            "get",
+            "deployments,statefulsets,services,configmaps,secrets,networkpolicies",
+            "-o",
+            "jsonpath={range .items[*]}{.kind}/{.metadata.name}={.metadata.resourceVersion}{\"\\n\"}{end}",
+        ])
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// How many ReplicaSets each Deployment has had (each a rollout: the controller keeps them all here).
+    fn replica_sets(&self) -> BTreeMap<String, usize> {
+        let mut n = BTreeMap::new();
+        for owner in self
+            .kubectl(&[
+                "get",
+                "replicasets",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.ownerReferences[0].name}{\"\\n\"}{end}",
+            ])
+            .lines()
+        {
+            *n.entry(owner.to_string()).or_default() += 1;
+        }
+        n
+    }
+
+    fn image(&self, deployment: &str) -> String {
+        self.kubectl(&[
+            "get",
+            "deployment",
+            deployment,
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ])
+    }
+
+    /// [`Lab::xorbctl`], killed by the engine's hook right after its `crash_after`-th journal write.
+    fn xorbctl_env(&self, state: &Path, flags: bool, args: &[&str], crash_after: u32) -> Output {
+        self.command(state, flags, args)
+            .env("XORB_CRASH_AFTER_JOURNAL_WRITES", crash_after.to_string())
+            .output()
+            .unwrap()
+    }
+
+    /// xorbctl with the state directory `state` and the Kubernetes flags (`flags`: whether to pass them).
+    fn xorbctl(&self, state: &Path, flags: bool, args: &[&str]) -> Output {
+        self.command(state, flags, args).output().unwrap()
+    }
+
+    fn command(&self, state: &Path, flags: bool, args: &[&str]) -> Command {
+        let mut c = Command::new(xorbctl_bin());
+        c.env("XORB_STATE_DIR", state)
+            .env("XORB_RELEASES", repo().join("releases"))
+            .env("XORB_VENV", venv())
+            .env("XORB_SVC_BIN", svc_bin())
+            .env_remove("KUBECONFIG")
+            .current_dir(repo());
+        if flags {
+            c.args(["--target", "kubernetes", "--target-file"])
+                .arg(&self.target_file)
+                .arg("--kubeconfig")
+                .arg(self.kubeconfig());
+        }
+        c.args(args);
+        c
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(s) = self.stack.take() {
+            self.rt.block_on(s.down());
+        }
+    }
+}
+
+fn changed(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> Vec<String> {
+    let mut keys: Vec<&String> = before.keys().chain(after.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| before.get(*k) != after.get(*k))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn xorbctl_rolls_the_kubernetes_namespace_back_under_its_lease() {
+    let lab = Lab::rc1();
+    let state = tempfile::tempdir().unwrap();
+    let state = state.path();
+    let rollback = ["rollback", "--from", RC1, "--to", STABLE, "--yes"];
+
+    // `plan` reads the live objects and changes none of them; it binds nothing either.
+    let before = lab.versions();
+    let out = lab.xorbctl(state, true, &["plan", "--from", RC1, "--to", STABLE]);
+    assert!(out.status.success(), "plan: {}", text(&out));
+    let plan = text(&out);
+    assert!(
+        plan.contains("xorb-control-plane") || plan.contains("control-plane"),
+        "{plan}"
+    );
+    assert!(plan.contains(&format!("xorb/api:{STABLE}")), "{plan}");
+    assert_eq!(changed(&before, &lab.versions()), Vec::<String>::new());
+    assert!(!state.join("target.json").exists());
+
+    // Another run holds the namespace's Lease: refused with its name, nothing journaled, nothing changed.
+    let other = lab.rt.block_on(async {
+        let client = xorb_kubelab::stack::lab_client(lab.stack().lab())
+            .await
+            .unwrap();
+        xorb_kube::lease::RollbackLease::acquire(
+            client,
+            NS,
+            xorb_kube::lease::Holder {
+                run: "20261201-000000-beef".into(),
+                operator: "bob".into(),
+                instance: "elsewhere".into(),
+            },
+            std::time::Duration::from_secs(300),
+        )
+        .await
+        .unwrap()
+    });
+    let out = lab.xorbctl(state, true, &rollback);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{t}");
+    assert!(t.contains("run 20261201-000000-beef by bob"), "{t}");
+    let runs: Vec<_> = std::fs::read_dir(state.join("runs"))
+        .into_iter()
+        .flatten()
+        .collect();
+    assert!(runs.is_empty(), "a refused run left {runs:?}");
+    assert!(!state.join("target.json").exists());
+    assert_eq!(lab.image("xorb-api"), format!("xorb/api:{RC1}"));
+    lab.rt.block_on(other.release()).unwrap();
+
+    // `--only api` rolls the api alone.
+    let before = lab.versions();
+    let out = lab.xorbctl(
+        state,
+        true,
+        &[
+            "rollback", "--from", RC1, "--to", STABLE, "--only", "api", "--yes",
+        ],
+    );
+    assert!(out.status.success(), "rollback --only api: {}", text(&out));
+    assert_eq!(lab.image("xorb-api"), format!("xorb/api:{STABLE}"));
+    assert_eq!(lab.image("xorb-worker"), format!("xorb/worker:{RC1}"));
+    let touched = changed(&before, &lab.versions());
+    assert!(
+        touched
+            .iter()
+            .all(|k| k.contains("xorb-api") || k == "ConfigMap/xorbctl-state"),
+        "--only api changed {touched:?}"
+    );
+    assert!(
+        touched.contains(&"Deployment/xorb-api".to_string()),
+        "{touched:?}"
+    );
+
+    // The state directory is bound now: the full rollback needs no Kubernetes flag.
+    let sets = lab.replica_sets();
+    let out = lab.xorbctl(state, false, &rollback);
+    assert!(out.status.success(), "rollback: {}", text(&out));
+    let sets_after = lab.replica_sets();
+    for d in ["xorb-orchestrator", "xorb-worker", "xorb-scheduler"] {
+        assert_eq!(
+            sets_after[d],
+            sets[d] + UNINTERRUPTED_ROLLOUTS,
+            "{d}: {sets:?} -> {sets_after:?}"
+        );
+    }
+    for role in ["api", "orchestrator", "worker", "scheduler"] {
+        assert_eq!(
+            lab.image(&format!("xorb-{role}")),
+            format!("xorb/{role}:{STABLE}")
+        );
+    }
+    let shared = lab.kubectl(&["get", "configmap", "xorb-config", "-o", "jsonpath={.data}"]);
+    assert!(
+        shared.contains(r#""TENANT_ISOLATION_MODE":"basic""#),
+        "{shared}"
+    );
+    let deploys = lab.kubectl(&["get", "deployments", "-o", "name"]);
+    assert!(!deploys.contains("xorb-control-plane"), "{deploys}");
+    let history = lab.kubectl(&["rollout", "history", "deployment/xorb-api"]);
+    assert!(history.contains("xorbctl"), "{history}");
+    let holder = lab.kubectl(&[
+        "get",
+        "lease",
+        xorb_kube::lease::LEASE_NAME,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    assert_eq!(holder, "", "the Lease is given back at the end");
+    // A command that knows only the local stack says so instead of failing on a missing stack.
+    let out = lab.xorbctl(state, false, &["status"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("bound to the Kubernetes target"),
+        "{}",
+        text(&out)
+    );
+    // Neither password appears in anything the runs wrote.
+    let secrets = lab.kubectl(&[
+        "get",
+        "secret",
+        "xorb-db",
+        "-o",
+        "jsonpath={.data.password}",
+    ]);
+    let pw = String::from_utf8(
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, secrets.trim()).unwrap(),
+    )
+    .unwrap();
+    for f in walk(state) {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(&pw),
+            "{} holds the database password",
+            f.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The rollouts of each service in an uninterrupted rollback (the first test counts them): its image, then its
+/// configuration.
+const UNINTERRUPTED_ROLLOUTS: usize = 2;
+
+/// The run's journal as `xorbctl show --output json` prints it.
+fn show(lab: &Lab, state: &Path, run: &str) -> serde_json::Value {
+    let out = lab.xorbctl(state, false, &["show", run, "--output", "json"]);
+    assert!(out.status.success(), "show: {}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Killed (SIGKILL, the engine's test hook) right after every journal write of phases 1 and 2 in turn, each time
+/// resumed by a new process that takes the Lease over from the dead one at once, the run ends as an
+/// uninterrupted one: every step done once, every Deployment rolled once (one new ReplicaSet each).
+#[test]
+fn killed_at_every_journal_boundary_of_phases_1_and_2_the_run_resumes_to_the_same_end() {
+    let lab = Lab::rc1();
+    let state = tempfile::tempdir().unwrap();
+    let state = state.path();
+    let before = lab.replica_sets();
+    let out = lab.xorbctl_env(
+        state,
+        true,
+        &["rollback", "--from", RC1, "--to", STABLE, "--yes"],
+        1,
+    );
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "the hook kills after the first write: {}",
+        text(&out)
+    );
+    let mut kills = 1;
+    loop {
+        let run = show(&lab, state, "latest");
+        let steps = run["steps"].as_array().unwrap();
+        let in_phase_3 = steps
+            .iter()
+            .any(|s| s["spec"]["phase"] == "database" && s["state"].as_str() != Some("pending"));
+        if in_phase_3 {
+            break;
+        }
+        assert!(
+            kills < 80,
+            "still in phases 1-2 after {kills} kills: {run:#}"
+        );
+        // A resume's writes 1 and 2 are the run set running again and its phase started. After a kill that
+        // followed an outcome, write 3 is the next step's intent (killed before it acts); after a kill that
+        // followed an intent, write 3 is that step's probe, 4 its intent again, 5 its outcome (killed after it
+        // acted). So the run stops on both sides of every step of phases 1 and 2.
+        let last = run["events"].as_array().unwrap().last().unwrap()["event"].clone();
+        let at = if last == "step_started" { 5 } else { 3 };
+        let out = lab.xorbctl_env(state, false, &["resume", "latest"], at);
+        assert_eq!(out.status.signal(), Some(9), "kill {kills}: {}", text(&out));
+        kills += 1;
+    }
+    let out = lab.xorbctl(state, false, &["resume", "latest"]);
+    assert!(out.status.success(), "the last resume: {}", text(&out));
+    let run = show(&lab, state, "latest");
+    assert_eq!(run["status"]["state"], "succeeded", "{run:#}");
+    for s in run["steps"].as_array().unwrap() {
+        assert!(
+            matches!(
+                s["state"].as_str(),
+                Some("succeeded" | "skipped" | "already_done")
+            ),
+            "{s:#}"
+        );
+    }
+    for role in ["api", "orchestrator", "worker", "scheduler"] {
+        assert_eq!(
+            lab.image(&format!("xorb-{role}")),
+            format!("xorb/{role}:{STABLE}")
+        );
+    }
+    let after = lab.replica_sets();
+    for d in [
+        "xorb-api",
+        "xorb-orchestrator",
+        "xorb-worker",
+        "xorb-scheduler",
+    ] {
+        assert_eq!(
+            after.get(d).copied().unwrap_or(0),
+            before.get(d).copied().unwrap_or(0) + UNINTERRUPTED_ROLLOUTS,
+            "{d} rolled out more often than in an uninterrupted run over {kills} kills: before {before:?}, \
+             after {after:?}"
+        );
+    }
+    eprintln!("killed {kills} times in phases 1 and 2; ReplicaSets {before:?} -> {after:?}");
+}
+
+/// A rollout that never becomes ready (an image the node agent cannot run: it exits at once) fails its step on the
+/// Deployment's `ProgressDeadlineExceeded`, the policy's emergency procedure scales the orchestrator down (noting
+/// its replica count on it), and once the image is fixed `resume` finishes the run and scales it back.
+#[test]
+fn a_rollout_that_never_becomes_ready_fails_on_its_deadline_and_resume_finishes_once_the_image_is_fixed()
+ {
+    let work = tempfile::tempdir().unwrap();
+    // The lab's "registry": an image named in `broken` exits at once, as a bad image would.
+    let broken = work.path().join("broken-images");
+    std::fs::write(&broken, format!("api:{STABLE}\n")).unwrap();
+    let wrapper = work.path().join("xorb-svc");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif grep -qxF \"$2:$4\" '{}'; then echo 'this image cannot run' >&2; exit 1; fi\nexec '{}' \"$@\"\n",
+            broken.display(),
+            svc_bin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let lab = Lab::rc1_with(&wrapper);
+    let state = tempfile::tempdir().unwrap();
+    let state = state.path();
+    // The operator's deadline for the api's rollouts (the default is ten minutes).
+    lab.kubectl(&[
+        "patch",
+        "deployment",
+        "xorb-api",
+        "-p",
+        r#"{"spec":{"progressDeadlineSeconds":6}}"#,
+    ]);
+    let orchestrator_replicas = || {
+        lab.kubectl(&[
+            "get",
+            "deployment",
+            "xorb-orchestrator",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ])
+    };
+    assert_eq!(orchestrator_replicas(), "1");
+
+    let out = lab.xorbctl(
+        state,
+        true,
+        &["rollback", "--from", RC1, "--to", STABLE, "--yes"],
+    );
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    let run = show(&lab, state, "latest");
+    let api = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            s["spec"]["id"].as_str().is_some_and(|i| i.contains("api"))
+                && s["spec"]["phase"] == "services"
+        })
+        .unwrap()
+        .clone();
+    assert_eq!(api["state"], "failed", "{api:#}");
+    assert!(
+        api.to_string().contains("exceeded its progress deadline"),
+        "{api:#}"
+    );
+    let events = run["events"].to_string();
+    assert!(
+        events.contains("emergency"),
+        "the emergency procedure ran: {events}"
+    );
+    // Minimal service: the orchestrator stopped, its count noted for the way back; the api's old Pods serve on.
+    assert_eq!(orchestrator_replicas(), "0");
+    let note = lab.kubectl(&[
+        "get",
+        "deployment",
+        "xorb-orchestrator",
+        "-o",
+        r"jsonpath={.metadata.annotations.xorb\.dev/replicas-before-emergency}",
+    ]);
+    assert_eq!(note, "1");
+    assert_eq!(
+        lab.image("xorb-worker"),
+        format!("xorb/worker:{RC1}"),
+        "nothing after the failed step ran"
+    );
+
+    // The image is fixed; the Deployment's next Pod comes up, and the rollout completes by itself.
+    std::fs::write(&broken, "").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let reason = lab.kubectl(&[
+            "get",
+            "deployment",
+            "xorb-api",
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Progressing")].reason}"#,
+        ]);
+        if reason == "NewReplicaSetAvailable" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the api's rollout did not recover: {reason}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let out = lab.xorbctl(state, false, &["resume", "latest"]);
+    assert!(out.status.success(), "resume: {}", text(&out));
+    for role in ["api", "orchestrator", "worker", "scheduler"] {
+        assert_eq!(
+            lab.image(&format!("xorb-{role}")),
+            format!("xorb/{role}:{STABLE}")
+        );
+    }
+    assert_eq!(
+        orchestrator_replicas(),
+        "1",
+        "scaled back by its service step"
+    );
+}
