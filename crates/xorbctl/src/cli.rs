@@ -246,6 +246,12 @@ pub enum StackCmd {
     },
     /// Stop exactly the processes `stack up` started. Data stays in the state directory.
     Down,
+    /// The Kubernetes stack's own process, which `stack up --target kubernetes` starts (internal).
+    #[command(hide = true)]
+    ServeKubernetes {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Debug, clap::Args)]

@@ -43,6 +43,9 @@ pub async fn run(settings: Settings, out: &Reporter) -> anyhow::Result<Exit> {
         CommandSettings::Completions(_) | CommandSettings::Man(_) => {
             unreachable!("handled before the redactor is built")
         }
+        CommandSettings::StackServe(_) => {
+            unreachable!("handled by main before the runtime is built")
+        }
     }
 }
 

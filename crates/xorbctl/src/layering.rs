@@ -1,7 +1,7 @@
 //! The module graph of xorbctl, checked mechanically: every `crate::…`, `super::…` and `self::…` path in the
 //! non-test code of `src/` is an edge to the module it names (a module declaration is not an edge). The graph has
 //! no cycle, and dependencies go one way: `main` → `dispatch` → `cmd::*` → shared helpers. Commands do not use
-//! each other, no helper uses a command or the dispatcher, and only `target` names `xorb_local`.
+//! each other, no helper uses a command or the dispatcher, and only `target` (and its submodules) names `xorb_local`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -318,7 +318,7 @@ fn the_module_graph_has_no_cycle_and_goes_one_way() {
         }
     }
     for (m, code) in &codes {
-        if m != "target" {
+        if m != "target" && !m.starts_with("target::") {
             assert!(
                 !code.contains("xorb_local"),
                 "{m} names xorb_local: go through crate::target"

@@ -40,6 +40,10 @@ fn main() -> ExitCode {
     xorb_engine::private::owner_only_umask();
     https::install_crypto_provider();
     let settings = settings::resolve(cli::Cli::parse());
+    // The Kubernetes stack's own process builds the runtime it lives on.
+    if let settings::CommandSettings::StackServe(args) = settings.command {
+        return target::kube_stack::serve(args).into();
+    }
     let out = output::Reporter::new(settings.output);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -125,6 +125,8 @@ impl From<crate::cli::RollbackGovArgs> for GovRequest {
 pub enum CommandSettings {
     StackUp(StackUp),
     StackDown(StateDir),
+    /// The hidden `stack serve-kubernetes`: the Kubernetes stack's own process (its arguments as given).
+    StackServe(Vec<std::ffi::OsString>),
     Status(StateDir),
     Integrity(Integrity),
     Loss(Loss),
@@ -441,6 +443,9 @@ pub fn resolve(cli: Cli) -> Settings {
         Command::Stack {
             action: StackCmd::Down,
         } => CommandSettings::StackDown(only_state),
+        Command::Stack {
+            action: StackCmd::ServeKubernetes { args },
+        } => CommandSettings::StackServe(args),
         Command::Status => CommandSettings::Status(only_state),
         Command::Integrity(a) => CommandSettings::Integrity(Integrity {
             state_dir,

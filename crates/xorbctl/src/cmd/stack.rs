@@ -1,16 +1,106 @@
-//! `xorbctl stack up|down`: start the local stack (or find it running), stop exactly what `stack up` started.
+//! `xorbctl stack up|down`: start the local stack or the Kubernetes one (or find it running), stop exactly what
+//! `stack up` started.
 
 use std::fmt::Write as _;
 
 use anyhow::Context;
 use xorb_model::exit::Exit;
 
+use crate::cli::TargetKind;
 use crate::errors::UsageError;
 use crate::output::Reporter;
 use crate::settings::{StackUp, StateDir};
 use crate::target;
 
+/// Whether `stack up` is asked for the Kubernetes stack: `--target kubernetes`, or a state directory bound to
+/// one with no `--target` given.
+fn kubernetes(s: &StackUp) -> anyhow::Result<bool> {
+    Ok(match s.locations.target.target {
+        Some(k) => k == TargetKind::Kubernetes,
+        None => target::select::bound(&s.locations.state_dir)?.is_some(),
+    })
+}
+
+async fn up_kubernetes(s: &StackUp, out: &Reporter) -> anyhow::Result<Exit> {
+    let t = &s.locations.target;
+    let unsupported = [
+        (s.bulk_sessions > 0, "--bulk-sessions"),
+        (s.scale > 0, "--scale"),
+        (s.grafana_dashboards.is_some(), "--grafana-dashboards"),
+        (s.scrape_interval.is_some(), "--scrape-interval"),
+        (
+            t.target_file.is_some(),
+            "--target-file (the stack writes its own)",
+        ),
+        (
+            t.kubeconfig.is_some(),
+            "--kubeconfig (the stack's control plane has its own)",
+        ),
+        (t.context.is_some(), "--context"),
+        (t.namespace.is_some(), "--namespace"),
+    ];
+    if let Some((_, flag)) = unsupported.iter().find(|(given, _)| *given) {
+        return Err(
+            UsageError(format!("stack up --target kubernetes does not take {flag}")).into(),
+        );
+    }
+    let (state_dir, release) = (&s.locations.state_dir, &s.release);
+    let paths = target::paths(&s.locations)?;
+    out.line(format!(
+        "Starting a Kubernetes control plane, its node and the release {release} at {}…",
+        state_dir.display()
+    ));
+    let (state, rel, demo) = (state_dir.clone(), release.clone(), s.demo_data);
+    let report =
+        tokio::task::spawn_blocking(move || target::kube_stack::up(&state, &paths, &rel, demo))
+            .await?
+            .with_context(|| format!("stack up --target kubernetes --release {release} failed"))?;
+    out.result(&report, |r| {
+        let mut s = String::new();
+        if r.already_running {
+            let _ = writeln!(
+                s,
+                "The Kubernetes stack already runs {}: nothing to do.",
+                r.release
+            );
+        }
+        let _ = writeln!(
+            s,
+            "Kubernetes stack up: {} in namespace {} (state in {}; bound to it).",
+            r.release,
+            r.namespace,
+            state_dir.display()
+        );
+        let _ = writeln!(
+            s,
+            "  kubectl:     kubectl --kubeconfig {} -n {} get deployments",
+            r.kubeconfig.display(),
+            r.namespace
+        );
+        let _ = writeln!(s, "  api:         {}", r.api);
+        let _ = writeln!(s, "  target file: {}", r.target_file.display());
+        let _ = writeln!(s, "  log:         {}", r.log.display());
+        if let Some(d) = &r.demo {
+            let _ = writeln!(
+                s,
+                "Demo data: tenants {}, {} sessions completed, {} findings{}.",
+                d.tenants.join(", "),
+                d.sessions_completed,
+                d.findings,
+                d.evidence
+                    .map(|e| format!(", {e} evidence records"))
+                    .unwrap_or_default()
+            );
+        }
+        s
+    });
+    Ok(Exit::Ok)
+}
+
 pub async fn up(s: &StackUp, out: &Reporter) -> anyhow::Result<Exit> {
+    if kubernetes(s)? {
+        return up_kubernetes(s, out).await;
+    }
     let (state_dir, release) = (&s.locations.state_dir, &s.release);
     let scrape_interval = s
         .scrape_interval
@@ -94,6 +184,12 @@ pub async fn up(s: &StackUp, out: &Reporter) -> anyhow::Result<Exit> {
 
 pub async fn down(s: &StateDir, out: &Reporter) -> anyhow::Result<Exit> {
     let state_dir = &s.state_dir;
+    if target::kube_stack::recorded(state_dir) {
+        let dir = state_dir.clone();
+        let entries = tokio::task::spawn_blocking(move || target::kube_stack::down(&dir)).await??;
+        print_down(out, entries);
+        return Ok(Exit::Ok);
+    }
     if let Some(why) = target::unreadable_stack_record(state_dir) {
         out.line(why);
     }
@@ -104,6 +200,11 @@ pub async fn down(s: &StateDir, out: &Reporter) -> anyhow::Result<Exit> {
         ));
         return Ok(Exit::Ok);
     };
+    print_down(out, entries);
+    Ok(Exit::Ok)
+}
+
+fn print_down(out: &Reporter, entries: Vec<target::DownEntry>) {
     out.result(&entries, |entries| {
         let mut s = String::new();
         for e in entries {
@@ -112,5 +213,4 @@ pub async fn down(s: &StateDir, out: &Reporter) -> anyhow::Result<Exit> {
         }
         s
     });
-    Ok(Exit::Ok)
 }

@@ -12,7 +12,7 @@ use xorb_kube::KubeError;
 use xorb_kube::lease::{HeldLease, Holder, RollbackLease};
 use xorb_model::plan::{EmergencyProcedure, RunStatus, StepOutcome, StepSpec};
 
-use super::AnyTarget;
+use super::any::AnyTarget;
 
 /// How long the Lease outlives its last renewal: a process killed mid-run blocks its own resume this long.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);

@@ -4,6 +4,7 @@
 //! changes. Which target a state directory acts on is decided once, by [`select`].
 
 pub mod any;
+pub mod kube_stack;
 pub mod lease;
 pub mod select;
 
@@ -74,6 +75,14 @@ pub fn exit_of(cause: &(dyn std::error::Error + 'static)) -> Option<Exit> {
             cause
                 .downcast_ref::<xorb_kube_target::spec::SpecError>()
                 .map(|_| Exit::BadInput)
+        })
+        .or_else(|| {
+            use xorb_kubelab::stack::daemon::DaemonError;
+            cause.downcast_ref::<DaemonError>().map(|e| match e {
+                DaemonError::CorruptRecord { .. } | DaemonError::Args(_) => Exit::BadInput,
+                DaemonError::NothingToStop { .. } | DaemonError::Leftovers { .. } => Exit::Refused,
+                _ => Exit::DependencyFailed,
+            })
         })
 }
 

@@ -1,7 +1,8 @@
 //! `xorbctl --target kubernetes` on the lab (a real kube-apiserver and kube-controller-manager; docs/design/
-//! kubernetes-lab.md), with Debian's kubectl checking: `plan` changes nothing, another run's Lease refuses a
-//! rollback before anything is journaled, `--only api` touches the api alone, and the full rollback ends on
-//! stable with the Lease given back and the state directory bound to the cluster.
+//! kubernetes-lab.md), with Debian's kubectl checking: `stack up --target kubernetes` and a full rollback with
+//! demo data, `plan` changing nothing, another run's Lease refusing a rollback before anything is journaled,
+//! `--only api` touching the api alone, a kill at every journal boundary of phases 1 and 2, a rollout past its
+//! progress deadline.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
@@ -24,8 +25,27 @@ struct Lab {
     _one: std::sync::MutexGuard<'static, ()>,
     _dir: tempfile::TempDir,
     rt: tokio::runtime::Runtime,
+    /// In this process (tests that start it with their own image map)…
     stack: Option<KubeStack>,
+    /// …or in the process `xorbctl stack up --target kubernetes` started for this state directory.
+    stack_of: Option<PathBuf>,
+    kubectl: PathBuf,
+    kubeconfig: PathBuf,
     target_file: PathBuf,
+}
+
+fn one_lab() -> std::sync::MutexGuard<'static, ()> {
+    ONE_LAB
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 impl Lab {
@@ -33,17 +53,11 @@ impl Lab {
         Lab::rc1_with(&svc_bin())
     }
 
-    /// rc1 on a lab whose images of the platform run as `svc` (a wrapper of xorb-svc, say).
+    /// rc1 on a lab in this process whose images of the platform run as `svc` (a wrapper of xorb-svc, say).
     fn rc1_with(svc: &Path) -> Lab {
-        let one = ONE_LAB
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let one = one_lab();
         let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let stack = rt
             .block_on(KubeStack::up(StackConfig {
                 releases_root: repo().join("releases"),
@@ -58,26 +72,61 @@ impl Lab {
         std::fs::write(&target_file, xorb_kubelab::stack::target_file_text(&stack)).unwrap();
         Lab {
             _one: one,
+            kubectl: stack.lab().binaries().kubectl.clone(),
+            kubeconfig: stack.lab().kubeconfig_path().to_path_buf(),
             _dir: dir,
             rt,
             stack: Some(stack),
+            stack_of: None,
             target_file,
         }
     }
 
-    fn stack(&self) -> &KubeStack {
-        self.stack.as_ref().unwrap()
-    }
-
-    fn kubeconfig(&self) -> &Path {
-        self.stack().lab().kubeconfig_path()
+    /// rc1 with demo data, started by `xorbctl stack up --target kubernetes` for state directory `state` (which
+    /// it binds to the stack).
+    fn stack_up(state: &Path) -> Lab {
+        let one = one_lab();
+        let mut lab = Lab {
+            _one: one,
+            _dir: tempfile::tempdir().unwrap(),
+            rt: runtime(),
+            stack: None,
+            stack_of: Some(state.to_path_buf()),
+            kubectl: PathBuf::new(),
+            kubeconfig: PathBuf::new(),
+            target_file: PathBuf::new(),
+        };
+        let out = lab.xorbctl(
+            state,
+            false,
+            &[
+                "stack",
+                "up",
+                "--target",
+                "kubernetes",
+                "--release",
+                RC1,
+                "--demo-data",
+                "--output",
+                "json",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "stack up --target kubernetes: {}",
+            text(&out)
+        );
+        let up: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        lab.kubeconfig = PathBuf::from(up["kubeconfig"].as_str().unwrap());
+        lab.target_file = PathBuf::from(up["target_file"].as_str().unwrap());
+        lab.kubectl = xorb_kubelab::Binaries::locate().unwrap().kubectl;
+        lab
     }
 
     fn kubectl(&self, args: &[&str]) -> String {
-        let out = self
-            .stack()
-            .lab()
-            .kubectl()
+        let out = Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
             .args(["--namespace", NS])
             .args(args)
             .output()
@@ -152,7 +201,7 @@ impl Lab {
             c.args(["--target", "kubernetes", "--target-file"])
                 .arg(&self.target_file)
                 .arg("--kubeconfig")
-                .arg(self.kubeconfig());
+                .arg(&self.kubeconfig);
         }
         c.args(args);
         c
@@ -163,6 +212,10 @@ impl Drop for Lab {
     fn drop(&mut self) {
         if let Some(s) = self.stack.take() {
             self.rt.block_on(s.down());
+        }
+        // Whatever the test did, the stack's process and what it started stop with it.
+        if let Some(state) = self.stack_of.take() {
+            let _ = self.xorbctl(&state, false, &["stack", "down"]);
         }
     }
 }
@@ -178,7 +231,7 @@ fn changed(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) 
 }
 
 #[test]
-fn xorbctl_rolls_the_kubernetes_namespace_back_under_its_lease() {
+fn xorbctl_plans_and_rolls_back_a_kubernetes_namespace_under_its_lease() {
     let lab = Lab::rc1();
     let state = tempfile::tempdir().unwrap();
     let state = state.path();
@@ -199,9 +252,10 @@ fn xorbctl_rolls_the_kubernetes_namespace_back_under_its_lease() {
 
     // Another run holds the namespace's Lease: refused with its name, nothing journaled, nothing changed.
     let other = lab.rt.block_on(async {
-        let client = xorb_kubelab::stack::lab_client(lab.stack().lab())
+        let client = xorb_kube::client::from_kubeconfig(&lab.kubeconfig, None, None)
             .await
-            .unwrap();
+            .unwrap()
+            .client;
         xorb_kube::lease::RollbackLease::acquire(
             client,
             NS,
@@ -252,33 +306,20 @@ fn xorbctl_rolls_the_kubernetes_namespace_back_under_its_lease() {
         "{touched:?}"
     );
 
-    // The state directory is bound now: the full rollback needs no Kubernetes flag.
-    let sets = lab.replica_sets();
-    let out = lab.xorbctl(state, false, &rollback);
-    assert!(out.status.success(), "rollback: {}", text(&out));
-    let sets_after = lab.replica_sets();
-    for d in ["xorb-orchestrator", "xorb-worker", "xorb-scheduler"] {
-        assert_eq!(
-            sets_after[d],
-            sets[d] + UNINTERRUPTED_ROLLOUTS,
-            "{d}: {sets:?} -> {sets_after:?}"
-        );
-    }
-    for role in ["api", "orchestrator", "worker", "scheduler"] {
-        assert_eq!(
-            lab.image(&format!("xorb-{role}")),
-            format!("xorb/{role}:{STABLE}")
-        );
-    }
-    let shared = lab.kubectl(&["get", "configmap", "xorb-config", "-o", "jsonpath={.data}"]);
+    // The state directory is bound now: later commands need no Kubernetes flag, and the plan starts from what
+    // the first run left.
+    let out = lab.xorbctl(state, false, &["plan", "--from", RC1, "--to", STABLE]);
+    assert!(out.status.success(), "plan: {}", text(&out));
     assert!(
-        shared.contains(r#""TENANT_ISOLATION_MODE":"basic""#),
-        "{shared}"
+        !text(&out).contains(&format!("xorb/api:{RC1} → xorb/api:{STABLE}")),
+        "{}",
+        text(&out)
     );
-    let deploys = lab.kubectl(&["get", "deployments", "-o", "name"]);
-    assert!(!deploys.contains("xorb-control-plane"), "{deploys}");
-    let history = lab.kubectl(&["rollout", "history", "deployment/xorb-api"]);
-    assert!(history.contains("xorbctl"), "{history}");
+    assert!(
+        text(&out).contains(&format!("xorb/worker:{STABLE}")),
+        "{}",
+        text(&out)
+    );
     let holder = lab.kubectl(&[
         "get",
         "lease",
@@ -549,4 +590,81 @@ fn a_rollout_that_never_becomes_ready_fails_on_its_deadline_and_resume_finishes_
         "1",
         "scaled back by its service step"
     );
+}
+
+/// `stack up --target kubernetes --demo-data` starts rc1 on a control plane of this machine in a process of its
+/// own and binds the state directory to it; the full rollback then needs no flag and ends as the runbook says;
+/// `stack down` stops exactly what `stack up` started.
+#[test]
+fn stack_up_target_kubernetes_then_the_full_rollback_with_demo_data_then_down() {
+    let state = tempfile::tempdir().unwrap();
+    let state = state.path();
+    let lab = Lab::stack_up(state);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("kubernetes/stack.json")).unwrap())
+            .unwrap();
+    assert_eq!(lab.image("xorb-api"), format!("xorb/api:{RC1}"));
+    assert_eq!(
+        record["demo"]["tenants"],
+        serde_json::json!(["acme", "globex"]),
+        "{record:#}"
+    );
+    let rollback = ["rollback", "--from", RC1, "--to", STABLE, "--yes"];
+    // Bound by `stack up`: no Kubernetes flag.
+    let sets = lab.replica_sets();
+    let out = lab.xorbctl(state, false, &rollback);
+    assert!(out.status.success(), "rollback: {}", text(&out));
+    let sets_after = lab.replica_sets();
+    for d in ["xorb-orchestrator", "xorb-worker", "xorb-scheduler"] {
+        assert_eq!(
+            sets_after[d],
+            sets[d] + UNINTERRUPTED_ROLLOUTS,
+            "{d}: {sets:?} -> {sets_after:?}"
+        );
+    }
+    for role in ["api", "orchestrator", "worker", "scheduler"] {
+        assert_eq!(
+            lab.image(&format!("xorb-{role}")),
+            format!("xorb/{role}:{STABLE}")
+        );
+    }
+    let shared = lab.kubectl(&["get", "configmap", "xorb-config", "-o", "jsonpath={.data}"]);
+    assert!(
+        shared.contains(r#""TENANT_ISOLATION_MODE":"basic""#),
+        "{shared}"
+    );
+    let deploys = lab.kubectl(&["get", "deployments", "-o", "name"]);
+    assert!(!deploys.contains("xorb-control-plane"), "{deploys}");
+    let history = lab.kubectl(&["rollout", "history", "deployment/xorb-api"]);
+    assert!(history.contains("xorbctl"), "{history}");
+    let run = show(&lab, state, "latest");
+    assert_eq!(run["status"]["state"], "succeeded", "{run:#}");
+    let loss = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["spec"]["id"] == "5.check.loss")
+        .unwrap()
+        .to_string();
+    assert!(
+        loss.contains("16 evidence rows dropped by the downgrade, 16 preserved and verified"),
+        "{loss}"
+    );
+    assert!(loss.contains("findings: 0 rows changed"), "{loss}");
+
+    // `stack down` stops the stack's process and every process it started, and unbinds the directory.
+    let procs: Vec<xorb_local::process::ProcRecord> = std::iter::once(serde_json::json!({
+        "pid": record["pid"], "start_time": record["start_time"], "program": "the stack's process"
+    }))
+    .chain(record["processes"].as_array().unwrap().iter().cloned())
+    .map(|p| serde_json::from_value(p).unwrap())
+    .collect();
+    assert!(procs.len() > 10, "{procs:?}");
+    let out = lab.xorbctl(state, false, &["stack", "down"]);
+    assert!(out.status.success(), "stack down: {}", text(&out));
+    for p in &procs {
+        assert!(!p.is_alive(), "{p:?} still runs after stack down");
+    }
+    assert!(!state.join("target.json").exists());
+    assert!(!state.join("kubernetes/stack.json").exists());
 }
