@@ -494,9 +494,6 @@ impl Target for KubeTarget {
         if !on_release || !rollout::deployment(&d).is_complete() {
             return Ok(false);
         }
-        let Some(want) = config else {
-            return Ok(true);
-        };
         // Scaled down by an emergency procedure: the next service step scales it back.
         if d.metadata
             .annotations
@@ -505,6 +502,9 @@ impl Target for KubeTarget {
         {
             return Ok(false);
         }
+        let Some(want) = config else {
+            return Ok(true);
+        };
         let stamped = workload::template_annotations(&d).get(names::CONFIG_STAMP)
             == Some(&config_stamp(want));
         Ok(stamped
@@ -560,7 +560,22 @@ impl Target for KubeTarget {
             .await
             .map_err(step)?;
         let stamp = BTreeMap::from([(names::CONFIG_STAMP.to_string(), config_stamp(config))]);
-        let cause = format!("xorbctl: set image deployment/{dep} {dep}={image}");
+        // `rollout history` says why each revision exists: a new image, or the same image restarted for its
+        // configuration.
+        let same_image = self
+            .deployment(service)
+            .await?
+            .and_then(|d| workload::container_image(&d, &dep))
+            .is_some_and(|i| i == image);
+        let cause = if same_image {
+            format!(
+                "xorbctl: configuration of deployment/{dep} ({} and {own}, sha256 {})",
+                names::SHARED_CONFIG,
+                &config_stamp(config)[..12]
+            )
+        } else {
+            format!("xorbctl: set image deployment/{dep} {dep}={image}")
+        };
         let done = self
             .work
             .set_template(&dep, &dep, image, &stamp, &cause)

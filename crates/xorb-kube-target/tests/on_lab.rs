@@ -137,6 +137,14 @@ fn the_target_seam_acts_on_the_lab_as_kubectl_would() {
             .unwrap();
         assert_eq!(replica_sets("xorb-api"), rs_before + 2);
         assert!(t.converged("api", STABLE, Some(&config)).await.unwrap());
+        // `rollout history` says this revision is the configuration's, not a new image.
+        let history = kubectl(&["rollout", "history", "deployment/xorb-api"]);
+        assert!(
+            history.contains(
+                "xorbctl: configuration of deployment/xorb-api (xorb-config and xorb-api-config"
+            ),
+            "{history}"
+        );
         // A shared key cannot be dropped for one service.
         let mut dropped = config.clone();
         dropped.remove("TENANT_ISOLATION_MODE");
@@ -150,6 +158,16 @@ fn the_target_seam_acts_on_the_lab_as_kubectl_would() {
         t.stop_workload("scheduler").await.unwrap();
         let sched = json(&["get", "deployment", "xorb-scheduler"]);
         assert_eq!(sched["spec"]["replicas"], 0, "{sched}");
+        // The count it had is noted for the way back; a second stop keeps it (it must not note 0).
+        let note =
+            |d: &serde_json::Value| d["metadata"]["annotations"][names::EMERGENCY_SCALE].clone();
+        assert_eq!(note(&sched), "1", "{sched}");
+        t.stop_workload("scheduler").await.unwrap();
+        assert_eq!(note(&json(&["get", "deployment", "xorb-scheduler"])), "1");
+        assert!(
+            !t.converged("scheduler", RC1, None).await.unwrap(),
+            "stopped is not converged"
+        );
         assert!(!t.removed("control-plane").await.unwrap());
         t.remove_workload("control-plane").await.unwrap();
         assert!(t.removed("control-plane").await.unwrap());
@@ -185,6 +203,10 @@ fn the_target_seam_acts_on_the_lab_as_kubectl_would() {
         }
         tokio::task::block_in_place(|| t.settle(&stable)).unwrap();
         assert_eq!(t.observe().await.unwrap().release, STABLE);
+        // The scheduler's service step scaled it back to the noted count and removed the note.
+        let sched = json(&["get", "deployment", "xorb-scheduler"]);
+        assert_eq!(sched["spec"]["replicas"], 1, "{sched}");
+        assert!(note(&sched).is_null(), "{sched}");
 
         // Configuration files are keys of their ConfigMaps.
         tokio::task::block_in_place(|| {
