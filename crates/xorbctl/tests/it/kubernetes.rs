@@ -31,6 +31,8 @@ struct Lab {
     stack_of: Option<PathBuf>,
     kubectl: PathBuf,
     kubeconfig: PathBuf,
+    /// What xorbctl connects with when not the admin's: the least-privilege Role's ServiceAccount.
+    xorbctl_kubeconfig: Option<PathBuf>,
     target_file: PathBuf,
 }
 
@@ -78,6 +80,7 @@ impl Lab {
             rt,
             stack: Some(stack),
             stack_of: None,
+            xorbctl_kubeconfig: None,
             target_file,
         }
     }
@@ -94,6 +97,7 @@ impl Lab {
             stack_of: Some(state.to_path_buf()),
             kubectl: PathBuf::new(),
             kubeconfig: PathBuf::new(),
+            xorbctl_kubeconfig: None,
             target_file: PathBuf::new(),
         };
         let out = lab.xorbctl(
@@ -121,6 +125,20 @@ impl Lab {
         lab.target_file = PathBuf::from(up["target_file"].as_str().unwrap());
         lab.kubectl = xorb_kubelab::Binaries::locate().unwrap().kubectl;
         lab
+    }
+
+    /// From now on xorbctl acts as the releases' `xorbctl` ServiceAccount, bound to the Role with the least
+    /// privilege it needs (`k8s/rbac/xorbctl.yaml`, applied here as an operator would).
+    fn as_least_privilege(&mut self) {
+        let rbac = repo().join(format!("releases/{RC1}/k8s/rbac/xorbctl.yaml"));
+        self.kubectl(&["apply", "-f", rbac.to_str().unwrap()]);
+        let lab = self.stack.as_ref().unwrap().lab();
+        let token = lab
+            .mint_service_account_token(NS, "xorbctl", std::time::Duration::from_secs(3600))
+            .unwrap();
+        let path = self._dir.path().join("xorbctl.kubeconfig");
+        lab.write_kubeconfig(&path, "xorbctl", &token).unwrap();
+        self.xorbctl_kubeconfig = Some(path);
     }
 
     fn kubectl(&self, args: &[&str]) -> String {
@@ -201,7 +219,7 @@ impl Lab {
             c.args(["--target", "kubernetes", "--target-file"])
                 .arg(&self.target_file)
                 .arg("--kubeconfig")
-                .arg(&self.kubeconfig);
+                .arg(self.xorbctl_kubeconfig.as_ref().unwrap_or(&self.kubeconfig));
         }
         c.args(args);
         c
@@ -232,7 +250,8 @@ fn changed(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) 
 
 #[test]
 fn xorbctl_plans_and_rolls_back_a_kubernetes_namespace_under_its_lease() {
-    let lab = Lab::rc1();
+    let mut lab = Lab::rc1();
+    lab.as_least_privilege();
     let state = tempfile::tempdir().unwrap();
     let state = state.path();
     let rollback = ["rollback", "--from", RC1, "--to", STABLE, "--yes"];
@@ -320,6 +339,19 @@ fn xorbctl_plans_and_rolls_back_a_kubernetes_namespace_under_its_lease() {
         "{}",
         text(&out)
     );
+    // The rest of the rollback, every phase, with the Role's rights and nothing more.
+    let out = lab.xorbctl(state, false, &rollback);
+    assert!(
+        out.status.success(),
+        "rollback as the xorbctl Role: {}",
+        text(&out)
+    );
+    for role in ["api", "orchestrator", "worker", "scheduler"] {
+        assert_eq!(
+            lab.image(&format!("xorb-{role}")),
+            format!("xorb/{role}:{STABLE}")
+        );
+    }
     let holder = lab.kubectl(&[
         "get",
         "lease",
