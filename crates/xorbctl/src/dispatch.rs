@@ -52,7 +52,6 @@ pub async fn run(settings: Settings, out: &Reporter) -> anyhow::Result<Exit> {
 /// The commands that work on the local stack only for now (a state directory bound to Kubernetes refuses them).
 fn local_only(c: &CommandSettings) -> Option<&'static str> {
     Some(match c {
-        CommandSettings::Status(_) => "status",
         CommandSettings::Integrity(_) => "integrity",
         CommandSettings::Loss(_) => "loss",
         CommandSettings::Assess(_) => "assess",

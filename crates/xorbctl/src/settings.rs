@@ -127,7 +127,7 @@ pub enum CommandSettings {
     StackDown(StateDir),
     /// The hidden `stack serve-kubernetes`: the Kubernetes stack's own process (its arguments as given).
     StackServe(Vec<std::ffi::OsString>),
-    Status(StateDir),
+    Status(Located),
     Integrity(Integrity),
     Loss(Loss),
     Plan(Plan),
@@ -149,6 +149,12 @@ pub enum CommandSettings {
     Dashboard(Dashboard),
     Completions(clap_complete::Shell),
     Man(Vec<String>),
+}
+
+/// A command that reads the stack, wherever it runs (`status`).
+#[derive(Debug)]
+pub struct Located {
+    pub locations: Locations,
 }
 
 /// A command that needs only the state directory.
@@ -446,7 +452,7 @@ pub fn resolve(cli: Cli) -> Settings {
         Command::Stack {
             action: StackCmd::ServeKubernetes { args },
         } => CommandSettings::StackServe(args),
-        Command::Status => CommandSettings::Status(only_state),
+        Command::Status => CommandSettings::Status(Located { locations: loc }),
         Command::Integrity(a) => CommandSettings::Integrity(Integrity {
             state_dir,
             kind: if a.critical {

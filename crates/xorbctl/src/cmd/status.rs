@@ -6,12 +6,11 @@ use std::fmt::Write as _;
 use xorb_model::exit::Exit;
 
 use crate::output::Reporter;
-use crate::settings::StateDir;
+use crate::settings::Located;
 use crate::target;
 
-pub async fn run(s: &StateDir, out: &Reporter) -> anyhow::Result<Exit> {
-    let state_dir = &s.state_dir;
-    let st = target::stack_status(state_dir).await?;
+pub async fn run(s: &Located, out: &Reporter) -> anyhow::Result<Exit> {
+    let st = target::stack_status(&s.locations).await?;
     out.result(&st, render_status);
     let all_ok = st.services.iter().all(|s| s.healthy)
         && st.servers.values().all(|s| s.running)

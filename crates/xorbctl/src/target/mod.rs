@@ -5,6 +5,7 @@
 
 pub mod any;
 pub mod kube_stack;
+mod kube_status;
 pub mod lease;
 pub mod select;
 
@@ -145,8 +146,17 @@ pub fn stop_result_text(e: &DownEntry) -> &'static str {
     }
 }
 
-pub async fn stack_status(state_dir: &Path) -> Result<StackStatus, TargetError> {
-    xorb_local::stack::status(state_dir).await
+/// Every service's release and health, the schema revision, streams, Redis databases and Prometheus targets, of
+/// the stack the state directory is bound to.
+pub async fn stack_status(loc: &Locations) -> anyhow::Result<StackStatus> {
+    if select::bound(&loc.state_dir)?.is_none() && loc.target.target.is_none() {
+        return Ok(xorb_local::stack::status(&loc.state_dir).await?);
+    }
+    let opened = open(loc).await?;
+    match &opened.target {
+        AnyTarget::Local(_) => Ok(xorb_local::stack::status(&loc.state_dir).await?),
+        AnyTarget::Kube(_) => kube_status::status(&opened).await,
+    }
 }
 
 /// The stack's record (`stack.json`).

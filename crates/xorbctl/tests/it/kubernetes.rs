@@ -361,7 +361,7 @@ fn xorbctl_plans_and_rolls_back_a_kubernetes_namespace_under_its_lease() {
     ]);
     assert_eq!(holder, "", "the Lease is given back at the end");
     // A command that knows only the local stack says so instead of failing on a missing stack.
-    let out = lab.xorbctl(state, false, &["status"]);
+    let out = lab.xorbctl(state, false, &["integrity", "--quick"]);
     assert!(!out.status.success());
     assert!(
         text(&out).contains("bound to the Kubernetes target"),
@@ -669,6 +669,18 @@ fn stack_up_target_kubernetes_then_the_full_rollback_with_demo_data_then_down() 
     assert!(!deploys.contains("xorb-control-plane"), "{deploys}");
     let history = lab.kubectl(&["rollout", "history", "deployment/xorb-api"]);
     assert!(history.contains("xorbctl"), "{history}");
+    // `status` reads the cluster and the target file's addresses as it reads the local stack.
+    let out = lab.xorbctl(state, false, &["status", "--output", "json"]);
+    assert!(out.status.success(), "status: {}", text(&out));
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["release"], STABLE, "{st:#}");
+    assert_eq!(st["schema_revision"], "1a5be11", "{st:#}");
+    let services = st["services"].as_array().unwrap();
+    assert_eq!(services.len(), 4, "{st:#}");
+    for s in services {
+        assert_eq!(s["reported_release"], STABLE, "{s:#}");
+        assert_eq!(s["healthy"], true, "{s:#}");
+    }
     let run = show(&lab, state, "latest");
     assert_eq!(run["status"]["state"], "succeeded", "{run:#}");
     let loss = run["steps"]
