@@ -124,6 +124,61 @@ pub struct KubeTarget {
 }
 
 impl KubeTarget {
+    /// What `rollout history` says of the revision a service step makes: a new image, or the same image
+    /// restarted for its configuration.
+    async fn change_cause(
+        &self,
+        service: &str,
+        image: &str,
+        config: &BTreeMap<String, String>,
+    ) -> Result<String, StepError> {
+        let dep = names::deployment(service);
+        let same_image = self
+            .deployment(service)
+            .await?
+            .and_then(|d| workload::container_image(&d, &dep))
+            .is_some_and(|i| i == image);
+        Ok(if same_image {
+            format!(
+                "xorbctl: configuration of deployment/{dep} ({} and {}, sha256 {})",
+                names::SHARED_CONFIG,
+                names::config_map(service),
+                &config_stamp(config)[..12]
+            )
+        } else {
+            format!("xorbctl: set image deployment/{dep} {dep}={image}")
+        })
+    }
+
+    /// What a service step setting `image` would change on the service's Deployment, field by field (`path:
+    /// before → after`), as the API server computes it in a dry run; nothing is written. The configuration stays
+    /// the live one, as the step keeps it.
+    pub async fn preview_image(
+        &self,
+        service: &str,
+        image: &str,
+    ) -> Result<Vec<String>, StepError> {
+        let dep = names::deployment(service);
+        let config = self
+            .config_of(&self.shared_config().await?, service)
+            .await?;
+        let stamp = BTreeMap::from([(names::CONFIG_STAMP.to_string(), config_stamp(&config))]);
+        let cause = self.change_cause(service, image, &config).await?;
+        let shown = |v: &serde_json::Value| match v {
+            serde_json::Value::Null => "(absent)".to_string(),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        Ok(self
+            .work
+            .preview_template(&dep, &dep, image, &stamp, &cause)
+            .await
+            .map_err(step)?
+            .into_iter()
+            .map(|(path, before, after)| format!("{path}: {} → {}", shown(&before), shown(&after)))
+            .collect())
+    }
+
     /// Reads the passwords the target file names, once: a missing Secret or key is an error now, not mid-run.
     pub async fn connect(
         client: kube::Client,
@@ -560,22 +615,7 @@ impl Target for KubeTarget {
             .await
             .map_err(step)?;
         let stamp = BTreeMap::from([(names::CONFIG_STAMP.to_string(), config_stamp(config))]);
-        // `rollout history` says why each revision exists: a new image, or the same image restarted for its
-        // configuration.
-        let same_image = self
-            .deployment(service)
-            .await?
-            .and_then(|d| workload::container_image(&d, &dep))
-            .is_some_and(|i| i == image);
-        let cause = if same_image {
-            format!(
-                "xorbctl: configuration of deployment/{dep} ({} and {own}, sha256 {})",
-                names::SHARED_CONFIG,
-                &config_stamp(config)[..12]
-            )
-        } else {
-            format!("xorbctl: set image deployment/{dep} {dep}={image}")
-        };
+        let cause = self.change_cause(service, image, config).await?;
         let done = self
             .work
             .set_template(&dep, &dep, image, &stamp, &cause)

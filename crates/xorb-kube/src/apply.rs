@@ -153,6 +153,14 @@ impl Applier {
 
 /// Field paths that differ between the live object and the applied one, leaving out what the server owns.
 pub fn diff(live: &Value, applied: &Value) -> Vec<String> {
+    diff_values(live, applied)
+        .into_iter()
+        .map(|(p, _, _)| p)
+        .collect()
+}
+
+/// [`diff`] with each field's value before and after (Null: absent). Never for a Secret: its values are secret.
+pub fn diff_values(live: &Value, applied: &Value) -> Vec<(String, Value, Value)> {
     let mut out = Vec::new();
     walk("", &comparable(live), &comparable(applied), &mut out);
     out
@@ -184,7 +192,7 @@ fn comparable(v: &Value) -> Value {
     v
 }
 
-fn walk(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+fn walk(path: &str, a: &Value, b: &Value, out: &mut Vec<(String, Value, Value)>) {
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
@@ -207,7 +215,7 @@ fn walk(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
                 walk(&format!("{path}[{i}]"), p, q, out);
             }
         }
-        (x, y) if x != y => out.push(path.to_string()),
+        (x, y) if x != y => out.push((path.to_string(), x.clone(), y.clone())),
         _ => {}
     }
 }

@@ -8,7 +8,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::error::{KubeError, Site};
 use crate::rollout::{self, Rollout};
@@ -158,18 +158,7 @@ impl Workloads {
                     "deployment {name}: {container} already runs {image}"
                 )));
             }
-            let mut template =
-                json!({"spec": {"containers": [{"name": container, "image": image}]}});
-            if !annotations.is_empty() {
-                template["metadata"] = json!({"annotations": annotations});
-            }
-            let patch = json!({
-                "metadata": {
-                    "resourceVersion": d.metadata.resource_version,
-                    "annotations": {CHANGE_CAUSE: change_cause},
-                },
-                "spec": {"template": template},
-            });
+            let patch = template_patch(&d, container, image, annotations, change_cause);
             match self
                 .deployments()
                 .patch(name, &params(), &Patch::Strategic(&patch))
@@ -197,6 +186,43 @@ impl Workloads {
             site: site(),
             reason: "Conflict (three times in a row: another writer keeps changing it)".into(),
         })
+    }
+
+    /// What [`Workloads::set_template`] would change, field by field with the values before and after, as the API
+    /// server computes it (the same patch with `dryRun=All`, as `kubectl diff` does): nothing is written.
+    pub async fn preview_template(
+        &self,
+        name: &str,
+        container: &str,
+        image: &str,
+        annotations: &BTreeMap<String, String>,
+        change_cause: &str,
+    ) -> Result<Vec<(String, Value, Value)>, KubeError> {
+        let site = || self.site("dry-run patch", "deployment", name);
+        let d = self
+            .deployment(name)
+            .await?
+            .ok_or(KubeError::NotFound { site: site() })?;
+        let live = template_annotations(&d);
+        if container_image(&d, container).as_deref() == Some(image)
+            && annotations.iter().all(|(k, v)| live.get(k) == Some(v))
+        {
+            return Ok(Vec::new());
+        }
+        let patch = template_patch(&d, container, image, annotations, change_cause);
+        let pp = PatchParams {
+            dry_run: true,
+            ..params()
+        };
+        let after = self
+            .deployments()
+            .patch(name, &pp, &Patch::Strategic(&patch))
+            .await
+            .map_err(|e| KubeError::from_kube(site(), e))?;
+        Ok(crate::apply::diff_values(
+            &serde_json::to_value(&d).unwrap_or(Value::Null),
+            &serde_json::to_value(&after).unwrap_or(Value::Null),
+        ))
     }
 
     /// `kubectl rollout status KIND/NAME --timeout`: polls the live object until the rollout completes, fails at
@@ -511,4 +537,26 @@ pub fn template_annotations(d: &Deployment) -> BTreeMap<String, String> {
         .and_then(|s| s.template.metadata.as_ref())
         .and_then(|m| m.annotations.clone())
         .unwrap_or_default()
+}
+
+/// The patch of [`Workloads::set_template`]: the container's image, the template's annotations and the change-cause,
+/// preconditioned on the resourceVersion read.
+fn template_patch(
+    d: &Deployment,
+    container: &str,
+    image: &str,
+    annotations: &BTreeMap<String, String>,
+    change_cause: &str,
+) -> Value {
+    let mut template = json!({"spec": {"containers": [{"name": container, "image": image}]}});
+    if !annotations.is_empty() {
+        template["metadata"] = json!({"annotations": annotations});
+    }
+    json!({
+        "metadata": {
+            "resourceVersion": d.metadata.resource_version,
+            "annotations": {CHANGE_CAUSE: change_cause},
+        },
+        "spec": {"template": template},
+    })
 }

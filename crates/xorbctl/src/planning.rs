@@ -31,7 +31,7 @@ pub async fn compute_plan(
     loc: &Locations,
     a: &PlanRequest,
     red: &Redactor,
-) -> anyhow::Result<(Plan, Release)> {
+) -> anyhow::Result<(Plan, Release, target::Opened)> {
     let (from, to) = (a.from.as_str(), a.to.as_str());
     let paths = target::paths(loc)?;
     let policy = load_policy(a.runbook.as_deref())?;
@@ -72,7 +72,7 @@ pub async fn compute_plan(
     let mut plan = planner::plan_with(&live, &from_rel, &to_rel, &policy, &opts)?;
     plan.release_digests = crate::release_drift::digests(&[&from_rel, &to_rel])
         .context("cannot read the release files to record their digests")?;
-    Ok((plan, to_rel))
+    Ok((plan, to_rel, opened))
 }
 
 pub fn render_plan(plan: &Plan) -> String {

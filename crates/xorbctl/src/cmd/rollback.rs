@@ -37,7 +37,7 @@ pub async fn run(s: &Rollback, out: &Reporter, red: &Redactor) -> anyhow::Result
     let state_dir = &s.run.locations.state_dir;
     // The lock first: a second rollback is refused before anything else is looked at.
     let mut lock = RollbackLock::acquire(state_dir, None)?;
-    let (plan, to_rel) = compute_plan(&s.run.locations, &s.request, red).await?;
+    let (plan, to_rel, _) = compute_plan(&s.run.locations, &s.request, red).await?;
     // Approvals, policies and the release repository are checked before anything is journaled.
     let trail = Trail::new(state_dir, red);
     let gov = RollbackGov::prepare(state_dir, &s.run.policies, trail.clone(), &s.gov, &plan)?;

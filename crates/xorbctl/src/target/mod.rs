@@ -287,6 +287,64 @@ impl Opened {
     }
 }
 
+/// One step's live diff on Kubernetes: the object and its fields as they would change.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepDiff {
+    pub step: String,
+    pub object: String,
+    pub changes: Vec<String>,
+}
+
+impl Opened {
+    /// On Kubernetes, what the plan's workload steps would change on the live objects, field by field, by the API
+    /// server's dry run (`kubectl diff`); None on the local target. Changes nothing.
+    pub async fn live_diff(
+        &self,
+        plan: &xorb_model::plan::Plan,
+    ) -> anyhow::Result<Option<Vec<StepDiff>>> {
+        use xorb_model::plan::Action;
+        let AnyTarget::Kube(t) = &self.target else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        for step in &plan.steps {
+            let (object, changes) = match &step.action {
+                Action::SetImage { service, image, .. } => (
+                    format!(
+                        "deployment/{}",
+                        xorb_kube_target::names::deployment(service)
+                    ),
+                    t.preview_image(service, image)
+                        .await
+                        .map_err(|e| step_error(&format!("the dry run of {}", step.id), e))?,
+                ),
+                Action::RemoveService { service } => {
+                    let name = xorb_kube_target::names::deployment(service);
+                    let gone = t
+                        .removed(service)
+                        .await
+                        .map_err(|e| step_error(&format!("reading {name}"), e))?;
+                    (
+                        format!("deployment/{name}, service/{name}"),
+                        if gone {
+                            Vec::new()
+                        } else {
+                            vec!["deleted".to_string()]
+                        },
+                    )
+                }
+                _ => continue,
+            };
+            out.push(StepDiff {
+                step: step.id.clone(),
+                object,
+                changes,
+            });
+        }
+        Ok(Some(out))
+    }
+}
+
 /// The release's migration scripts are there (and inside its tree).
 pub fn check_migrations_dir(release: &Release) -> Result<(), TargetError> {
     Ok(xorb_adapters::pg::check_migrations_dir(release)?)

@@ -266,6 +266,21 @@ fn xorbctl_plans_and_rolls_back_a_kubernetes_namespace_under_its_lease() {
         "{plan}"
     );
     assert!(plan.contains(&format!("xorb/api:{STABLE}")), "{plan}");
+    // The live diff, field by field, as the API server computes it in a dry run.
+    assert!(
+        plan.contains(&format!(
+            "spec.template.spec.containers[0].image: xorb/api:{RC1} → xorb/api:{STABLE}"
+        )),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("metadata.annotations.kubernetes.io/change-cause: (absent) → xorbctl: set image deployment/xorb-api"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("deployment/xorb-control-plane, service/xorb-control-plane\n      deleted"),
+        "{plan}"
+    );
     assert_eq!(changed(&before, &lab.versions()), Vec::<String>::new());
     assert!(!state.join("target.json").exists());
 
