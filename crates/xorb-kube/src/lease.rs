@@ -350,53 +350,33 @@ impl RollbackLease {
     /// Gives the Lease up (holder cleared, so the next run takes it at once). Nothing to do when it is no longer
     /// ours.
     pub async fn release(self) -> Result<(), KubeError> {
-        let mut lease = self.current.clone();
-        for _ in 0..2 {
-            if let Some(spec) = lease.spec.as_mut() {
-                spec.holder_identity = None;
-                spec.renew_time = None;
-            }
-            if let Some(ann) = lease.metadata.annotations.as_mut() {
-                ann.remove(INSTANCE_ANNOTATION);
-            }
-            match self
-                .api
-                .replace(LEASE_NAME, &PostParams::default(), &lease)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) => {
-                    let e = KubeError::from_kube(site("update", &self.namespace), e);
-                    if !(e.is_conflict() || e.is_not_found()) {
-                        return Err(e);
-                    }
-                    match self.read().await? {
-                        Some(seen)
-                            if seen.instance.as_deref() == Some(self.holder.instance.as_str()) =>
-                        {
-                            lease = seen.lease;
-                        }
-                        _ => return Ok(()),
-                    }
-                }
-            }
-        }
-        Err(self.lost("another writer that kept changing it".into()))
+        self.let_go(|spec| {
+            spec.holder_identity = None;
+            spec.renew_time = None;
+        })
+        .await
     }
 
     /// Stops holding the Lease for now but keeps it in the run's name, expired: the run stopped without finishing
     /// (failed, or waiting for a person), so its own `resume` takes the Lease over at once, while any other run is
     /// still refused and told to resume or abandon this one.
     pub async fn hand_over(self) -> Result<(), KubeError> {
+        let past = Timestamp::now()
+            .checked_sub(SignedDuration::from_secs(
+                i64::try_from(self.duration.as_secs()).unwrap_or(i64::MAX / 2) + 1,
+            ))
+            .unwrap_or(Timestamp::UNIX_EPOCH);
+        self.let_go(|spec| spec.renew_time = Some(MicroTime(past)))
+            .await
+    }
+
+    /// Writes the Lease with `edit` applied to its spec and this instance's mark removed, preconditioned on the
+    /// resourceVersion of our last write; on a conflict, again if the Lease is still ours, else nothing.
+    async fn let_go(self, edit: impl Fn(&mut LeaseSpec)) -> Result<(), KubeError> {
         let mut lease = self.current.clone();
         for _ in 0..2 {
-            let past = Timestamp::now()
-                .checked_sub(SignedDuration::from_secs(
-                    i64::try_from(self.duration.as_secs()).unwrap_or(i64::MAX / 2) + 1,
-                ))
-                .unwrap_or(Timestamp::UNIX_EPOCH);
             if let Some(spec) = lease.spec.as_mut() {
-                spec.renew_time = Some(MicroTime(past));
+                edit(spec);
             }
             if let Some(ann) = lease.metadata.annotations.as_mut() {
                 ann.remove(INSTANCE_ANNOTATION);

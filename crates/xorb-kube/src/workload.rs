@@ -354,60 +354,27 @@ impl Workloads {
     /// guarded by its resourceVersion: an emergency stop that [`Workloads::scale_back`] undoes exactly. A
     /// Deployment at 0 already keeps the note it has (a second stop must not record 0 as the count to restore).
     pub async fn scale_down_noted(&self, name: &str, note: &str) -> Result<Done, KubeError> {
-        let site = || self.site("patch", "deployment", name);
-        for _ in 0..3 {
-            let d = self
-                .deployment(name)
-                .await?
-                .ok_or(KubeError::NotFound { site: site() })?;
+        self.patch_guarded(name, |d| {
             let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
             if replicas == 0 {
-                return Ok(Done::Unchanged(format!(
+                return Edit::Done(Done::Unchanged(format!(
                     "deployment {name}: already 0 replicas"
                 )));
             }
-            let patch = json!({
-                "metadata": {
-                    "resourceVersion": d.metadata.resource_version,
-                    "annotations": {note: replicas.to_string()},
-                },
-                "spec": {"replicas": 0},
-            });
-            match self
-                .deployments()
-                .patch(name, &params(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => {
-                    return Ok(Done::Changed(format!(
-                        "deployment {name}: scaled from {replicas} to 0"
-                    )));
-                }
-                Err(e) => {
-                    let e = KubeError::from_kube(site(), e);
-                    if !e.is_conflict() {
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        Err(KubeError::Conflict {
-            site: site(),
-            reason: "Conflict (three times in a row: another writer keeps changing it)".into(),
+            Edit::Merge(
+                json!({"metadata": {"annotations": {note: replicas.to_string()}}, "spec": {"replicas": 0}}),
+                format!("deployment {name}: scaled from {replicas} to 0"),
+            )
         })
+        .await
     }
 
     /// Undoes [`Workloads::scale_down_noted`]: the noted replica count back, the note removed, in one write. Nothing
     /// when the Deployment carries no note (or someone scaled it up since: their count stands, the note goes).
     pub async fn scale_back(&self, name: &str, note: &str) -> Result<Done, KubeError> {
-        let site = || self.site("patch", "deployment", name);
-        for _ in 0..3 {
-            let d = self
-                .deployment(name)
-                .await?
-                .ok_or(KubeError::NotFound { site: site() })?;
+        self.patch_guarded(name, |d| {
             let Some(noted) = d.metadata.annotations.as_ref().and_then(|a| a.get(note)) else {
-                return Ok(Done::Unchanged(format!(
+                return Edit::Done(Done::Unchanged(format!(
                     "deployment {name}: nothing to scale back"
                 )));
             };
@@ -416,23 +383,38 @@ impl Workloads {
                 Ok(n) if replicas == 0 && n > 0 => n,
                 _ => replicas,
             };
-            let patch = json!({
-                "metadata": {
-                    "resourceVersion": d.metadata.resource_version,
-                    "annotations": {note: null},
-                },
-                "spec": {"replicas": back},
-            });
+            Edit::Merge(
+                json!({"metadata": {"annotations": {note: null}}, "spec": {"replicas": back}}),
+                format!("deployment {name}: scaled back from {replicas} to {back}"),
+            )
+        })
+        .await
+    }
+
+    /// Reads Deployment `name`, asks `edit` what to write, and merge-patches it under the resourceVersion just
+    /// read; on a conflict (someone wrote in between) reads and decides again, three times at most.
+    async fn patch_guarded(
+        &self,
+        name: &str,
+        edit: impl Fn(&Deployment) -> Edit,
+    ) -> Result<Done, KubeError> {
+        let site = || self.site("patch", "deployment", name);
+        for _ in 0..3 {
+            let d = self
+                .deployment(name)
+                .await?
+                .ok_or(KubeError::NotFound { site: site() })?;
+            let (mut patch, message) = match edit(&d) {
+                Edit::Done(done) => return Ok(done),
+                Edit::Merge(patch, message) => (patch, message),
+            };
+            patch["metadata"]["resourceVersion"] = json!(d.metadata.resource_version);
             match self
                 .deployments()
                 .patch(name, &params(), &Patch::Merge(&patch))
                 .await
             {
-                Ok(_) => {
-                    return Ok(Done::Changed(format!(
-                        "deployment {name}: scaled back from {replicas} to {back}"
-                    )));
-                }
+                Ok(_) => return Ok(Done::Changed(message)),
                 Err(e) => {
                     let e = KubeError::from_kube(site(), e);
                     if !e.is_conflict() {
@@ -559,4 +541,12 @@ fn template_patch(
         },
         "spec": {"template": template},
     })
+}
+
+/// What [`Workloads::patch_guarded`] is to do with the Deployment it read.
+enum Edit {
+    /// Nothing to write.
+    Done(Done),
+    /// This merge patch (the resourceVersion is added), and what it does in words.
+    Merge(Value, String),
 }

@@ -343,6 +343,35 @@ pub struct ServiceStatus {
     pub health: serde_json::Value,
 }
 
+impl ServiceStatus {
+    /// A service as found: `health` is what it answered, when it runs and answered.
+    pub fn seen(
+        name: &str,
+        image: &str,
+        release: &str,
+        port: u16,
+        running: bool,
+        health: Option<xorb_adapters::services::ServiceHealth>,
+    ) -> Self {
+        ServiceStatus {
+            name: name.to_string(),
+            image: image.to_string(),
+            release: release.to_string(),
+            port,
+            pid: None,
+            running,
+            healthy: health.as_ref().is_some_and(|h| h.healthy),
+            reported_release: health.as_ref().and_then(|h| h.release.clone()),
+            health: health.map(|h| h.detail).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    pub fn with_pid(mut self, pid: Option<i32>) -> Self {
+        self.pid = pid;
+        self
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StackStatus {
     pub release: String,
@@ -379,17 +408,10 @@ pub async fn status(state_dir: &Path) -> Result<StackStatus, LocalError> {
         } else {
             None
         };
-        services.push(ServiceStatus {
-            name: s.name.clone(),
-            image: s.image.clone(),
-            release: s.release.clone(),
-            port: s.port,
-            pid: s.proc.as_ref().map(|p| p.pid),
-            running,
-            healthy: h.as_ref().is_some_and(|h| h.healthy),
-            reported_release: h.as_ref().and_then(|h| h.release.clone()),
-            health: h.map(|h| h.detail).unwrap_or(serde_json::Value::Null),
-        });
+        services.push(
+            ServiceStatus::seen(&s.name, &s.image, &s.release, s.port, running, h)
+                .with_pid(s.proc.as_ref().map(|p| p.pid)),
+        );
     }
     // A server that answers but refuses us (wrong password) is a problem to name, not "schema none".
     let mut problems = Vec::new();

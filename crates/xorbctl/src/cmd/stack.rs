@@ -83,13 +83,8 @@ async fn up_kubernetes(s: &StackUp, out: &Reporter) -> anyhow::Result<Exit> {
         if let Some(d) = &r.demo {
             let _ = writeln!(
                 s,
-                "Demo data: tenants {}, {} sessions completed, {} findings{}.",
-                d.tenants.join(", "),
-                d.sessions_completed,
-                d.findings,
-                d.evidence
-                    .map(|e| format!(", {e} evidence records"))
-                    .unwrap_or_default()
+                "{}",
+                demo_line(&d.tenants, d.sessions_completed, d.findings, d.evidence)
             );
         }
         s
@@ -153,13 +148,8 @@ pub async fn up(s: &StackUp, out: &Reporter) -> anyhow::Result<Exit> {
         if let Some(d) = &r.demo {
             let _ = writeln!(
                 s,
-                "Demo data: tenants {}, {} sessions completed, {} findings{}.",
-                d.tenants.join(", "),
-                d.sessions_completed,
-                d.findings,
-                d.evidence
-                    .map(|e| format!(", {e} evidence records"))
-                    .unwrap_or_default()
+                "{}",
+                demo_line(&d.tenants, d.sessions_completed, d.findings, d.evidence)
             );
             if let Some(n) = d.bulk_sessions {
                 let _ = writeln!(s, "Bulk history: {n} completed sessions of tenant bulk.");
@@ -213,4 +203,15 @@ fn print_down(out: &Reporter, entries: Vec<target::DownEntry>) {
         }
         s
     });
+}
+
+/// What the demo data created, in one line (the local stack's and the Kubernetes stack's alike).
+fn demo_line(tenants: &[String], sessions: usize, findings: i64, evidence: Option<i64>) -> String {
+    format!(
+        "Demo data: tenants {}, {sessions} sessions completed, {findings} findings{}.",
+        tenants.join(", "),
+        evidence
+            .map(|e| format!(", {e} evidence records"))
+            .unwrap_or_default()
+    )
 }

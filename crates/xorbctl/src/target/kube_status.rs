@@ -2,12 +2,14 @@
 //! file's addresses answer (a Deployment's instances in place of a process, a server "running" when it answers).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use xorb_adapters::deps::chain;
-use xorb_adapters::target::Target;
+use xorb_adapters::target::{Endpoints, Target};
+use xorb_engine::planner::LiveState;
 use xorb_local::stack::{ServerStatus, ServiceStatus, StackStatus};
 
-use super::Opened;
+use super::any::AnyTarget;
 
 fn port_of(url: &str) -> u16 {
     url.rsplit(':')
@@ -16,10 +18,13 @@ fn port_of(url: &str) -> u16 {
         .unwrap_or(0)
 }
 
-pub async fn status(opened: &Opened) -> anyhow::Result<StackStatus> {
-    let t = &opened.target;
-    let live = opened.observe().await?;
-    let ep = opened.endpoints()?;
+/// `live` and `ep` as the target observed them just before.
+pub async fn status(
+    t: &AnyTarget,
+    live: LiveState,
+    ep: Endpoints,
+    state_dir: &Path,
+) -> anyhow::Result<StackStatus> {
     let instances = t
         .instances()
         .await
@@ -36,17 +41,14 @@ pub async fn status(opened: &Opened) -> anyhow::Result<StackStatus> {
         } else {
             None
         };
-        services.push(ServiceStatus {
-            name: s.name.clone(),
-            image: s.image.clone(),
-            release: s.release.clone(),
-            port: port_of(&url),
-            pid: None,
+        services.push(ServiceStatus::seen(
+            &s.name,
+            &s.image,
+            &s.release,
+            port_of(&url),
             running,
-            healthy: h.as_ref().is_some_and(|h| h.healthy),
-            reported_release: h.as_ref().and_then(|h| h.release.clone()),
-            health: h.map(|h| h.detail).unwrap_or(serde_json::Value::Null),
-        });
+            h,
+        ));
     }
     let mut problems = Vec::new();
     let mut servers = BTreeMap::new();
@@ -110,7 +112,7 @@ pub async fn status(opened: &Opened) -> anyhow::Result<StackStatus> {
         };
     Ok(StackStatus {
         release: live.release,
-        state_dir: opened.state_dir.clone(),
+        state_dir: state_dir.to_path_buf(),
         services,
         schema_revision,
         streams,

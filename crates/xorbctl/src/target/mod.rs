@@ -155,7 +155,11 @@ pub async fn stack_status(loc: &Locations) -> anyhow::Result<StackStatus> {
     let opened = open(loc).await?;
     match &opened.target {
         AnyTarget::Local(_) => Ok(xorb_local::stack::status(&loc.state_dir).await?),
-        AnyTarget::Kube(_) => kube_status::status(&opened).await,
+        AnyTarget::Kube(_) => {
+            let live = opened.observe().await?;
+            let ep = opened.endpoints()?;
+            kube_status::status(&opened.target, live, ep, &loc.state_dir).await
+        }
     }
 }
 
