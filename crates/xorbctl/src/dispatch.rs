@@ -32,7 +32,7 @@ pub async fn run(settings: Settings, out: &Reporter) -> anyhow::Result<Exit> {
         CommandSettings::Approve(s) => cmd::approve::run(s, out, &red).await,
         CommandSettings::Check(s) => cmd::check::run(s, out, &red),
         CommandSettings::Resume(s) => cmd::resume::run(s, out, &red).await,
-        CommandSettings::Abort(s) => cmd::abort::run(s, out, &red),
+        CommandSettings::Abort(s) => cmd::abort::run(s, out, &red).await,
         CommandSettings::Runs(s) => cmd::runs::run(s, out),
         CommandSettings::Show(s) => cmd::show::run(s, out, &red),
         CommandSettings::Watch(s) => cmd::watch::run(s, out, &red).await,

@@ -63,6 +63,22 @@ pub async fn finish(lease: HeldLease, status: Option<&RunStatus>) -> Result<(), 
     }
 }
 
+/// After `abort`: the Lease the aborted run kept (handed over to a resume that will never come) is given back,
+/// so the next rollback is not refused in its name. True when it was the run's; a Lease another run holds, or one
+/// the run's own process still renews, is left alone (that process gives it back when it stops).
+pub async fn release_aborted(
+    client: kube::Client,
+    namespace: &str,
+    run: &str,
+) -> Result<bool, KubeError> {
+    let holder = Holder::for_this_process(run, "xorbctl abort");
+    match RollbackLease::acquire(client, namespace, holder, LEASE_DURATION).await {
+        Ok(l) => l.release().await.map(|()| true),
+        Err(KubeError::LeaseHeld { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// What runs a rollback's steps: the shared adapters over the target, each step first checking that the run
 /// still holds the cluster's Lease (Kubernetes; nothing to check on the local target, whose lock file does it).
 pub struct Runner {

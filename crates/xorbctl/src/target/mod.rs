@@ -376,6 +376,24 @@ pub fn runner(state_dir: &Path, paths: Paths, to: Release) -> Adapters {
     )
 }
 
+/// After `abort RUN` in a state directory bound to Kubernetes: gives the namespace's Lease back if the run kept
+/// it. None on the local target.
+pub async fn after_abort(state_dir: &Path, run: &str) -> anyhow::Result<Option<bool>> {
+    let Some(k) = select::bound(state_dir)? else {
+        return Ok(None);
+    };
+    let spec = xorb_kube_target::spec::TargetFile::load(&k.target_file)?;
+    let cluster = xorb_kube::client::connect(&xorb_kube::client::Selection {
+        kubeconfig: k.kubeconfig.clone(),
+        context: k.context.clone(),
+        namespace: Some(k.namespace.clone().unwrap_or(spec.namespace)),
+    })
+    .await?;
+    Ok(Some(
+        lease::release_aborted(cluster.client, &cluster.namespace, run).await?,
+    ))
+}
+
 /// Refuses a command that works only on the local stack when the state directory is bound to Kubernetes.
 pub fn local_only(state_dir: &Path, command: &str) -> Result<(), UsageError> {
     match select::bound(state_dir)? {

@@ -316,6 +316,55 @@ fn xorbctl_plans_and_rolls_back_a_kubernetes_namespace_under_its_lease() {
     assert_eq!(lab.image("xorb-api"), format!("xorb/api:{RC1}"));
     lab.rt.block_on(other.release()).unwrap();
 
+    // A run that stops unfinished (here at its approval gate: P2 with nobody's approval) keeps the Lease in its
+    // name for its own resume; `abort` gives it back, so the next rollback is not refused.
+    let lease_holder = || {
+        lab.kubectl(&[
+            "get",
+            "lease",
+            xorb_kube::lease::LEASE_NAME,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+    };
+    let out = lab.xorbctl(
+        state,
+        true,
+        &[
+            "rollback",
+            "--from",
+            RC1,
+            "--to",
+            STABLE,
+            "--severity",
+            "P2",
+            "--yes",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(9), "{}", text(&out));
+    let waiting = show(&lab, state, "latest")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        lease_holder().starts_with(&format!("run {waiting} by ")),
+        "{}",
+        lease_holder()
+    );
+    let out = lab.xorbctl(state, false, &["abort", &waiting, "--by", "alice"]);
+    assert!(out.status.success(), "abort: {}", text(&out));
+    assert!(
+        text(&out).contains("rollback Lease it kept is given back"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(lease_holder(), "");
+    assert_eq!(
+        lab.image("xorb-api"),
+        format!("xorb/api:{RC1}"),
+        "the waiting run acted"
+    );
+
     // `--only api` rolls the api alone.
     let before = lab.versions();
     let out = lab.xorbctl(
