@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod client;
+pub mod diff;
 pub mod error;
 pub mod lease;
 pub mod rollout;

@@ -219,7 +219,7 @@ impl Workloads {
             .patch(name, &pp, &Patch::Strategic(&patch))
             .await
             .map_err(|e| KubeError::from_kube(site(), e))?;
-        Ok(crate::apply::diff_values(
+        Ok(crate::diff::diff_values(
             &serde_json::to_value(&d).unwrap_or(Value::Null),
             &serde_json::to_value(&after).unwrap_or(Value::Null),
         ))
