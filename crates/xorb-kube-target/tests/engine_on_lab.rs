@@ -29,7 +29,9 @@ fn the_engine_runs_the_rollback_plan_on_the_lab() {
         venv: repo().join(".venv"),
         svc_bin: svc_bin(),
     };
-    let (end, ep) = rt.block_on(async {
+    // Boxed: the engine's future over the Kubernetes target is large in a debug build, and a test thread's stack
+    // is small (it overflowed there once the target grew).
+    let (end, ep) = rt.block_on(Box::pin(async {
         let client = lab_client(stack.lab()).await.unwrap();
         let t = KubeTarget::connect(client, spec, &state_dir).await.unwrap();
         let ep = t.endpoints().unwrap();
@@ -55,7 +57,7 @@ fn the_engine_runs_the_rollback_plan_on_the_lab() {
             xorb_adapters::TargetRunner::new(t, paths.clone(), state_dir.clone(), to.clone());
         let mut engine = Engine::new(&state_dir, runner, NullSink).unwrap();
         (engine.start(plan).await.unwrap(), ep)
-    });
+    }));
     let log = std::fs::read_to_string(&end.log_file).unwrap();
     assert!(end.succeeded(), "{:?}: {}\n{log}", end.status, end.next);
     // A service step waits until its Service serves the new release, so the checks after it pass first time.

@@ -55,7 +55,8 @@ fn main() -> ExitCode {
             return Exit::Other.into();
         }
     };
-    match rt.block_on(dispatch::run(settings, &out)) {
+    // On the heap: a command's future (a whole rollback over a target) is large, and the stack is not the place.
+    match rt.block_on(Box::pin(dispatch::run(settings, &out))) {
         Ok(code) => code.into(),
         Err(e) => {
             let code = exit_of(&e);
