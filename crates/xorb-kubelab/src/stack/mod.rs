@@ -335,22 +335,9 @@ impl KubeStack {
         client: &kube::Client,
         release: &Release,
     ) -> Result<(), StackError> {
-        let port = |addr: String| {
-            addr.rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .ok_or_else(|| StackError::Start {
-                    what: "the proxy's address".into(),
-                    why: format!("{addr:?} has no port"),
-                })
-        };
-        let mut ports = BTreeMap::new();
-        for s in &release.services {
-            let addr = self
-                .proxied(client, &format!("xorb-{}", s.name), "http")
-                .await?;
-            ports.insert(s.name.clone(), port(addr)?);
-        }
-        let alertmanager = port(self.proxied(client, "alertmanager", "http").await?)?;
+        let t = self.target_ports(client, release).await?;
+        let ports: BTreeMap<String, u16> = t.services.into_iter().collect();
+        let alertmanager = t.alertmanager;
         let cfg = xorb_local::servers::prometheus_config(
             release,
             Path::new(""),
