@@ -179,6 +179,10 @@ impl<T: Target> TargetRunner<T> {
                     .await?
             }
             Action::ConfigureServices { services } => self.configure(services, timeout).await?,
+            Action::ApplyObjects { from, release } => {
+                let (from, to) = (self.release(from)?, self.release(release)?);
+                self.target.apply_objects(&from, &to).await?
+            }
             Action::DbBackup => pg::backup::backup(self, ctx).await?,
             Action::BackupProof => pg::proof::prove(self, ctx).await?,
             Action::DbCompatibility {

@@ -152,6 +152,23 @@ pub trait Target {
         async { Ok(()) }
     }
 
+    /// Puts `to`'s cluster objects in place as its manifests write them, and removes those only `from` has (the
+    /// runbook's `kubectl apply -f secrets/ network-policies/`). Planned only where `observe` says the target has
+    /// cluster objects (`LiveState::cluster_objects`); a target without them refuses.
+    fn apply_objects(
+        &self,
+        from: &Release,
+        to: &Release,
+    ) -> impl Future<Output = Result<String, StepError>> {
+        let (_, _) = (from, to);
+        async move {
+            Err(StepError::Unsupported {
+                action: "apply_objects".into(),
+                why: format!("the {} target has no cluster objects", self.kind()),
+            })
+        }
+    }
+
     /// Stops and forgets `service` (the runbook's `kubectl delete deployment`).
     fn remove_workload(&self, service: &str) -> impl Future<Output = Result<String, StepError>>;
 

@@ -35,6 +35,10 @@ pub struct LiveState {
     /// The JetStream streams that exist, when the target could list them (None: not looked at).
     #[serde(default)]
     pub streams: Option<Vec<String>>,
+    /// The target runs the releases' cluster objects (network policies, secrets) from their manifests, so a
+    /// rollback applies the target release's (Kubernetes; not the local stack, which has none).
+    #[serde(default)]
+    pub cluster_objects: bool,
 }
 
 /// What part of the stack a run touches (`--only`).
@@ -375,6 +379,29 @@ pub fn plan_with(
                 None => {}
             }
         }
+    }
+
+    // Phase 2.2: the runbook's `kubectl apply -f secrets/ network-policies/` first (the configuration maps are the
+    // next step's, layered as the target lays them out). After the service steps: rc1's policy for the control
+    // plane goes once the control plane has.
+    if live.cluster_objects && matches!(scope, Scope::All | Scope::Config) {
+        let mut s = step(
+            "2.objects.apply".into(),
+            Phase::Services,
+            format!(
+                "Apply {}'s network policies and secrets (server-side); remove the network policies only {} has",
+                to.name(),
+                from.name()
+            ),
+            Action::ApplyObjects {
+                from: from.name().into(),
+                release: to.name().into(),
+            },
+            Safety::Idempotent,
+        );
+        s.timeout_secs = t.rollout_secs;
+        s.policy = Policy::failure_policy(&policy.config);
+        steps.push(s);
     }
 
     // Phase 2.2: configuration, with the known limitations' settings on top of the target's own.
@@ -1110,6 +1137,7 @@ mod tests {
                 revisions: revisions(),
             }),
             streams: None,
+            cluster_objects: false,
         }
     }
 
@@ -1229,6 +1257,43 @@ mod tests {
             .map(|c| c.subject.as_str())
             .collect();
         assert_eq!(flushed, ["db 1", "db 2"]);
+    }
+
+    #[test]
+    fn cluster_objects_are_applied_after_the_services_and_before_their_configuration() {
+        let (rc1, stable, pol) = (rel(RC1), rel(STABLE), Policy::embedded());
+        let local = plan(&live(RC1, "8d9a2c3"), &rc1, &stable, &pol, Scope::All).unwrap();
+        assert!(
+            !ids(&local).contains(&"2.objects.apply"),
+            "the local stack has none"
+        );
+        let mut kube = live(RC1, "8d9a2c3");
+        kube.cluster_objects = true;
+        let p = plan(&kube, &rc1, &stable, &pol, Scope::All).unwrap();
+        let ids = ids(&p);
+        let pos = |id: &str| ids.iter().position(|i| *i == id).unwrap();
+        assert!(
+            pos("2.control-plane.remove") < pos("2.objects.apply"),
+            "{ids:?}"
+        );
+        assert_eq!(pos("2.objects.apply") + 1, pos("2.config.apply"), "{ids:?}");
+        let step = &p.steps[pos("2.objects.apply")];
+        assert_eq!(
+            step.action,
+            Action::ApplyObjects {
+                from: RC1.into(),
+                release: STABLE.into()
+            }
+        );
+        for (scope, planned) in [
+            (Scope::Config, true),
+            (Scope::Api, false),
+            (Scope::Services, false),
+        ] {
+            let p = plan(&kube, &rc1, &stable, &pol, scope).unwrap();
+            let has = p.steps.iter().any(|s| s.id == "2.objects.apply");
+            assert_eq!(has, planned, "{scope:?}");
+        }
     }
 
     #[test]

@@ -31,6 +31,9 @@ use xorb_model::release::{Release, SERVICE_ORDER};
 
 use crate::spec::{SecretRef, TargetFile};
 
+mod objects;
+mod preview;
+
 /// Object names the target reads and writes.
 pub mod names {
     /// The shared configuration of every role (the runbook's `kubectl patch configmap xorb-config`).
@@ -77,7 +80,7 @@ impl KubeTargetError {
 /// How long a dependency restarted for new configuration files may take to be ready again.
 const CONFIG_ROLLOUT: Duration = Duration::from_secs(120);
 
-fn step(e: KubeError) -> StepError {
+pub(crate) fn step(e: KubeError) -> StepError {
     if e.retryable() {
         StepError::retryable(e.to_string())
     } else {
@@ -150,33 +153,8 @@ impl KubeTarget {
         })
     }
 
-    /// What a service step setting `image` would change on the service's Deployment, field by field (`path:
-    /// before → after`), as the API server computes it in a dry run; nothing is written. The configuration stays
-    /// the live one, as the step keeps it.
-    pub async fn preview_image(
-        &self,
-        service: &str,
-        image: &str,
-    ) -> Result<Vec<String>, StepError> {
-        let dep = names::deployment(service);
-        let config = self
-            .config_of(&self.shared_config().await?, service)
-            .await?;
-        let stamp = BTreeMap::from([(names::CONFIG_STAMP.to_string(), config_stamp(&config))]);
-        let cause = self.change_cause(service, image, &config).await?;
-        let shown = |v: &serde_json::Value| match v {
-            serde_json::Value::Null => "(absent)".to_string(),
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        Ok(self
-            .work
-            .preview_template(&dep, &dep, image, &stamp, &cause)
-            .await
-            .map_err(step)?
-            .into_iter()
-            .map(|(path, before, after)| format!("{path}: {} → {}", shown(&before), shown(&after)))
-            .collect())
+    pub(crate) fn applier(&self) -> xorb_kube::apply::Applier {
+        xorb_kube::apply::Applier::new(self.client.clone(), &self.spec.namespace)
     }
 
     /// Reads the passwords the target file names, once: a missing Secret or key is an error now, not mid-run.
@@ -237,6 +215,40 @@ impl KubeTarget {
             .await
             .map_err(|e| step(KubeError::from_kube(self.site("get", "configmap", name), e)))?;
         Ok(cm.map(|c| c.data.unwrap_or_default()))
+    }
+
+    /// What phase 2's configuration step writes to `xorb-config` (None: nothing). It is read by every service,
+    /// so it changes only when every running service is being configured (a rollback `--only api` must not hand
+    /// the api's values to the worker at its next restart). Then what they all share goes there, and a key no
+    /// service wants any more leaves it. Keys the services no longer share but still use stay until each
+    /// service's own ConfigMap has them (`set_workload` writes those).
+    ///
+    /// `gone`: services taken for removed already (a plan's preview, where an earlier step removes them).
+    async fn shared_changes(
+        &self,
+        services: &BTreeMap<String, BTreeMap<String, String>>,
+        gone: &[String],
+    ) -> Result<Option<BTreeMap<String, Option<String>>>, StepError> {
+        let live: Vec<String> = self
+            .deployments()
+            .await?
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| !gone.contains(n))
+            .collect();
+        if !live.iter().all(|n| services.contains_key(n)) {
+            return Ok(None);
+        }
+        let mut changes: BTreeMap<String, Option<String>> = shared_part(services.values())
+            .into_iter()
+            .map(|(k, v)| (k, Some(v)))
+            .collect();
+        for k in self.shared_config().await?.keys() {
+            if services.values().all(|c| !c.contains_key(k)) {
+                changes.insert(k.clone(), None);
+            }
+        }
+        Ok((!changes.is_empty()).then_some(changes))
     }
 
     /// Sets (Some) and removes (None) keys of a ConfigMap, creating it when absent. Writes nothing when the
@@ -497,6 +509,7 @@ impl Target for KubeTarget {
             services,
             database: None,
             streams: None,
+            cluster_objects: true,
         })
     }
 
@@ -596,16 +609,7 @@ impl Target for KubeTarget {
         // The service's own ConfigMap holds what differs from the shared one, and nothing else.
         let own = names::config_map(service);
         let live_own = self.cm_data(&own).await?.unwrap_or_default();
-        let mut changes: BTreeMap<String, Option<String>> = config
-            .iter()
-            .filter(|(k, v)| shared.get(*k) != Some(*v))
-            .map(|(k, v)| (k.clone(), Some(v.clone())))
-            .collect();
-        for k in live_own.keys() {
-            if !changes.contains_key(k) {
-                changes.insert(k.clone(), None);
-            }
-        }
+        let changes = own_changes(&shared, &live_own, config);
         let config_changed = self.cm_merge(&own, &changes).await?;
         // A service an emergency procedure scaled down runs again once it is rolled: the procedure protected the
         // stack while the run was stopped, and the run going on is the way out of it.
@@ -669,36 +673,20 @@ impl Target for KubeTarget {
         &self,
         services: &BTreeMap<String, BTreeMap<String, String>>,
     ) -> Result<(), StepError> {
-        // xorb-config is read by every service: it changes only when every running service is being configured
-        // (a rollback `--only api` must not hand the api's values to the worker at its next restart). Then what
-        // they all share goes there, and a key no service wants any more leaves it. Keys the services no longer
-        // share but still use stay until each service's own ConfigMap has them (set_workload writes those).
-        let live: Vec<String> = self
-            .deployments()
-            .await?
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        if !live.iter().all(|n| services.contains_key(n)) {
+        let Some(changes) = self.shared_changes(services, &[]).await? else {
             return Ok(());
-        }
-        let mut changes: BTreeMap<String, Option<String>> = shared_part(services.values())
-            .into_iter()
-            .map(|(k, v)| (k, Some(v)))
-            .collect();
-        let current = self.shared_config().await?;
-        for k in current.keys() {
-            if services.values().all(|c| !c.contains_key(k)) {
-                changes.insert(k.clone(), None);
-            }
-        }
-        if changes.is_empty() {
-            return Ok(());
-        }
+        };
         self.record_release_before_acting().await?;
         self.cm_merge(names::SHARED_CONFIG, &changes)
             .await
             .map(drop)
+    }
+
+    async fn apply_objects(&self, from: &Release, to: &Release) -> Result<String, StepError> {
+        let wanted = objects::release_objects(to)?.len();
+        self.record_release_before_acting().await?;
+        let done = objects::apply(&self.applier(), from, to, false).await?;
+        Ok(objects::describe(to, wanted, &done))
     }
 
     async fn remove_workload(&self, service: &str) -> Result<String, StepError> {
@@ -981,6 +969,25 @@ impl Target for KubeTarget {
             self.namespace()
         ))
     }
+}
+
+/// What a service's own ConfigMap must change to hold exactly the keys of `config` that differ from `shared`.
+fn own_changes(
+    shared: &BTreeMap<String, String>,
+    live_own: &BTreeMap<String, String>,
+    config: &BTreeMap<String, String>,
+) -> BTreeMap<String, Option<String>> {
+    let mut changes: BTreeMap<String, Option<String>> = config
+        .iter()
+        .filter(|(k, v)| shared.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), Some(v.clone())))
+        .collect();
+    for k in live_own.keys() {
+        if !changes.contains_key(k) {
+            changes.insert(k.clone(), None);
+        }
+    }
+    changes
 }
 
 /// The keys every configuration has, with the same value.

@@ -1,6 +1,7 @@
 //! The engine runs a real rollback plan of rc1 to stable on the lab through `TargetRunner<KubeTarget>`: the
 //! planner's steps, journaled, each done by the shared adapters at the target file's addresses and by the
-//! Kubernetes target for the workloads; Debian's kubectl checks the result.
+//! Kubernetes target for the workloads; Debian's kubectl checks the result. Then the runbook's cascade prevention
+//! on the rolled-back stack, as a failing step's emergency procedure would run it.
 
 use xorb_adapters::target::Target;
 use xorb_engine::Engine;
@@ -8,6 +9,7 @@ use xorb_engine::events::NullSink;
 use xorb_engine::planner::{self, PlanOptions, Scope};
 use xorb_kube_target::KubeTarget;
 use xorb_kubelab::stack::lab_client;
+use xorb_model::plan::EmergencyProcedure;
 use xorb_model::policy::Policy;
 use xorb_model::release::Release;
 
@@ -16,6 +18,18 @@ use support::*;
 
 #[test]
 fn the_engine_runs_the_rollback_plan_on_the_lab() {
+    // A thread with room: a debug build polls the engine's nested futures over the Kubernetes target in deep,
+    // wide frames, more than a test thread's 2 MB (xorbctl runs it on the main thread's 8 MB, in a release
+    // build far less).
+    std::thread::Builder::new()
+        .stack_size(16 << 20)
+        .spawn(rollback_then_cascade_prevention)
+        .unwrap()
+        .join()
+        .unwrap_or_else(|_| panic!("the test's thread panicked (above)"));
+}
+
+fn rollback_then_cascade_prevention() {
     let lab = Lab::rc1();
     let (dir, rt, stack) = (&lab.dir, &lab.rt, &lab.stack);
     let state_dir = dir.path().join("state");
@@ -29,9 +43,8 @@ fn the_engine_runs_the_rollback_plan_on_the_lab() {
         venv: repo().join(".venv"),
         svc_bin: svc_bin(),
     };
-    // Boxed: the engine's future over the Kubernetes target is large in a debug build, and a test thread's stack
-    // is small (it overflowed there once the target grew).
-    let (end, ep) = rt.block_on(Box::pin(async {
+    // Boxed: the engine's future over the Kubernetes target is large in a debug build.
+    let (end, ep, kube_target) = rt.block_on(Box::pin(async {
         let client = lab_client(stack.lab()).await.unwrap();
         let t = KubeTarget::connect(client, spec, &state_dir).await.unwrap();
         let ep = t.endpoints().unwrap();
@@ -56,7 +69,12 @@ fn the_engine_runs_the_rollback_plan_on_the_lab() {
         let runner =
             xorb_adapters::TargetRunner::new(t, paths.clone(), state_dir.clone(), to.clone());
         let mut engine = Engine::new(&state_dir, runner, NullSink).unwrap();
-        (engine.start(plan).await.unwrap(), ep)
+        let end = engine.start(plan).await.unwrap();
+        let client = lab_client(stack.lab()).await.unwrap();
+        let again = KubeTarget::connect(client, target_file(stack), &state_dir)
+            .await
+            .unwrap();
+        (end, ep, again)
     }));
     let log = std::fs::read_to_string(&end.log_file).unwrap();
     assert!(end.succeeded(), "{:?}: {}\n{log}", end.status, end.next);
@@ -110,6 +128,24 @@ fn the_engine_runs_the_rollback_plan_on_the_lab() {
         "jsonpath={.data.release}",
     ]);
     assert_eq!(state, STABLE);
+    // The runbook's `kubectl apply -f network-policies/`: stable's policies as its manifests write them, and rc1's
+    // policy for the control plane gone with it.
+    let (ok, gone) = kubectl(&["get", "networkpolicy", "xorb-allow-control-plane-from-api"]);
+    assert!(!ok && gone.contains("NotFound"), "{gone}");
+    for np in ["xorb-default-deny-ingress", "xorb-allow-api-ingress"] {
+        let version = lab.kubectl_ok(&[
+            "get",
+            "networkpolicy",
+            np,
+            "-o",
+            "jsonpath={.metadata.labels.app\\.kubernetes\\.io/version}",
+        ]);
+        assert_eq!(version, STABLE, "{np}");
+    }
+    assert!(
+        log.contains("networkpolicy/xorb-allow-control-plane-from-api deleted"),
+        "{log}"
+    );
 
     // Schema, streams and Prometheus as stable defines them, reached at the target file's addresses.
     rt.block_on(async {
@@ -145,5 +181,70 @@ fn the_engine_runs_the_rollback_plan_on_the_lab() {
             );
         }
     }
+
+    // Cascade prevention, as a failing step's emergency procedure runs it: worker and scheduler scaled to 0 with
+    // their replica counts noted, the api restarted with the circuit breaker on and serving.
+    let replicas = |s: &str| {
+        let d = lab.kubectl_ok(&["get", "deployment", &format!("xorb-{s}"), "-o", "json"]);
+        serde_json::from_str::<serde_json::Value>(&d).unwrap()
+    };
+    let before: Vec<String> = ["worker", "scheduler"]
+        .iter()
+        .map(|s| replicas(s)["spec"]["replicas"].to_string())
+        .collect();
+    let said = rt.block_on(Box::pin(async {
+        let runner = xorb_adapters::TargetRunner::new(kube_target, paths.clone(), state_dir, to);
+        xorb_adapters::safety::emergency(&runner, EmergencyProcedure::CascadePrevention)
+            .await
+            .unwrap()
+    }));
+    assert!(
+        said.contains("stopped worker, scheduler")
+            && said.contains("api restarted with CIRCUIT_BREAKER_ENABLED=true"),
+        "{said}"
+    );
+    for (s, before) in ["worker", "scheduler"].iter().zip(&before) {
+        let d = replicas(s);
+        assert_eq!(d["spec"]["replicas"], 0, "{s}");
+        assert_eq!(
+            &d["metadata"]["annotations"]["xorb.dev/replicas-before-emergency"],
+            before.as_str(),
+            "{s}"
+        );
+    }
+    let own = lab.kubectl_ok(&[
+        "get",
+        "configmap",
+        "xorb-api-config",
+        "-o",
+        "jsonpath={.data.CIRCUIT_BREAKER_ENABLED}",
+    ]);
+    assert_eq!(own, "true");
+    let (ok, status) = kubectl(&["rollout", "status", "deployment/xorb-api", "--watch=false"]);
+    assert!(ok && status.contains("successfully rolled out"), "{status}");
+    rt.block_on(async {
+        let info = get_json(&format!("{}/api/v1/info", ep.services["api"]), |v| {
+            v["features"]["circuit_breaker"] == true
+        })
+        .await;
+        assert_eq!(info["release"], STABLE, "{info}");
+    });
     lab.down();
+}
+
+/// GETs `url` until its JSON satisfies `ok` (the proxy moves to new Pods on its next refresh), under a deadline.
+async fn get_json(url: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let http = xorb_adapters::deps::http_client();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let got = match http.get(url).send().await {
+            Ok(r) if r.status().is_success() => r.json::<serde_json::Value>().await.ok(),
+            _ => None,
+        };
+        match got {
+            Some(v) if ok(&v) => return v,
+            other if std::time::Instant::now() > deadline => panic!("GET {url}: {other:?}"),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
 }

@@ -6,7 +6,7 @@
 //! (a person with `kubectl edit`, a client-side `kubectl apply`).
 
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::Value;
 
 use crate::diff::diff;
@@ -75,6 +75,35 @@ impl Applier {
             out.push(self.apply_one(o, dry_run).await?);
         }
         Ok(out)
+    }
+
+    /// Deletes `kind` `name` (or, in a dry run, only reads whether it is there); Ok(false) when it was already
+    /// gone, so a resumed run removes nothing twice.
+    pub async fn remove(&self, kind: &str, name: &str, dry_run: bool) -> Result<bool, KubeError> {
+        let verb = if dry_run { "dry-run delete" } else { "delete" };
+        let site = Site::new(verb, static_kind(kind), &self.namespace, name.to_string());
+        let Some(ar) = resource(kind) else {
+            return Err(KubeError::Invalid {
+                site,
+                message: format!("kind {kind:?} is not one a rollback removes"),
+            });
+        };
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &self.namespace, &ar);
+        if dry_run {
+            return api
+                .get_opt(name)
+                .await
+                .map(|o| o.is_some())
+                .map_err(|e| KubeError::from_kube(site, e));
+        }
+        match api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let e = KubeError::from_kube(site, e);
+                if e.is_not_found() { Ok(false) } else { Err(e) }
+            }
+        }
     }
 
     async fn apply_one(&self, object: &Value, dry_run: bool) -> Result<Applied, KubeError> {

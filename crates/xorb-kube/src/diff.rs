@@ -63,6 +63,14 @@ fn walk(path: &str, a: &Value, b: &Value, out: &mut Vec<(String, Value, Value)>)
                 );
             }
         }
+        // A map that appears or goes whole (a ConfigMap's first `data`, a template's first annotation) is shown
+        // key by key, as the fields it adds or removes.
+        (Value::Null, Value::Object(y)) if !y.is_empty() => {
+            walk(path, &Value::Object(Default::default()), b, out)
+        }
+        (Value::Object(x), Value::Null) if !x.is_empty() => {
+            walk(path, a, &Value::Object(Default::default()), out)
+        }
         (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
             for (i, (p, q)) in x.iter().zip(y).enumerate() {
                 walk(&format!("{path}[{i}]"), p, q, out);
@@ -91,6 +99,17 @@ mod tests {
             vec!["data.B", "data.GONE", "data.NEW"]
         );
         assert!(diff(&live, &live).is_empty());
+        // A map that appears whole is listed key by key.
+        let bare = json!({"kind": "ConfigMap", "metadata": {"name": "c"}});
+        assert_eq!(
+            diff_values(&bare, &applied),
+            vec![
+                ("data.A".to_string(), Value::Null, json!("1")),
+                ("data.B".to_string(), Value::Null, json!("3")),
+                ("data.NEW".to_string(), Value::Null, json!("y")),
+            ]
+        );
+        assert_eq!(diff(&applied, &bare), vec!["data.A", "data.B", "data.NEW"]);
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub fn observe(state_dir: &Path) -> Result<LiveState, LocalError> {
             .collect(),
         database: None,
         streams: None,
+        cluster_objects: false,
     })
 }
 

@@ -342,6 +342,10 @@ pub enum Action {
     },
     /// Create the named release's streams that do not exist yet (additive: expand before the switch).
     EnsureStreams { release: String },
+    /// Phase 2.2 on a target whose releases ship cluster objects (Kubernetes): `release`'s network policies and
+    /// secrets applied as its manifests write them (server-side, conflicts forced), and the network policies only
+    /// `from` has removed. Idempotent: applying the same manifests again changes nothing.
+    ApplyObjects { from: String, release: String },
     /// Phase 2.2: run each named service with exactly this configuration (restarting those that differ).
     ConfigureServices {
         services: BTreeMap<String, BTreeMap<String, String>>,
@@ -459,6 +463,7 @@ impl Action {
             Action::Check { .. } => "check",
             Action::EnsureStreams { .. } => "ensure_streams",
             Action::ConfigureServices { .. } => "configure_services",
+            Action::ApplyObjects { .. } => "apply_objects",
             Action::DbBackup => "db_backup",
             Action::BackupProof => "backup_proof",
             Action::DbCompatibility { .. } => "db_compatibility",
@@ -504,6 +509,10 @@ impl fmt::Display for Action {
                 let names: Vec<&str> = services.keys().map(String::as_str).collect();
                 write!(f, "configure {}", names.join(", "))
             }
+            Action::ApplyObjects { from, release } => write!(
+                f,
+                "apply the network policies and secrets of {release}, removing those only {from} has"
+            ),
             Action::DbBackup => f.write_str("back up the database"),
             Action::BackupProof => {
                 f.write_str("prove the backup by restoring it and comparing checksums")

@@ -120,6 +120,7 @@ mod tests {
             services: Vec::new(),
             database: None,
             streams: None,
+            cluster_objects: false,
         }
     }
 

@@ -11,14 +11,15 @@ use crate::settings::Plan;
 
 pub async fn run(s: &Plan, out: &Reporter, red: &Redactor) -> anyhow::Result<Exit> {
     let (plan, _, opened) = compute_plan(&s.locations, &s.request, red).await?;
-    // Configuration changes show values, some of them secrets.
+    // The dry runs send the plan's own values; what is shown is redacted (configuration values may be secrets).
+    let diff = opened.live_diff(&plan).await?;
     let plan =
         serde_json::from_value(red.redact_json(&serde_json::to_value(&plan)?)).unwrap_or(plan);
-    let Some(diff) = opened.live_diff(&plan).await? else {
+    let Some(diff) = diff else {
         out.result(&plan, render_plan);
         return Ok(Exit::Ok);
     };
-    // On Kubernetes the plan comes with what the API server says each workload step would change.
+    // On Kubernetes the plan comes with what the API server says each step would change.
     let mut doc = serde_json::to_value(&plan)?;
     doc["live_diff"] = red.redact_json(&serde_json::to_value(&diff)?);
     out.result(&doc, |_| {

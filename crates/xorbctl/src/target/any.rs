@@ -85,6 +85,10 @@ impl Target for AnyTarget {
         each!(self, t => t.share_configuration(services).await)
     }
 
+    async fn apply_objects(&self, from: &Release, to: &Release) -> Result<String, StepError> {
+        each!(self, t => t.apply_objects(from, to).await)
+    }
+
     async fn remove_workload(&self, service: &str) -> Result<String, StepError> {
         each!(self, t => t.remove_workload(service).await)
     }

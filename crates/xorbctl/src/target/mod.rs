@@ -300,8 +300,8 @@ pub struct StepDiff {
 }
 
 impl Opened {
-    /// On Kubernetes, what the plan's workload steps would change on the live objects, field by field, by the API
-    /// server's dry run (`kubectl diff`); None on the local target. Changes nothing.
+    /// On Kubernetes, what the plan's steps of phase 2 would change on the live objects, field by field, by the
+    /// API server's dry run (`kubectl diff`); None on the local target. Changes nothing.
     pub async fn live_diff(
         &self,
         plan: &xorb_model::plan::Plan,
@@ -311,39 +311,66 @@ impl Opened {
             return Ok(None);
         };
         let mut out = Vec::new();
+        let mut removed: Vec<String> = Vec::new();
         for step in &plan.steps {
-            let (object, changes) = match &step.action {
-                Action::SetImage { service, image, .. } => (
+            if let Action::RemoveService { service } = &step.action {
+                removed.push(service.clone());
+            }
+            let dry_run = |e| step_error(&format!("the dry run of {}", step.id), e);
+            let objects: Vec<(String, Vec<String>)> = match &step.action {
+                Action::SetImage { service, image, .. } => vec![(
                     format!(
                         "deployment/{}",
                         xorb_kube_target::names::deployment(service)
                     ),
-                    t.preview_image(service, image)
-                        .await
-                        .map_err(|e| step_error(&format!("the dry run of {}", step.id), e))?,
-                ),
+                    t.preview_image(service, image).await.map_err(dry_run)?,
+                )],
                 Action::RemoveService { service } => {
                     let name = xorb_kube_target::names::deployment(service);
                     let gone = t
                         .removed(service)
                         .await
                         .map_err(|e| step_error(&format!("reading {name}"), e))?;
-                    (
+                    vec![(
                         format!("deployment/{name}, service/{name}"),
                         if gone {
                             Vec::new()
                         } else {
                             vec!["deleted".to_string()]
                         },
-                    )
+                    )]
+                }
+                Action::ApplyObjects { from, release } => {
+                    let load = |name: &str| {
+                        Release::load_named(&self.paths.releases_root, name)
+                            .map_err(|e| anyhow::anyhow!("release {name}: {e}"))
+                    };
+                    let (from, to) = (load(from)?, load(release)?);
+                    let diff = t.preview_objects(&from, &to).await.map_err(dry_run)?;
+                    if diff.is_empty() {
+                        vec![("network policies and secrets".to_string(), Vec::new())]
+                    } else {
+                        diff
+                    }
+                }
+                Action::ConfigureServices { services } => {
+                    let diff = t
+                        .preview_configuration(services, &removed)
+                        .await
+                        .map_err(dry_run)?;
+                    if diff.is_empty() {
+                        vec![("configmaps".to_string(), Vec::new())]
+                    } else {
+                        diff
+                    }
                 }
                 _ => continue,
             };
-            out.push(StepDiff {
+            out.extend(objects.into_iter().map(|(object, changes)| StepDiff {
                 step: step.id.clone(),
                 object,
                 changes,
-            });
+            }));
         }
         Ok(Some(out))
     }

@@ -281,6 +281,23 @@ fn xorbctl_plans_and_rolls_back_a_kubernetes_namespace_under_its_lease() {
         plan.contains("deployment/xorb-control-plane, service/xorb-control-plane\n      deleted"),
         "{plan}"
     );
+    // Phase 2.2's steps too: rc1's network policy for the control plane deleted, stable's shared configuration
+    // in xorb-config (the known limitations on top), the configuration's restart as a new stamp.
+    assert!(
+        plan.contains(
+            "2.objects.apply        networkpolicy/xorb-allow-control-plane-from-api\n      deleted"
+        ),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("2.config.apply         configmap/xorb-config\n")
+            && plan.contains("data.TENANT_ISOLATION_MODE: advanced → basic"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("spec.template.metadata.annotations.xorb.dev/config-sha256: "),
+        "{plan}"
+    );
     assert_eq!(changed(&before, &lab.versions()), Vec::<String>::new());
     assert!(!state.join("target.json").exists());
 
@@ -424,6 +441,12 @@ fn xorbctl_plans_and_rolls_back_a_kubernetes_namespace_under_its_lease() {
         "jsonpath={.spec.holderIdentity}",
     ]);
     assert_eq!(holder, "", "the Lease is given back at the end");
+    let policies = lab.kubectl(&["get", "networkpolicies", "-o", "name"]);
+    assert!(
+        !policies.contains("xorb-allow-control-plane-from-api")
+            && policies.contains("xorb-default-deny-ingress"),
+        "{policies}"
+    );
     // A command that knows only the local stack says so instead of failing on a missing stack.
     let out = lab.xorbctl(state, false, &["integrity", "--quick"]);
     assert!(!out.status.success());

@@ -157,6 +157,7 @@ impl Target for MemTarget {
                 .collect(),
             database: None,
             streams: None,
+            cluster_objects: false,
         })
     }
 
