@@ -8,13 +8,15 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use xorb_model::plan::{FailurePolicy, Plan, PlanError, RunStatus, Safety, StepOutcome, StepSpec};
+use xorb_model::plan::{Plan, PlanError, RunStatus, Safety, StepOutcome, StepSpec};
 
 use crate::events::{Confirmation, Event, EventRecord, EventSink};
 use crate::journal::{Journal, JournalError, RunRecord, StepState};
 use crate::lock::{LOCK_FILE, LockError, RollbackLock};
 use crate::logfile::LogFileSink;
 use crate::runner::{Probe, StepContext, StepRunner};
+
+mod schedule;
 use xorb_model::redact::Redactor;
 
 /// Why the engine itself could not go on (a failing *step* is not an error: it is a run status).
@@ -229,6 +231,19 @@ fn ms_since(t: Instant) -> u64 {
     u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Probes the live state; a probe that errs or runs out of time "cannot tell".
+async fn probe_with<R: StepRunner>(runner: &R, ctx: &StepContext<'_>, step: &StepSpec) -> Probe {
+    match bounded(step.timeout_secs, runner.probe(step, ctx)).await {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => Probe::Unknown {
+            why: format!("the probe failed: {e}"),
+        },
+        None => Probe::Unknown {
+            why: format!("the probe did not answer within {} s", step.timeout_secs),
+        },
+    }
+}
+
 /// The run being executed.
 struct Active {
     run_id: String,
@@ -265,11 +280,6 @@ enum Resolution {
     Run,
     /// A person must decide.
     Wait(String),
-}
-
-enum StepEnd {
-    Done,
-    Stopped(RunStatus),
 }
 
 /// Executes plans against a target. `R` does the work, `S` receives every event after it is journaled
@@ -536,16 +546,22 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
         Ok(())
     }
 
+    fn recorder<'a>(&'a mut self, active: &'a mut Active) -> schedule::Recorder<'a, S> {
+        schedule::Recorder {
+            journal: &mut self.journal,
+            sink: &mut self.sink,
+            log: &mut active.log,
+            run_id: &active.run_id,
+        }
+    }
+
     /// Hands a journaled event to the log file and the caller's sink.
     fn publish(&mut self, active: &mut Active, rec: &EventRecord) {
-        active.log.emit(rec);
-        self.sink.emit(rec);
+        self.recorder(active).publish(rec);
     }
 
     fn journal_event(&mut self, active: &mut Active, event: Event) -> Result<(), EngineError> {
-        let rec = self.journal.append_event(&active.run_id, event)?;
-        self.publish(active, &rec);
-        Ok(())
+        self.recorder(active).event(event)
     }
 
     fn journal_outcome(
@@ -557,106 +573,13 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
         duration_ms: u64,
     ) -> Result<(), EngineError> {
         let step = active.plan.steps[index].id.clone();
-        let event = Event::StepFinished {
-            index,
-            step,
-            attempt,
-            outcome: outcome.clone(),
-            duration_ms,
-        };
-        let rec = self
-            .journal
-            .record_outcome(&active.run_id, index, &outcome, event)?;
-        self.publish(active, &rec);
-        Ok(())
-    }
-
-    async fn drive(
-        &mut self,
-        active: &mut Active,
-        progress: Vec<Progress>,
-        confirmations: &BTreeMap<String, Confirmation>,
-    ) -> Result<RunStatus, EngineError> {
-        let mut phase = None;
-        for (index, progress) in progress.into_iter().enumerate() {
-            if progress.state.is_done() {
-                continue;
-            }
-            // A person may have aborted the run from another process: stop at the step boundary.
-            let current = self.journal.status(&active.run_id)?;
-            if matches!(current, RunStatus::Aborted { .. }) {
-                return Ok(current);
-            }
-            let step = active.plan.steps[index].clone();
-            if phase != Some(step.phase) {
-                phase = Some(step.phase);
-                let steps = active
-                    .plan
-                    .steps
-                    .iter()
-                    .filter(|s| s.phase == step.phase)
-                    .count();
-                self.journal_event(
-                    active,
-                    Event::PhaseStarted {
-                        phase: step.phase,
-                        steps,
-                    },
-                )?;
-            }
-            let confirmation = confirmations.get(&step.id).copied();
-            if confirmation == Some(Confirmation::MarkDone) {
-                self.journal_event(
-                    active,
-                    Event::ConfirmationUsed {
-                        step: step.id.clone(),
-                        confirmation: Confirmation::MarkDone,
-                    },
-                )?;
-                let outcome = StepOutcome::AlreadyDone {
-                    detail: "confirmed done by the operator".into(),
-                };
-                self.journal_outcome(active, index, progress.attempts, outcome, 0)?;
-                continue;
-            }
-            if progress.attempts > 0 {
-                match self
-                    .reprobe(active, index, &step, &progress, confirmation)
-                    .await?
-                {
-                    Resolution::Done => continue,
-                    Resolution::Run => {}
-                    Resolution::Wait(reason) => {
-                        return Ok(RunStatus::WaitingForConfirmation {
-                            step: step.id.clone(),
-                            reason,
-                        });
-                    }
-                }
-            }
-            match self
-                .execute(active, index, &step, progress.attempts)
-                .await?
-            {
-                StepEnd::Done => {}
-                StepEnd::Stopped(status) => return Ok(status),
-            }
-        }
-        Ok(RunStatus::Succeeded)
+        self.recorder(active)
+            .outcome(index, &step, attempt, outcome, duration_ms)
     }
 
     /// Probes the live state; a probe that errs or runs out of time "cannot tell".
     async fn probe(&self, active: &Active, index: usize, step: &StepSpec, attempt: u32) -> Probe {
-        let ctx = active.ctx(index, attempt);
-        match bounded(step.timeout_secs, self.runner.probe(step, &ctx)).await {
-            Some(Ok(p)) => p,
-            Some(Err(e)) => Probe::Unknown {
-                why: format!("the probe failed: {e}"),
-            },
-            None => Probe::Unknown {
-                why: format!("the probe did not answer within {} s", step.timeout_secs),
-            },
-        }
+        probe_with(&self.runner, &active.ctx(index, attempt), step).await
     }
 
     /// Decides what to do with a step that was started before (in flight when the run stopped, or failed).
@@ -732,118 +655,6 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
             _ => format!("{how} and it cannot be proven safe to repeat"),
         };
         Ok(Resolution::Wait(reason))
-    }
-
-    /// Runs a step (attempts after `previous_attempts`) under its failure policy.
-    async fn execute(
-        &mut self,
-        active: &mut Active,
-        index: usize,
-        step: &StepSpec,
-        previous_attempts: u32,
-    ) -> Result<StepEnd, EngineError> {
-        // Saturating: the attempt count comes from the journal, which a damaged file may fill with anything.
-        let max_tries = step
-            .policy
-            .max_attempts()
-            .min(u32::try_from(xorb_model::limits::ATTEMPTS.max).unwrap_or(u32::MAX));
-        let mut attempt = previous_attempts;
-        let mut tries = 0u32;
-        loop {
-            tries = tries.saturating_add(1);
-            attempt = attempt.saturating_add(1);
-            crate::crash::before_step(&step.id);
-            // INTENT
-            let event = Event::StepStarted {
-                index,
-                step: step.id.clone(),
-                title: step.title.clone(),
-                attempt,
-            };
-            let rec = self
-                .journal
-                .record_intent(&active.run_id, index, attempt, event)?;
-            self.publish(active, &rec);
-            crate::pause::in_step(&step.id).await;
-            // ACT
-            let started = Instant::now();
-            let outcome = {
-                let ctx = active.ctx(index, attempt);
-                match bounded(step.timeout_secs, self.runner.run(step, &ctx)).await {
-                    Some(Ok(outcome)) => outcome,
-                    Some(Err(e)) => e.into_outcome(),
-                    None => StepOutcome::Failed {
-                        error: format!(
-                            "did not finish within its timeout of {} s",
-                            step.timeout_secs
-                        ),
-                        // cancelled half-way: only a step that is safe to repeat may be retried blindly
-                        retryable: step.safety != Safety::NotRepeatable,
-                    },
-                }
-            };
-            // What the step wrote (its artifacts in the run directory, the stack's records) is on disk before the
-            // journal says it is done: a crash after the outcome's commit must not find a backup the journal
-            // vouches for missing or empty.
-            let outcome = match outcome {
-                StepOutcome::Failed { .. } => outcome,
-                done => {
-                    match crate::private::sync_file_systems(&[&active.run_dir, &self.state_dir]) {
-                        Ok(()) => done,
-                        Err((path, e)) => StepOutcome::Failed {
-                            error: format!(
-                                "acted, but what it wrote cannot be flushed to disk (syncfs of the file system of {}: \
-                             {e}); check that disk before resuming",
-                                path.display()
-                            ),
-                            retryable: false,
-                        },
-                    }
-                }
-            };
-            // OUTCOME
-            self.journal_outcome(active, index, attempt, outcome.clone(), ms_since(started))?;
-            let StepOutcome::Failed { error, retryable } = outcome else {
-                return Ok(StepEnd::Done);
-            };
-            if retryable && tries < max_tries {
-                let backoff = xorb_model::limits::clamp_backoff(match step.policy {
-                    FailurePolicy::Retry { backoff_ms, .. } => backoff_ms,
-                    _ => 0,
-                });
-                let backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX);
-                let retry = Event::StepRetry {
-                    step: step.id.clone(),
-                    attempt,
-                    next_attempt: attempt.saturating_add(1),
-                    backoff_ms,
-                    error: error.clone(),
-                };
-                self.journal_event(active, retry)?;
-                tokio::time::sleep(backoff).await;
-                if step.safety != Safety::Idempotent {
-                    let probe = self.probe(active, index, step, attempt).await;
-                    self.journal_event(
-                        active,
-                        Event::StepProbed {
-                            step: step.id.clone(),
-                            probe: probe.clone(),
-                        },
-                    )?;
-                    if let Probe::Done { detail } = probe {
-                        let outcome = StepOutcome::AlreadyDone {
-                            detail: format!("found done by the probe: {detail}"),
-                        };
-                        self.journal_outcome(active, index, attempt, outcome, 0)?;
-                        return Ok(StepEnd::Done);
-                    }
-                }
-                continue;
-            }
-            return Ok(StepEnd::Stopped(
-                self.fail(active, index, step, attempt, error).await?,
-            ));
-        }
     }
 
     /// A step definitely failed: run the policy's emergency procedure, if any, and say how the run stops.

@@ -12,6 +12,7 @@ use xorb_model::policy::Policy;
 use xorb_model::release::Release;
 
 mod restore;
+mod touches;
 pub use restore::{BackupToRestore, plan_restore};
 
 /// One service as observed on the live stack.
@@ -516,6 +517,9 @@ pub fn plan_with(
     }
 
     refuse_incompatible(live, from, to, &steps)?;
+    for s in &mut steps {
+        s.access = Some(touches::access_of(&s.action));
+    }
     let mut p = Plan::new(from.name(), to.name());
     p.scope = scope.name();
     p.steps = steps;

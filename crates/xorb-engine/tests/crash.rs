@@ -1,6 +1,8 @@
 //! Crash tests: the crash-test binary is killed with SIGKILL at every journal boundary in turn
 //! (`XORB_CRASH_AFTER_JOURNAL_WRITES=k`) and at random moments inside steps, then resumed in fresh processes until
-//! the run is done. The end state must equal an uninterrupted run's, with every side effect exactly once.
+//! the run is done. The end state must equal an uninterrupted run's, with every side effect exactly once. The plan
+//! has steps in flight together (a pair in phase 1, a pair in phase 5), and the boundary sweep runs once with each
+//! of a pair finishing first, so the kills land in both interleavings.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -97,10 +99,12 @@ fn normalized(rec: &RunRecord) -> (RunStatus, Vec<(String, bool)>) {
     )
 }
 
-/// Runs `start` without interruption and returns (journal writes, record, effects).
-fn reference() -> (u64, RunRecord, Vec<String>) {
+/// Runs `start` (with `extra` flags) without interruption and returns (journal writes, record, effects).
+fn reference_with(extra: &[&str]) -> (u64, RunRecord, Vec<String>) {
     let d = dirs();
-    let (status, stdout, stderr) = output(spawn(&d, &["start"], None));
+    let mut args = vec!["start"];
+    args.extend_from_slice(extra);
+    let (status, stdout, stderr) = output(spawn(&d, &args, None));
     assert!(status.success(), "{stderr}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["status"]["state"], "succeeded", "{stdout}");
@@ -112,6 +116,22 @@ fn reference() -> (u64, RunRecord, Vec<String>) {
             .all(|s| s.state == StepState::Succeeded && s.attempts == 1)
     );
     (writes, rec, effects(&d))
+}
+
+fn reference() -> (u64, RunRecord, Vec<String>) {
+    reference_with(&[])
+}
+
+/// The order in which the journal saw steps start (`started`) or finish.
+fn journal_order(rec: &RunRecord, finished: bool) -> Vec<String> {
+    rec.events
+        .iter()
+        .filter_map(|e| match &e.event {
+            xorb_engine::Event::StepStarted { step, .. } if !finished => Some(step.clone()),
+            xorb_engine::Event::StepFinished { step, .. } if finished => Some(step.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Drives the run to completion as an operator would: resume; when the engine waits for a confirmation, look at
@@ -178,11 +198,25 @@ fn assert_same_as_reference(d: &Dirs, reference: &RunRecord, ref_effects: &[Stri
         "{label}: journal differs from an uninterrupted run"
     );
     assert_eq!(rec.plan, reference.plan, "{label}");
-    assert_eq!(
-        effects(d),
-        ref_effects,
-        "{label}: every side effect exactly once, in plan order"
-    );
+    // Every side effect exactly once, and each after those of the steps it waits for (steps in flight together
+    // may leave theirs in either order).
+    let got = effects(d);
+    let (mut a, mut b) = (got.clone(), ref_effects.to_vec());
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "{label}: every side effect exactly once");
+    let waits = xorb_model::access::waits_for(&rec.plan.steps);
+    for (j, step) in rec.plan.steps.iter().enumerate() {
+        let at = |id: &str| got.iter().position(|e| e == id).unwrap();
+        for &i in &waits[j] {
+            let before = &rec.plan.steps[i].id;
+            assert!(
+                at(before) < at(&step.id),
+                "{label}: {} before {before}, which it waits for: {got:?}",
+                step.id
+            );
+        }
+    }
     let started = rec
         .events
         .iter()
@@ -207,36 +241,69 @@ fn assert_same_as_reference(d: &Dirs, reference: &RunRecord, ref_effects: &[Stri
 
 #[test]
 fn sigkill_at_every_journal_boundary_then_resume() {
-    let (writes, reference, ref_effects) = reference();
-    assert_eq!(ref_effects.len(), 6);
-    // 1 run + 3 phases + 6 × (intent + outcome) + 1 finish
-    assert_eq!(writes, 17, "journal writes of an uninterrupted run");
-    let mut confirmations = 0;
-    for k in 1..=writes {
-        let d = dirs();
-        let mut child = spawn(&d, &["start"], Some(k));
-        let status = wait(&mut child);
-        let (_, _, stderr) = output(child);
-        assert_eq!(
-            status.signal(),
-            Some(9),
-            "k={k}: the hook must SIGKILL the process ({stderr})"
-        );
-        let rec = latest(&d).expect("the first write creates the run");
-        let journaled = rec.events.len() as u64;
-        assert_eq!(
-            journaled, k,
-            "k={k}: exactly k writes (one event each) reached the journal"
-        );
-        let (rounds, _) = resume_until_done(&d, &[], || None);
-        assert!(rounds <= 2, "k={k}: {rounds} resumes");
-        if rounds == 2 {
-            confirmations += 1;
+    // Each configuration holds back one step of each pair, so the other finishes first: both interleavings.
+    let configs: [&[&str]; 2] = [
+        &["--slow", "1.verify-target", "--slow", "5.loss"],
+        &["--slow", "1.capture", "--slow", "5.health"],
+    ];
+    let mut orders = Vec::new();
+    for extra in configs {
+        let (writes, reference, ref_effects) = reference_with(extra);
+        assert_eq!(ref_effects.len(), 7);
+        // 1 run + 3 phases + 7 × (intent + outcome) + 1 finish
+        assert_eq!(writes, 19, "journal writes of an uninterrupted run");
+        // The pairs ran together: both started before either finished.
+        let events: Vec<String> = reference
+            .events
+            .iter()
+            .map(|e| match &e.event {
+                xorb_engine::Event::StepStarted { step, .. } => format!("start {step}"),
+                xorb_engine::Event::StepFinished { step, .. } => format!("end {step}"),
+                other => other.kind().to_string(),
+            })
+            .collect();
+        let at = |e: &str| events.iter().position(|x| x == e).unwrap();
+        for (x, y) in [("1.capture", "1.verify-target"), ("5.health", "5.loss")] {
+            assert!(
+                at(&format!("start {y}")) < at(&format!("end {x}"))
+                    && at(&format!("start {x}")) < at(&format!("end {y}")),
+                "{x} and {y} in flight together: {events:?}"
+            );
         }
-        assert_same_as_reference(&d, &reference, &ref_effects, &format!("k={k}"));
+        orders.push(journal_order(&reference, true));
+        let mut confirmations = 0;
+        for k in 1..=writes {
+            let d = dirs();
+            let mut args = vec!["start"];
+            args.extend_from_slice(extra);
+            let mut child = spawn(&d, &args, Some(k));
+            let status = wait(&mut child);
+            let (_, _, stderr) = output(child);
+            assert_eq!(
+                status.signal(),
+                Some(9),
+                "k={k}: the hook must SIGKILL the process ({stderr})"
+            );
+            let rec = latest(&d).expect("the first write creates the run");
+            let journaled = rec.events.len() as u64;
+            assert_eq!(
+                journaled, k,
+                "k={k}: exactly k writes (one event each) reached the journal"
+            );
+            let (rounds, _) = resume_until_done(&d, extra, || None);
+            assert!(rounds <= 2, "k={k}: {rounds} resumes");
+            if rounds == 2 {
+                confirmations += 1;
+            }
+            assert_same_as_reference(&d, &reference, &ref_effects, &format!("{extra:?} k={k}"));
+        }
+        // killed right after the intent of the not-repeatable step, resume must have asked a person once
+        assert_eq!(confirmations, 1, "{extra:?}");
     }
-    // killed right after the intent of the not-repeatable step, resume must have asked a person once
-    assert_eq!(confirmations, 1);
+    assert_ne!(
+        orders[0], orders[1],
+        "the two configurations finish the pairs in opposite orders"
+    );
 }
 
 /// A small deterministic PRNG (xorshift64*), seeded per test run and printed for reproduction.
@@ -274,7 +341,7 @@ fn sigkill_at_random_moments_inside_steps_then_resume() {
                 return None;
             }
             remaining_kills -= 1;
-            // 6 steps × 20 ms of sleeping + process start: kill somewhere in the first ~160 ms
+            // 7 steps of 20 to 40 ms, two pairs together, + process start: kill somewhere in the first ~160 ms
             Some(Duration::from_micros(rng.next() % 160_000))
         });
         processes += rounds;
@@ -332,5 +399,5 @@ fn sigkill_releases_the_lock_and_a_second_rollback_is_refused_while_one_runs() {
     let runs = xorb_engine::list_runs(&d.state).unwrap();
     assert!(runs[0].interrupted);
     resume_until_done(&d, &[], || None);
-    assert_eq!(effects(&d).len(), 6);
+    assert_eq!(effects(&d).len(), 7);
 }

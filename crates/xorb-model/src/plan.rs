@@ -609,6 +609,10 @@ pub struct StepSpec {
     /// Names of the checks this step runs or gates on (shown by `plan`, listed by the report).
     #[serde(default)]
     pub checks: Vec<String>,
+    /// What the step reads and changes (`crate::access`): steps of one phase that do not conflict run at the
+    /// same time. None: unknown, so the step runs alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<crate::access::Access>,
 }
 
 impl StepSpec {
@@ -633,6 +637,7 @@ impl StepSpec {
             timeout_secs: Self::DEFAULT_TIMEOUT_SECS,
             policy: FailurePolicy::Abort,
             checks: Vec::new(),
+            access: None,
         }
     }
 

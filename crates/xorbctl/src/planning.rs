@@ -122,5 +122,19 @@ pub fn render_plan(plan: &Plan) -> String {
             let _ = writeln!(s, "      then checks: {}", step.checks.join(", "));
         }
     }
+    let together: Vec<Vec<usize>> = xorb_model::access::waves(&plan.steps)
+        .into_iter()
+        .filter(|w| w.len() > 1)
+        .collect();
+    if !together.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nRun at the same time (none changes what another of them reads or changes):"
+        );
+        for wave in together {
+            let ids: Vec<&str> = wave.iter().map(|&i| plan.steps[i].id.as_str()).collect();
+            let _ = writeln!(s, "  {}", ids.join(", "));
+        }
+    }
     s
 }

@@ -1,12 +1,15 @@
 //! Test binary for the crash tests (`tests/crash.rs`); not part of xorbctl.
 //!
-//! Runs a fixed plan of 6 steps whose target appends one line per side effect to an effects file and whose probe
+//! Runs a fixed plan of 7 steps whose target appends one line per side effect to an effects file and whose probe
 //! looks for that line. Kill it (SIGKILL, or `XORB_CRASH_AFTER_JOURNAL_WRITES=N`) anywhere, resume it, and the
-//! effects file must end with every step exactly once.
+//! effects file must end with every step exactly once. Two pairs of steps run at the same time (phases 1 and 5);
+//! `--slow STEP` holds a step 40 ms before its effect, so a test chooses which of a pair finishes first, and
+//! `--sleep-ms` varies each step's time by process, so random kills find the pairs in every order.
 //!
 //! ```text
-//! xorb-engine-crashtest STATE_DIR EFFECTS_FILE start  [--sleep-ms N]
-//! xorb-engine-crashtest STATE_DIR EFFECTS_FILE resume [--sleep-ms N] [--confirm STEP]... [--mark-done STEP]...
+//! xorb-engine-crashtest STATE_DIR EFFECTS_FILE start  [--sleep-ms N] [--slow STEP]...
+//! xorb-engine-crashtest STATE_DIR EFFECTS_FILE resume [--sleep-ms N] [--slow STEP]... [--confirm STEP]...
+//!                                                     [--mark-done STEP]...
 //! ```
 //! Prints one JSON line: `{"run_id", "status", "journal_writes"}`; exits 0 when the engine returned, 2 on an
 //! engine error.
@@ -18,11 +21,13 @@ use std::time::Duration;
 use xorb_engine::{
     Confirmation, Engine, NullSink, Probe, ResumeOptions, StepContext, StepError, StepRunner,
 };
+use xorb_model::access::{Access, Resource};
 use xorb_model::plan::{Action, EmergencyProcedure, Phase, Plan, Safety, StepOutcome, StepSpec};
 
 struct EffectsTarget {
     effects: PathBuf,
     sleep_ms: u64,
+    slow: Vec<String>,
 }
 
 impl EffectsTarget {
@@ -47,8 +52,17 @@ impl StepRunner for EffectsTarget {
     }
 
     async fn run(&self, step: &StepSpec, _ctx: &StepContext<'_>) -> Result<StepOutcome, StepError> {
+        // Each step's time differs by step and by process (1 to 2 times --sleep-ms), so steps in flight together
+        // finish in either order from one process to the next.
+        let spread = step.id.bytes().fold(u64::from(std::process::id()), |h, b| {
+            h.wrapping_mul(31).wrapping_add(u64::from(b))
+        });
+        let sleep_ms = self.sleep_ms + self.sleep_ms * (spread % 4) / 4;
+        if self.slow.contains(&step.id) {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
         // Half of the step's time before its side effect, half after: a random kill lands on either side.
-        tokio::time::sleep(Duration::from_millis(self.sleep_ms / 2)).await;
+        tokio::time::sleep(Duration::from_millis(sleep_ms / 2)).await;
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -57,7 +71,7 @@ impl StepRunner for EffectsTarget {
         // One write(2) of one short line: it is in the file or not, whatever kills the process.
         f.write_all(format!("{}\n", step.id).as_bytes())
             .map_err(|e| StepError::fatal(e.to_string()))?;
-        tokio::time::sleep(Duration::from_millis(self.sleep_ms - self.sleep_ms / 2)).await;
+        tokio::time::sleep(Duration::from_millis(sleep_ms - sleep_ms / 2)).await;
         Ok(StepOutcome::succeeded(format!("{} applied", step.id)))
     }
 
@@ -70,8 +84,23 @@ impl StepRunner for EffectsTarget {
     }
 }
 
-/// The crash-test plan: the runbook's shape, every safety class.
+/// The crash-test plan: the runbook's shape, every safety class, and steps that run together (the capture
+/// beside the target's verification, two phase-5 checks beside each other).
 fn crash_plan() -> Plan {
+    let mut plan = plan_steps();
+    for s in &mut plan.steps {
+        s.access = Some(match s.id.as_str() {
+            "1.capture" => Access::reads(&[Resource::Services]),
+            "1.verify-target" => Access::default(),
+            "5.health" => Access::reads(&[Resource::Services]),
+            "5.loss" => Access::reads(&[Resource::Database]),
+            _ => Access::writes(&[Resource::Services], &[]),
+        });
+    }
+    plan
+}
+
+fn plan_steps() -> Plan {
     let image = |service: &str| {
         StepSpec::new(
             format!("2.{service}.image"),
@@ -121,12 +150,22 @@ fn crash_plan() -> Plan {
             },
             Safety::Idempotent,
         ))
+        .with_step(StepSpec::new(
+            "5.loss",
+            Phase::Verification,
+            "Loss",
+            Action::Check {
+                name: "loss".into(),
+                params: None,
+            },
+            Safety::Idempotent,
+        ))
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: xorb-engine-crashtest STATE_DIR EFFECTS_FILE start|resume [--sleep-ms N] [--confirm STEP] \
-         [--mark-done STEP]"
+        "usage: xorb-engine-crashtest STATE_DIR EFFECTS_FILE start|resume [--sleep-ms N] [--slow STEP] \
+         [--confirm STEP] [--mark-done STEP]"
     );
     std::process::exit(64)
 }
@@ -141,18 +180,24 @@ async fn main() {
     let effects = PathBuf::from(&args[1]);
     let command = args[2].clone();
     let mut sleep_ms = 0;
+    let mut slow = Vec::new();
     let mut options = ResumeOptions::default();
     let mut rest = args[3..].iter();
     while let Some(flag) = rest.next() {
         let value = rest.next().unwrap_or_else(|| usage());
         match flag.as_str() {
             "--sleep-ms" => sleep_ms = value.parse().unwrap_or_else(|_| usage()),
+            "--slow" => slow.push(value.clone()),
             "--confirm" => options = options.confirm(value, Confirmation::Rerun),
             "--mark-done" => options = options.confirm(value, Confirmation::MarkDone),
             _ => usage(),
         }
     }
-    let target = EffectsTarget { effects, sleep_ms };
+    let target = EffectsTarget {
+        effects,
+        sleep_ms,
+        slow,
+    };
     let mut engine = match Engine::new(&state_dir, target, NullSink) {
         Ok(e) => e,
         Err(e) => {

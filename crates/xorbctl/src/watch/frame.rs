@@ -262,6 +262,16 @@ pub fn render(rec: &RunRecord, executor: Executor, now: DateTime<Utc>) -> Frame 
         };
         lines.push(format!("Current step: {}  {}", c.spec.id, c.spec.title));
         lines.push(format!("  {state}{limit}"));
+        // Steps that touch nothing in common run together (docs/design/concurrent-steps.md).
+        let also: Vec<&str> = rec
+            .steps
+            .iter()
+            .filter(|s| s.state == StepState::InFlight && s.spec.id != c.spec.id)
+            .map(|s| s.spec.id.as_str())
+            .collect();
+        if !also.is_empty() {
+            lines.push(format!("  in flight with it: {}", also.join(", ")));
+        }
         change_step = format!(
             "{} {}",
             c.spec.id,

@@ -236,3 +236,17 @@ fn durations_read_in_whole_seconds() {
     assert_eq!(secs(62), "1m 02s");
     assert_eq!(secs(3720), "1h 02m");
 }
+
+#[test]
+fn steps_in_flight_together_are_named_beside_the_current_one() {
+    let mut rec = base();
+    start(&mut rec, 1, 6, 3);
+    let alone = text(&render(&rec, Executor::Alive, t(8)));
+    assert!(!alone.contains("in flight with it"), "{alone}");
+    start(&mut rec, 2, 7, 4);
+    let both = text(&render(&rec, Executor::Alive, t(8)));
+    assert!(
+        both.contains("Current step: 2.api.image") && both.contains("in flight with it: 5.health"),
+        "{both}"
+    );
+}
