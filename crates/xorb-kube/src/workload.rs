@@ -21,6 +21,18 @@ pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 /// The field manager of every write (server-side apply and patches), so `managedFields` names us.
 pub const FIELD_MANAGER: &str = "xorbctl";
 
+/// How many times a write guarded by the resourceVersion is read and tried again after a conflict. The
+/// Deployment controller writes the status (and so the resourceVersion) again and again while a rollout or a
+/// scale is under way, so a write right after another one meets a conflict or two; it backs off a little more
+/// each time (`conflict_pause`), about 4 s in all.
+const CONFLICT_TRIES: u32 = 8;
+
+async fn conflict_pause(attempt: u32) {
+    if attempt > 0 {
+        tokio::time::sleep(Duration::from_millis(50u64 << attempt.min(4))).await;
+    }
+}
+
 /// A workload kind `rollout restart` and `rollout status` know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -29,7 +41,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Kind::Deployment => "deployment",
             Kind::StatefulSet => "statefulset",
@@ -140,7 +152,8 @@ impl Workloads {
         change_cause: &str,
     ) -> Result<Done, KubeError> {
         let site = || self.site("patch", "deployment", name);
-        for _ in 0..3 {
+        for attempt in 0..CONFLICT_TRIES {
+            conflict_pause(attempt).await;
             let d = self
                 .deployment(name)
                 .await?
@@ -184,7 +197,9 @@ impl Workloads {
         }
         Err(KubeError::Conflict {
             site: site(),
-            reason: "Conflict (three times in a row: another writer keeps changing it)".into(),
+            reason: format!(
+                "Conflict ({CONFLICT_TRIES} times in a row over about 4 s: another writer keeps changing it)"
+            ),
         })
     }
 
@@ -392,14 +407,15 @@ impl Workloads {
     }
 
     /// Reads Deployment `name`, asks `edit` what to write, and merge-patches it under the resourceVersion just
-    /// read; on a conflict (someone wrote in between) reads and decides again, three times at most.
+    /// read; on a conflict (someone wrote in between) reads and decides again (`CONFLICT_TRIES`).
     async fn patch_guarded(
         &self,
         name: &str,
         edit: impl Fn(&Deployment) -> Edit,
     ) -> Result<Done, KubeError> {
         let site = || self.site("patch", "deployment", name);
-        for _ in 0..3 {
+        for attempt in 0..CONFLICT_TRIES {
+            conflict_pause(attempt).await;
             let d = self
                 .deployment(name)
                 .await?
@@ -425,7 +441,9 @@ impl Workloads {
         }
         Err(KubeError::Conflict {
             site: site(),
-            reason: "Conflict (three times in a row: another writer keeps changing it)".into(),
+            reason: format!(
+                "Conflict ({CONFLICT_TRIES} times in a row over about 4 s: another writer keeps changing it)"
+            ),
         })
     }
 
