@@ -539,12 +539,17 @@ fn killed_at_every_journal_boundary_of_phases_1_and_2_the_run_resumes_to_the_sam
             kills < 80,
             "still in phases 1-2 after {kills} kills: {run:#}"
         );
-        // A resume's writes 1 and 2 are the run set running again and its phase started. After a kill that
-        // followed an outcome, write 3 is the next step's intent (killed before it acts); after a kill that
-        // followed an intent, write 3 is that step's probe, 4 its intent again, 5 its outcome (killed after it
-        // acted). So the run stops on both sides of every step of phases 1 and 2.
-        let last = run["events"].as_array().unwrap().last().unwrap()["event"].clone();
-        let at = if last == "step_started" { 5 } else { 3 };
+        // A resume's writes 1 and 2 are the run set running again and its phase started; then each step left
+        // in flight is probed and either found done (its outcome) or started again (its intent): two writes
+        // each. The write after those is a step started or finished that was not before, so every resume moves
+        // the run on: with nothing in flight, the next step's intent (killed before it acts); with a step in
+        // flight, its outcome or the intent of one beside it (killed after it acted). Steps run together in
+        // phase 1, so the kills also land between steps in flight together.
+        let in_flight = steps
+            .iter()
+            .filter(|s| matches!(s["state"].as_str(), Some("in_flight" | "failed")))
+            .count();
+        let at = 3 + 2 * u32::try_from(in_flight).unwrap();
         let out = lab.xorbctl_env(state, false, &["resume", "latest"], at);
         assert_eq!(out.status.signal(), Some(9), "kill {kills}: {}", text(&out));
         kills += 1;
