@@ -14,7 +14,7 @@ use crate::context::{TargetRunner, failed};
 use crate::deps::{self, Dep};
 use crate::files::{private_dir, read_json, sha256_file, write_atomic, write_json};
 use crate::streams::{stream_config, stream_diff, streams_vs_release, string_list};
-use crate::target::Target;
+use crate::target::{Server, Target};
 
 /// A JetStream context that knows which server it talks to, for messages.
 struct Js {
@@ -376,6 +376,8 @@ pub async fn nats_apply<T: Target>(
             diff.join("; ")
         )));
     }
+    let restarted =
+        restart_keeping_streams(r, &after, &format!("{}/{release}", ctx.run_id)).await?;
     let list = |v: &[String]| {
         if v.is_empty() {
             "none".to_string()
@@ -384,12 +386,63 @@ pub async fn nats_apply<T: Target>(
         }
     };
     Ok(format!(
-        "removed {}; created {}; updated {}; live streams equal {}'s definitions ({})",
+        "removed {}; created {}; updated {}; live streams equal {}'s definitions ({}){restarted}",
         list(&removed),
         list(&created),
         list(&updated),
         target.name(),
         after.keys().cloned().collect::<Vec<_>>().join(", ")
+    ))
+}
+
+/// The target's restart of NATS, if it has one (`kubectl rollout restart statefulset/nats-cluster`), and then
+/// JetStream answering with the same streams holding the same messages: its data is kept on its volume. Returns
+/// what to add to the step's detail.
+async fn restart_keeping_streams<T: Target>(
+    r: &TargetRunner<T>,
+    before: &BTreeMap<String, Value>,
+    stamp: &str,
+) -> Result<String, StepError> {
+    let Some(did) = r.target.restart_server(Server::Nats, stamp).await? else {
+        return Ok(String::new());
+    };
+    let url = r.endpoints()?.nats;
+    let within = std::time::Duration::from_secs(120);
+    let after = crate::poll::poll_until(within, || async {
+        stream_infos(&jetstream(&url).await.ok()?).await.ok()
+    })
+    .await
+    .ok_or_else(|| {
+        failed(format!(
+            "{did}, but JetStream did not answer within {} s",
+            within.as_secs()
+        ))
+    })?;
+    // Clients publish and consumers take messages meanwhile, so counts move; a stream's last sequence never goes
+    // back unless its data did not survive.
+    let last = |m: &BTreeMap<String, Value>| -> BTreeMap<String, u64> {
+        m.iter()
+            .map(|(k, v)| (k.clone(), v["state"]["last_seq"].as_u64().unwrap_or(0)))
+            .collect()
+    };
+    let (was, now) = (last(before), last(&after));
+    let lost: Vec<String> = was
+        .iter()
+        .filter(|(k, seq)| now.get(*k).is_none_or(|n| n < *seq))
+        .map(|(k, seq)| match now.get(k) {
+            None => format!("{k} gone"),
+            Some(n) => format!("{k} back at sequence {n} from {seq}"),
+        })
+        .collect();
+    if !lost.is_empty() {
+        return Err(StepError::fatal(format!(
+            "{did}, and JetStream came back without its data ({}): it did not survive the restart. Look at its \
+             volume before resuming",
+            lost.join(", ")
+        )));
+    }
+    Ok(format!(
+        "; {did}, every stream kept (last sequences {was:?})"
     ))
 }
 

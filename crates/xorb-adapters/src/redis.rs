@@ -13,7 +13,7 @@ use crate::context::{TargetRunner, failed};
 use crate::deps::{self, Dep};
 use crate::files::{private_dir, read_json, sha256_file, write_json};
 use crate::redis_conf::{REDIS_NOT_LIVE, keyspace, parse_redis_conf, redis_normal};
-use crate::target::{ConfigSet, RedisEndpoint, Target};
+use crate::target::{ConfigSet, RedisEndpoint, Server, Target};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -342,9 +342,10 @@ pub async fn redis_apply<T: Target>(
             )));
         }
     }
+    let restarted = restart_keeping_data(r, &ep, &format!("{}/{release}", ctx.run_id)).await?;
     Ok(format!(
-        "flushed {}; applied {} settings of {} (CONFIG GET agrees, PING ok); skipped (not settable live or set by \
-         the target): {}",
+        "flushed {}; applied {} settings of {} (CONFIG GET agrees, PING ok){restarted}; skipped (not settable live or \
+         set by the target): {}",
         if flushed.is_empty() {
             "no database".to_string()
         } else {
@@ -385,6 +386,47 @@ pub async fn probe_redis_apply<T: Target>(
         ),
     })
 }
+
+/// The target's restart of Redis, if it has one (`kubectl rollout restart deployment/redis`), and then Redis answering
+/// with its data: kept on its volume (`save` on shutdown). Returns what to add to the step's detail.
+async fn restart_keeping_data<T: Target>(
+    r: &TargetRunner<T>,
+    ep: &RedisEndpoint,
+    stamp: &str,
+) -> Result<String, StepError> {
+    let url = ep.url(0);
+    let before = keyspace_of(&url).await.map_err(failed)?;
+    let Some(did) = r.target.restart_server(Server::Redis, stamp).await? else {
+        return Ok(String::new());
+    };
+    let after = crate::poll::poll_until(RESTART_ANSWERS, || async { keyspace_of(&url).await.ok() })
+        .await
+        .ok_or_else(|| {
+            failed(format!(
+                "{did}, but Redis did not answer within {} s",
+                RESTART_ANSWERS.as_secs()
+            ))
+        })?;
+    // Its clients keep writing and keys expire, so counts move; a database that comes back empty did not survive.
+    let emptied: Vec<String> = before
+        .iter()
+        .filter(|(db, n)| **n > 0 && after.get(db).copied().unwrap_or(0) == 0)
+        .map(|(db, n)| format!("db{db} ({n} keys before)"))
+        .collect();
+    if !emptied.is_empty() {
+        return Err(StepError::fatal(format!(
+            "{did}, and Redis came back empty in {}: its data did not survive the restart. Look at its volume and \
+             its `save` setting before resuming",
+            emptied.join(", ")
+        )));
+    }
+    Ok(format!(
+        "; {did}, data kept (keys per database {before:?} before, {after:?} after)"
+    ))
+}
+
+/// How long a restarted server has to answer again.
+const RESTART_ANSWERS: Duration = Duration::from_secs(120);
 
 // ---------------------------------------------------------------------------------------------------------------
 

@@ -81,6 +81,14 @@ pub enum ConfigSet {
     Dashboards,
 }
 
+/// A stateful server phase 4 reconfigures, which a target may restart afterwards (the runbook's `kubectl rollout
+/// restart statefulset/nats-cluster` and `deployment/redis`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    Nats,
+    Redis,
+}
+
 impl ConfigSet {
     pub fn name(self) -> &'static str {
         match self {
@@ -193,6 +201,19 @@ pub trait Target {
     fn config_written(&self, set: ConfigSet) -> impl Future<Output = Result<(), StepError>> {
         let _ = set;
         async { Ok(()) }
+    }
+
+    /// After phase 4 reconfigured `server`: a target whose server runs as the release defines it only after a
+    /// restart restarts it (once per `stamp`: a resumed step does not restart it again) and returns what it did
+    /// once the restart is rolled out; None: nothing to restart (the local stack takes the changes live). The
+    /// caller then checks that the server answers with the data it had.
+    fn restart_server(
+        &self,
+        server: Server,
+        stamp: &str,
+    ) -> impl Future<Output = Result<Option<String>, StepError>> {
+        let _ = (server, stamp);
+        async { Ok(None) }
     }
 
     /// Whether the target has `set` at all (a target without Grafana has no dashboards).

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use xorb_adapters::conn::PgConn;
 use xorb_adapters::files::{write_json, write_private};
-use xorb_adapters::target::{ConfigSet, Endpoints, Instance, RedisEndpoint, Target};
+use xorb_adapters::target::{ConfigSet, Endpoints, Instance, RedisEndpoint, Server, Target};
 use xorb_engine::planner::{LiveService, LiveState};
 use xorb_engine::runner::StepError;
 use xorb_kube::KubeError;
@@ -760,6 +760,33 @@ impl Target for KubeTarget {
             }
             Ok(had)
         })
+    }
+
+    async fn restart_server(
+        &self,
+        server: Server,
+        stamp: &str,
+    ) -> Result<Option<String>, StepError> {
+        // The runbook restarts both after phase 4 changed them; their data lives on their volumes.
+        let (kind, name) = match server {
+            Server::Nats => (Kind::StatefulSet, "nats-cluster"),
+            Server::Redis => (Kind::Deployment, "redis"),
+        };
+        let done = self.work.restart(kind, name, stamp).await.map_err(step)?;
+        let rolled = self
+            .work
+            .wait_rollout(kind, name, CONFIG_ROLLOUT)
+            .await
+            .map_err(step)?;
+        Ok(Some(format!(
+            "{} {name} {} ({rolled})",
+            kind.name(),
+            if done.changed() {
+                "restarted"
+            } else {
+                "already restarted by this run"
+            }
+        )))
     }
 
     async fn config_written(&self, set: ConfigSet) -> Result<(), StepError> {

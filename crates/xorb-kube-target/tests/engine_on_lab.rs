@@ -146,6 +146,30 @@ fn rollback_then_cascade_prevention() {
         log.contains("networkpolicy/xorb-allow-control-plane-from-api deleted"),
         "{log}"
     );
+    // Phase 4's restarts as the runbook names them (`rollout restart statefulset/nats-cluster`,
+    // `deployment/redis`), their data kept on their volumes.
+    for (what, said) in [
+        (
+            "statefulset/nats-cluster",
+            "statefulset nats-cluster restarted",
+        ),
+        ("deployment/redis", "deployment redis restarted"),
+    ] {
+        let at = lab.kubectl_ok(&[
+            "get",
+            what,
+            "-o",
+            "jsonpath={.spec.template.metadata.annotations.kubectl\\.kubernetes\\.io/restartedAt}",
+        ]);
+        assert!(!at.is_empty(), "{what} was not restarted");
+        let (ok, status) = kubectl(&["rollout", "status", what, "--watch=false"]);
+        assert!(ok && !status.contains("Waiting"), "{what}: {status}");
+        assert!(log.contains(said), "{log}");
+    }
+    assert!(
+        log.contains("every stream kept") && log.contains("data kept"),
+        "{log}"
+    );
 
     // Schema, streams and Prometheus as stable defines them, reached at the target file's addresses.
     rt.block_on(async {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use xorb_adapters::target::{ConfigSet, Endpoints, Instance, Target};
+use xorb_adapters::target::{ConfigSet, Endpoints, Instance, Server, Target};
 use xorb_engine::planner::LiveState;
 use xorb_engine::runner::StepError;
 use xorb_kube_target::KubeTarget;
@@ -111,6 +111,14 @@ impl Target for AnyTarget {
 
     fn remove_config(&self, set: ConfigSet, name: &str) -> Result<bool, StepError> {
         each!(self, t => t.remove_config(set, name))
+    }
+
+    async fn restart_server(
+        &self,
+        server: Server,
+        stamp: &str,
+    ) -> Result<Option<String>, StepError> {
+        each!(self, t => t.restart_server(server, stamp).await)
     }
 
     async fn config_written(&self, set: ConfigSet) -> Result<(), StepError> {
