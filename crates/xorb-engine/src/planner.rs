@@ -136,6 +136,8 @@ pub struct PlanOptions {
     /// A roll-forward re-imports the data these earlier runs preserved and nothing has re-imported yet, oldest
     /// first (usually one run; several when a journal was lost between rollbacks).
     pub reimport_from: Vec<ReimportSource>,
+    /// `--one-at-a-time`: no step says what it touches, so every step runs alone, in plan order.
+    pub one_at_a_time: bool,
 }
 
 /// A run whose preserved data a roll-forward re-imports.
@@ -517,8 +519,10 @@ pub fn plan_with(
     }
 
     refuse_incompatible(live, from, to, &steps)?;
-    for s in &mut steps {
-        s.access = Some(touches::access_of(&s.action));
+    if !opts.one_at_a_time {
+        for s in &mut steps {
+            s.access = Some(touches::access_of(&s.action));
+        }
     }
     let mut p = Plan::new(from.name(), to.name());
     p.scope = scope.name();
@@ -1261,6 +1265,31 @@ mod tests {
             .map(|c| c.subject.as_str())
             .collect();
         assert_eq!(flushed, ["db 1", "db 2"]);
+    }
+
+    #[test]
+    fn every_step_says_what_it_touches_unless_asked_for_one_at_a_time() {
+        let (rc1, stable, pol) = (rel(RC1), rel(STABLE), Policy::embedded());
+        let live = live(RC1, "8d9a2c3");
+        let mut o = opts(Scope::All);
+        let p = plan_with(&live, &rc1, &stable, &pol, &o).unwrap();
+        assert!(p.steps.iter().all(|s| s.access.is_some()));
+        let together = xorb_model::access::waves(&p.steps)
+            .into_iter()
+            .filter(|w| w.len() > 1)
+            .count();
+        assert!(
+            together >= 3,
+            "phases 1, 4 and 5 have steps that run together"
+        );
+        o.one_at_a_time = true;
+        let p = plan_with(&live, &rc1, &stable, &pol, &o).unwrap();
+        assert!(p.steps.iter().all(|s| s.access.is_none()));
+        assert!(
+            xorb_model::access::waves(&p.steps)
+                .iter()
+                .all(|w| w.len() == 1)
+        );
     }
 
     #[test]

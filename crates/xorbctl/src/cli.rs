@@ -214,6 +214,10 @@ pub struct PlanArgs {
     /// A runbook policy file instead of the embedded runbooks/rollback.toml.
     #[arg(long)]
     pub runbook: Option<PathBuf>,
+    /// Run the steps one at a time, in plan order, even those that touch nothing in common (by default they run
+    /// at the same time). Journaled with the plan: a resume keeps it.
+    #[arg(long)]
+    pub one_at_a_time: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -68,6 +68,7 @@ pub async fn compute_plan(
         to_revision: a.to_revision.clone(),
         migration: a.migration.clone(),
         reimport_from: opened.pending_reimports(),
+        one_at_a_time: a.one_at_a_time,
     };
     let mut plan = planner::plan_with(&live, &from_rel, &to_rel, &policy, &opts)?;
     plan.release_digests = crate::release_drift::digests(&[&from_rel, &to_rel])

@@ -95,6 +95,8 @@ pub struct PlanRequest {
     pub migration: Option<String>,
     /// `--runbook FILE`; `None`: the embedded runbooks/rollback.toml.
     pub runbook: Option<PathBuf>,
+    /// `--one-at-a-time`.
+    pub one_at_a_time: bool,
 }
 
 /// The governance options of `rollback`, as typed (checked by `governance::gate` before anything is journaled).
@@ -392,6 +394,7 @@ fn plan_request(a: cli::PlanArgs) -> PlanRequest {
         to_revision: a.to_revision,
         migration: a.migration,
         runbook: a.runbook,
+        one_at_a_time: a.one_at_a_time,
     }
 }
 

@@ -432,8 +432,18 @@ async fn every_dependency_killed_or_stalled_inside_its_steps_stops_the_run_and_r
     let pauses = Stack::new_dir();
     let mut rows = Vec::new();
     for (i, c) in MATRIX.iter().enumerate() {
+        // One step at a time: each case stops the run inside its step before the next case's step has run (run
+        // together, Redis's backup would be done beside the NATS save before its own fault is injected).
         let args: &[&str] = if i == 0 {
-            &["rollback", "--from", RC1, "--to", STABLE, "--yes"]
+            &[
+                "rollback",
+                "--from",
+                RC1,
+                "--to",
+                STABLE,
+                "--yes",
+                "--one-at-a-time",
+            ]
         } else {
             &["resume", "latest"]
         };
@@ -775,9 +785,19 @@ async fn xorbctl_s_state_turning_read_only_mid_run_stops_it_cleanly_and_resume_a
     // A destructive phase-4 step that writes nothing of xorbctl's own while it acts: the change to NATS happens,
     // and it is the journal that cannot record it.
     let step_id = "4.nats.apply";
+    // One step at a time: run together, the Redis step beside it could reach the read-only journal first, and
+    // the engine would stop before this step acts (correct, but not the case under test).
     let child = start_paused(
         &st,
-        &["rollback", "--from", RC1, "--to", STABLE, "--yes"],
+        &[
+            "rollback",
+            "--from",
+            RC1,
+            "--to",
+            STABLE,
+            "--yes",
+            "--one-at-a-time",
+        ],
         step_id,
         &pauses,
     )
