@@ -90,8 +90,22 @@ pub(crate) fn step(e: KubeError) -> StepError {
 
 /// Runs `f` to completion from a synchronous method of the trait. Needs the multi-threaded runtime xorbctl runs
 /// on (the thread blocks, its tasks move to another worker).
-fn block<F: Future>(f: F) -> F::Output {
-    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+///
+/// `f` runs on a thread of its own: a `block_on` nested on this thread would share its parker with the
+/// `block_on` that drives the engine, which may have other steps in flight.
+fn block<F>(f: F) -> F::Output
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|s| {
+            s.spawn(|| handle.block_on(f))
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    })
 }
 
 fn release_of_image(image: &str) -> &str {
