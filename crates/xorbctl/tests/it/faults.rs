@@ -36,6 +36,18 @@ use xorb_model::release::Release;
 
 use crate::common::*;
 
+/// A rollback whose steps run one at a time (`--one-at-a-time`): a fault injected into one step finds the steps
+/// after it not run yet.
+const ROLLBACK_ONE_AT_A_TIME: [&str; 7] = [
+    "rollback",
+    "--from",
+    RC1,
+    "--to",
+    STABLE,
+    "--yes",
+    "--one-at-a-time",
+];
+
 const RC1: &str = "v2025.08-rc1";
 const STABLE: &str = "v2025.07-stable";
 
@@ -435,15 +447,7 @@ async fn every_dependency_killed_or_stalled_inside_its_steps_stops_the_run_and_r
         // One step at a time: each case stops the run inside its step before the next case's step has run (run
         // together, Redis's backup would be done beside the NATS save before its own fault is injected).
         let args: &[&str] = if i == 0 {
-            &[
-                "rollback",
-                "--from",
-                RC1,
-                "--to",
-                STABLE,
-                "--yes",
-                "--one-at-a-time",
-            ]
+            &ROLLBACK_ONE_AT_A_TIME
         } else {
             &["resume", "latest"]
         };
@@ -787,21 +791,7 @@ async fn xorbctl_s_state_turning_read_only_mid_run_stops_it_cleanly_and_resume_a
     let step_id = "4.nats.apply";
     // One step at a time: run together, the Redis step beside it could reach the read-only journal first, and
     // the engine would stop before this step acts (correct, but not the case under test).
-    let child = start_paused(
-        &st,
-        &[
-            "rollback",
-            "--from",
-            RC1,
-            "--to",
-            STABLE,
-            "--yes",
-            "--one-at-a-time",
-        ],
-        step_id,
-        &pauses,
-    )
-    .await;
+    let child = start_paused(&st, &ROLLBACK_ONE_AT_A_TIME, step_id, &pauses).await;
     assert_eq!(run_step(&show(&st), step_id)["state"], "in_flight");
     fs.read_only();
     std::fs::write(release_marker(&pauses, step_id), "").unwrap();
