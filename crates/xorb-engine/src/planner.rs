@@ -790,8 +790,7 @@ fn database_steps(
     let mut s = StepSpec::new(
         format!("{n}.db.proof"),
         phase,
-        "Prove the backup by its data: restore it into a scratch database, every table's checksum equal to the \
-         snapshot's",
+        "Prove the backup by its data: read every row it holds, every table's checksum equal to the snapshot's",
         Action::BackupProof,
         Safety::Idempotent,
     );

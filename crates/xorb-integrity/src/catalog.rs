@@ -8,7 +8,6 @@ const INT2: u32 = 21;
 const INT4: u32 = 23;
 const INT8: u32 = 20;
 const UUID: u32 = 2950;
-const TEXTUAL: [u32; 4] = [25, 1043, 1042, 19]; // text, varchar, bpchar, name
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Column {
@@ -50,6 +49,7 @@ pub async fn tables(client: &tokio_postgres::Client) -> Result<Vec<TableMeta>, I
              FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                  AND a.attgenerated = '' \
              LEFT JOIN pg_constraint con ON con.conrelid = c.oid AND con.contype = 'p' \
              WHERE n.nspname = 'public' AND c.relkind = 'r' \
              ORDER BY c.relname, a.attnum",
@@ -88,16 +88,42 @@ pub async fn tables(client: &tokio_postgres::Client) -> Result<Vec<TableMeta>, I
     Ok(out)
 }
 
-/// Key columns are encoded so that comparing the bytes orders integers numerically (big-endian, sign bit
-/// flipped); other types are length-prefixed raw binary values (a total order, the same in snapshot and scan).
-pub fn encode_key_part(type_oid: u32, value: &[u8], out: &mut Vec<u8>) {
-    if matches!(type_oid, INT2 | INT4 | INT8) && !value.is_empty() {
-        out.push(value[0] ^ 0x80);
-        out.extend_from_slice(&value[1..]);
-    } else {
-        out.extend_from_slice(&(value.len() as u32).to_be_bytes());
-        out.extend_from_slice(value);
-    }
+/// Key columns are encoded from their text COPY form so that comparing the bytes orders integers numerically
+/// (big-endian at the type's width, sign bit flipped) and uuids as the server does (their 16 bytes); other types
+/// are the length-prefixed text as COPY escaped it (a total order, the same in snapshot and scan).
+pub fn encode_key_part(type_oid: u32, value: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    let bad = |what: &str| {
+        format!(
+            "key value {:?} is not {what}",
+            String::from_utf8_lossy(value)
+        )
+    };
+    let text = std::str::from_utf8(value).map_err(|_| bad("text"));
+    let width = match type_oid {
+        INT2 => 2,
+        INT4 => 4,
+        INT8 => 8,
+        UUID => {
+            let hex: String = text?.chars().filter(|&c| c != '-').collect();
+            let raw = hex::decode(hex).map_err(|_| bad("a uuid"))?;
+            if raw.len() != 16 {
+                return Err(bad("a uuid"));
+            }
+            out.extend_from_slice(&16u32.to_be_bytes());
+            out.extend_from_slice(&raw);
+            return Ok(());
+        }
+        _ => {
+            out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+            out.extend_from_slice(value);
+            return Ok(());
+        }
+    };
+    let n: i64 = text?.parse().map_err(|_| bad("an integer"))?;
+    let mut be = n.to_be_bytes()[8 - width..].to_vec();
+    be[0] ^= 0x80;
+    out.extend_from_slice(&be);
+    Ok(())
 }
 
 /// The key as a person reads it: `42`, `5f0c…-…`, `acme`, or `(a, b)` for a composite key.
@@ -154,8 +180,7 @@ fn display_value(oid: u32, v: &[u8]) -> String {
                 &h[20..]
             )
         }
-        (o, _) if TEXTUAL.contains(&o) => String::from_utf8_lossy(v).into_owned(),
-        _ => format!("\\x{}", hex::encode(v)),
+        _ => String::from_utf8_lossy(v).into_owned(),
     }
 }
 
@@ -167,7 +192,7 @@ mod tests {
     fn integer_keys_sort_numerically_and_display_back() {
         let enc = |n: i64| {
             let mut v = Vec::new();
-            encode_key_part(INT8, &n.to_be_bytes(), &mut v);
+            encode_key_part(INT8, n.to_string().as_bytes(), &mut v).unwrap();
             v
         };
         let mut keys: Vec<i64> = vec![5, -3, 0, i64::MIN, i64::MAX, -1, 300];
@@ -182,8 +207,19 @@ mod tests {
     #[test]
     fn composite_keys_display_each_part() {
         let mut k = Vec::new();
-        encode_key_part(INT4, &7i32.to_be_bytes(), &mut k);
-        encode_key_part(25, b"acme", &mut k);
-        assert_eq!(display_key(&[INT4, 25], &k), "(7, acme)");
+        encode_key_part(INT4, b"-7", &mut k).unwrap();
+        encode_key_part(25, b"acme", &mut k).unwrap();
+        encode_key_part(UUID, b"5f0c2d9e-0000-4000-8000-00000000002a", &mut k).unwrap();
+        assert_eq!(
+            display_key(&[INT4, 25, UUID], &k),
+            "(-7, acme, 5f0c2d9e-0000-4000-8000-00000000002a)"
+        );
+    }
+
+    #[test]
+    fn a_key_that_is_not_its_type_is_an_error() {
+        let mut k = Vec::new();
+        assert!(encode_key_part(INT8, b"12x", &mut k).is_err());
+        assert!(encode_key_part(UUID, b"5f0c", &mut k).is_err());
     }
 }

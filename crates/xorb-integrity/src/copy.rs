@@ -1,20 +1,20 @@
-//! An incremental parser of PostgreSQL's binary COPY format (`COPY … TO STDOUT (FORMAT binary)`).
+//! An incremental parser of PostgreSQL's text COPY format (`COPY … TO STDOUT`), the form `pg_dump` writes a
+//! table's rows in: one row a line, fields split by tabs, `\N` for NULL, and every tab, newline and backslash
+//! inside a value escaped, so a raw `\n` always ends a row and a raw `\t` always ends a field.
 //!
-//! The server sends the stream in CopyData messages whose boundaries need not match tuple boundaries, so the
-//! parser keeps the tail of a message that holds an incomplete tuple and parses it with the next one. It never
-//! holds more than one tuple beyond the current message.
+//! The scan reads this form rather than binary COPY so that a row hashes the same whether it comes from the
+//! database or out of a dump (`dump.rs`): the backup is then proven by reading the dump, not by restoring it.
+//! The server's CopyData messages need not end at a row's end, so the parser keeps the tail of a message that
+//! holds an incomplete row and parses it with the next one.
 
-/// "PGCOPY\n\377\r\n\0": the binary COPY signature.
-const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
-
-/// One tuple as it came over the wire: `raw` is the whole tuple (field count, then each field's length and
-/// bytes); `field(i)` is column i's value, `None` for NULL.
-pub struct Tuple<'a> {
+/// One row as it came over the wire: `raw` is the line without its newline; `field(i)` is column i's value as
+/// COPY escaped it, `None` for NULL.
+pub struct Row<'a> {
     pub raw: &'a [u8],
     spans: &'a [Option<(u32, u32)>],
 }
 
-impl<'a> Tuple<'a> {
+impl<'a> Row<'a> {
     pub fn field(&self, i: usize) -> Option<&'a [u8]> {
         self.spans[i].map(|(s, l)| &self.raw[s as usize..(s + l) as usize])
     }
@@ -32,40 +32,27 @@ pub struct CopyFormatError {
 
 pub struct CopyParser {
     ncols: usize,
-    header_done: bool,
-    finished: bool,
     carry: Vec<u8>,
     spans: Vec<Option<(u32, u32)>>,
     /// Bytes of the stream consumed before `carry` (for error messages).
     consumed: u64,
 }
 
-enum Step {
-    /// A tuple of this many bytes was handed to the callback.
-    Tuple(usize),
-    /// The trailer (field count -1).
-    End,
-    /// Not enough bytes for a whole tuple.
-    NeedMore,
-}
-
 impl CopyParser {
     pub fn new(ncols: usize) -> Self {
         Self {
             ncols,
-            header_done: false,
-            finished: false,
             carry: Vec::new(),
             spans: Vec::with_capacity(ncols),
             consumed: 0,
         }
     }
 
-    /// Feeds one message; calls `f` for every complete tuple in it (and in the carried tail before it).
+    /// Feeds one message; calls `f` for every complete row in it (and in the carried tail before it).
     pub fn feed(
         &mut self,
         data: &[u8],
-        f: &mut impl FnMut(Tuple<'_>),
+        f: &mut impl FnMut(Row<'_>),
     ) -> Result<(), CopyFormatError> {
         if self.carry.is_empty() {
             let used = self.parse_all(data, f)?;
@@ -82,116 +69,61 @@ impl CopyParser {
         Ok(())
     }
 
-    /// Called once the stream has ended: an incomplete tuple or a missing trailer is an error.
+    /// Called once the stream has ended: a row without its newline is an error (the stream was cut).
     pub fn finish(&self) -> Result<(), CopyFormatError> {
-        if !self.finished || !self.carry.is_empty() {
-            return Err(self.err(
-                0,
-                format!(
-                    "the stream ended early ({} bytes of an incomplete tuple, trailer {})",
-                    self.carry.len(),
-                    if self.finished { "seen" } else { "missing" }
+        if !self.carry.is_empty() {
+            return Err(CopyFormatError {
+                offset: self.consumed,
+                why: format!(
+                    "the stream ended inside a row ({} bytes without a newline)",
+                    self.carry.len()
                 ),
-            ));
+            });
         }
         Ok(())
-    }
-
-    fn err(&self, at: usize, why: impl Into<String>) -> CopyFormatError {
-        CopyFormatError {
-            offset: self.consumed + at as u64,
-            why: why.into(),
-        }
     }
 
     fn parse_all(
         &mut self,
         buf: &[u8],
-        f: &mut impl FnMut(Tuple<'_>),
+        f: &mut impl FnMut(Row<'_>),
     ) -> Result<usize, CopyFormatError> {
         let mut pos = 0;
-        if !self.header_done {
-            // Signature, flags (int32), header extension length (int32) and the extension.
-            if buf.len() < 19 {
-                return Ok(0);
-            }
-            if &buf[..11] != SIGNATURE {
-                return Err(self.err(0, "not a binary COPY stream (bad signature)"));
-            }
-            let ext = u32::from_be_bytes([buf[15], buf[16], buf[17], buf[18]]) as usize;
-            if buf.len() < 19 + ext {
-                return Ok(0);
-            }
-            pos = 19 + ext;
-            self.header_done = true;
-        }
-        while !self.finished {
-            match self.parse_one(&buf[pos..], pos, f)? {
-                Step::Tuple(n) => pos += n,
-                Step::End => {
-                    pos += 2;
-                    self.finished = true;
-                }
-                Step::NeedMore => break,
-            }
-        }
-        if self.finished && pos < buf.len() {
-            return Err(self.err(pos, "data after the trailer"));
+        while let Some(n) = memchr::memchr(b'\n', &buf[pos..]) {
+            self.row(&buf[pos..pos + n], pos, f)?;
+            pos += n + 1;
         }
         Ok(pos)
     }
 
-    fn parse_one(
+    fn row(
         &mut self,
-        b: &[u8],
-        base: usize,
-        f: &mut impl FnMut(Tuple<'_>),
-    ) -> Result<Step, CopyFormatError> {
-        if b.len() < 2 {
-            return Ok(Step::NeedMore);
-        }
-        let n = i16::from_be_bytes([b[0], b[1]]);
-        if n == -1 {
-            return Ok(Step::End);
-        }
-        if n as usize != self.ncols {
-            return Err(self.err(
-                base,
-                format!("a tuple has {n} fields, expected {}", self.ncols),
-            ));
-        }
+        line: &[u8],
+        at: usize,
+        f: &mut impl FnMut(Row<'_>),
+    ) -> Result<(), CopyFormatError> {
         let mut spans = std::mem::take(&mut self.spans);
         spans.clear();
-        let mut p = 2;
-        for _ in 0..self.ncols {
-            if b.len() < p + 4 {
-                self.spans = spans;
-                return Ok(Step::NeedMore);
-            }
-            let len = i32::from_be_bytes([b[p], b[p + 1], b[p + 2], b[p + 3]]);
-            p += 4;
-            if len == -1 {
-                spans.push(None);
-                continue;
-            }
-            if len < 0 {
-                self.spans = spans;
-                return Err(self.err(base + p - 4, format!("negative field length {len}")));
-            }
-            let len = len as usize;
-            if b.len() < p + len {
-                self.spans = spans;
-                return Ok(Step::NeedMore);
-            }
-            spans.push(Some((p as u32, len as u32)));
-            p += len;
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\t', line).chain(std::iter::once(line.len())) {
+            let v = &line[start..end];
+            spans.push((v != b"\\N").then_some((start as u32, v.len() as u32)));
+            start = end + 1;
         }
-        f(Tuple {
-            raw: &b[..p],
+        if spans.len() != self.ncols {
+            let n = spans.len();
+            self.spans = spans;
+            return Err(CopyFormatError {
+                offset: self.consumed + at as u64,
+                why: format!("a row has {n} fields, expected {}", self.ncols),
+            });
+        }
+        f(Row {
+            raw: line,
             spans: &spans,
         });
         self.spans = spans;
-        Ok(Step::Tuple(p))
+        Ok(())
     }
 }
 
@@ -199,59 +131,43 @@ impl CopyParser {
 mod tests {
     use super::*;
 
-    fn stream(rows: &[Vec<Option<&[u8]>>]) -> Vec<u8> {
-        let mut v = SIGNATURE.to_vec();
-        v.extend_from_slice(&0u32.to_be_bytes());
-        v.extend_from_slice(&0u32.to_be_bytes());
-        for r in rows {
-            v.extend_from_slice(&(r.len() as i16).to_be_bytes());
-            for f in r {
-                match f {
-                    None => v.extend_from_slice(&(-1i32).to_be_bytes()),
-                    Some(b) => {
-                        v.extend_from_slice(&(b.len() as i32).to_be_bytes());
-                        v.extend_from_slice(b);
-                    }
-                }
-            }
-        }
-        v.extend_from_slice(&(-1i16).to_be_bytes());
-        v
-    }
-
     #[test]
-    fn any_split_of_the_stream_gives_the_same_tuples() {
-        let rows: Vec<Vec<Option<&[u8]>>> = vec![
-            vec![Some(b"1"), None, Some(b"")],
-            vec![Some(b"22"), Some(b"abc"), None],
+    fn any_split_of_the_stream_gives_the_same_rows() {
+        let s: &[u8] = b"1\t\\N\t\n22\tab\\tc\t\\N\n";
+        let want: Vec<Vec<Option<Vec<u8>>>> = vec![
+            vec![Some(b"1".to_vec()), None, Some(Vec::new())],
+            vec![Some(b"22".to_vec()), Some(b"ab\\tc".to_vec()), None],
         ];
-        let s = stream(&rows);
         for cut in 0..=s.len() {
             let mut p = CopyParser::new(3);
             let mut got = Vec::new();
-            let mut cb = |t: Tuple<'_>| {
+            let mut raws = Vec::new();
+            let mut cb = |r: Row<'_>| {
+                raws.push(r.raw.to_vec());
                 got.push(
-                    (0..t.len())
-                        .map(|i| t.field(i).map(<[u8]>::to_vec))
+                    (0..r.len())
+                        .map(|i| r.field(i).map(<[u8]>::to_vec))
                         .collect::<Vec<_>>(),
                 )
             };
             p.feed(&s[..cut], &mut cb).unwrap();
             p.feed(&s[cut..], &mut cb).unwrap();
             p.finish().unwrap();
-            let want: Vec<Vec<Option<Vec<u8>>>> = rows
-                .iter()
-                .map(|r| r.iter().map(|f| f.map(<[u8]>::to_vec)).collect())
-                .collect();
             assert_eq!(got, want, "cut at {cut}");
+            assert_eq!(raws, [&b"1\t\\N\t"[..], &b"22\tab\\tc\t\\N"[..]]);
         }
     }
 
     #[test]
-    fn a_truncated_stream_is_an_error() {
-        let s = stream(&[vec![Some(b"1")]]);
-        let mut p = CopyParser::new(1);
-        p.feed(&s[..s.len() - 3], &mut |_| {}).unwrap();
-        assert!(p.finish().is_err());
+    fn a_truncated_stream_or_a_short_row_is_an_error() {
+        let mut p = CopyParser::new(2);
+        p.feed(b"1\tx\n2\t", &mut |_| {}).unwrap();
+        assert!(p.finish().unwrap_err().why.contains("inside a row"));
+
+        let e = CopyParser::new(2)
+            .feed(b"1\tx\n2\n", &mut |_| {})
+            .unwrap_err();
+        assert_eq!(e.offset, 4);
+        assert!(e.why.contains("1 fields, expected 2"), "{}", e.why);
     }
 }

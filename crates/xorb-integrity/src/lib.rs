@@ -1,15 +1,18 @@
 //! Data integrity and data-loss assessment of a PostgreSQL database (schema `public`).
 //!
 //! - [`quick`]: per-table row counts and a schema fingerprint.
-//! - [`full`]: a content checksum per table, computed as `COPY … (FORMAT binary)` streams (tables and page ranges
+//! - [`full`]: a content checksum per table, computed as text `COPY … TO STDOUT` streams (tables and page ranges
 //!   of large tables scanned in parallel, all in one exported snapshot), optionally writing a row snapshot
 //!   (primary key and per-column hashes of every row) to a directory outside the database.
+//! - [`dump_checksums`]: the same checksums of the tables a `pg_dump` holds, read from the dump's data without a
+//!   server, so that a backup is proven by its rows.
 //! - [`loss`]: rows lost, changed and added between such a snapshot and the live database, exactly.
 //!
 //! Design: docs/design/integrity-and-loss.md.
 
 mod catalog;
 mod copy;
+mod dump;
 mod loss;
 mod scan;
 mod snapshot;
@@ -19,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use dump::{PG_DUMP_ARGS, PG_DUMP_ENV, dump_checksums};
 pub use loss::{ChangedRow, DroppedColumn, LossReport, TableLoss, TableState, loss};
 pub use scan::{FullReport, TableChecksum, full, full_with};
 pub use tokio_postgres::Config;
@@ -39,12 +43,14 @@ pub enum IntegrityError {
         what: String,
         source: tokio_postgres::Error,
     },
-    #[error("table {table}: the binary COPY stream is malformed at byte {offset}: {why}")]
+    #[error("table {table}: the COPY stream is malformed at byte {offset}: {why}")]
     CopyFormat {
         table: String,
         offset: u64,
         why: String,
     },
+    #[error("the dump's data: {0}")]
+    Dump(String),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -76,7 +82,7 @@ impl IntegrityError {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            Self::Snapshot { .. } | Self::NoSuchTable(_) | Self::Config(_)
+            Self::Snapshot { .. } | Self::NoSuchTable(_) | Self::Config(_) | Self::Dump(_)
         )
     }
 

@@ -15,8 +15,14 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Config;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 
+/// The session `pg_dump` sets up before it copies a table (`DateStyle`, `IntervalStyle`, `extra_float_digits`, an
+/// empty `search_path`), plus the one it leaves to its environment: `TimeZone`, which `pg_dump` takes from `PGTZ`
+/// ([`crate::PG_DUMP_ENV`]). A value prints the same in the scan as in a dump only under the same settings.
+const DUMP_SESSION: &str = "SET DateStyle = ISO; SET IntervalStyle = postgres; SET extra_float_digits = 3; \
+                            SET search_path = ''; SET TimeZone = 'UTC';";
+
 use crate::catalog::{self, TableMeta, quote_ident};
-use crate::copy::{CopyParser, Tuple};
+use crate::copy::{CopyParser, Row};
 use crate::{IntegrityError, ScanOptions, connect};
 
 /// Below this many pages (8 MiB) a table is one range: the split would cost more than it saves.
@@ -38,8 +44,9 @@ pub struct FullReport {
 pub struct TableChecksum {
     pub table: String,
     pub rows: u64,
-    /// The wrapping sum of every row's xxh3-128 over its exact binary COPY tuple, as 32 hex digits: independent
-    /// of row order, of the page ranges and of the parallelism; a NULL and an empty value differ.
+    /// The wrapping sum of every row's xxh3-128 over its exact text COPY line (`row_hash`), as 32 hex digits:
+    /// independent of row order, of the page ranges and of the parallelism; a NULL and an empty value differ. The
+    /// line is the one `pg_dump` writes for the row, so a dump's data has the same checksum (`dump.rs`).
     pub checksum: String,
     pub columns: usize,
     pub primary_key: Vec<String>,
@@ -90,6 +97,11 @@ impl Records {
         order.sort_by(|&a, &b| self.key(a as usize).cmp(self.key(b as usize)));
         self.order = order;
     }
+}
+
+/// A row's hash: xxh3-128 of its text COPY line, without the newline.
+pub(crate) fn row_hash(line: &[u8]) -> u128 {
+    xxh3_128(line)
 }
 
 pub(crate) fn column_hash(v: Option<&[u8]>) -> u64 {
@@ -318,7 +330,7 @@ async fn worker(
     }
     client
         .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot_id}'"
+            "{DUMP_SESSION} BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{snapshot_id}'"
         ))
         .await
         .map_err(|e| IntegrityError::db("adopt the scan's snapshot", e))?;
@@ -341,12 +353,9 @@ async fn scan_range(
     let cols: Vec<String> = meta.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let table = format!("public.{}", quote_ident(&meta.name));
     let sql = match &job.cond {
-        None => format!(
-            "COPY {table} ({}) TO STDOUT (FORMAT binary)",
-            cols.join(", ")
-        ),
+        None => format!("COPY {table} ({}) TO STDOUT", cols.join(", ")),
         Some(cond) => format!(
-            "COPY (SELECT {} FROM {table} WHERE {cond}) TO STDOUT (FORMAT binary)",
+            "COPY (SELECT {} FROM {table} WHERE {cond}) TO STDOUT",
             cols.join(", ")
         ),
     };
@@ -372,13 +381,18 @@ async fn scan_range(
         ..Records::default()
     });
     let mut parser = CopyParser::new(ncols);
-    let mut on_tuple = |t: Tuple<'_>| {
+    let mut bad_key: Option<String> = None;
+    let mut on_row = |t: Row<'_>| {
         rows += 1;
-        sum = sum.wrapping_add(xxh3_128(t.raw));
+        sum = sum.wrapping_add(row_hash(t.raw));
         if let Some(r) = records.as_mut() {
             for &(i, oid) in &pk {
                 // A primary key column is never NULL.
-                catalog::encode_key_part(oid, t.field(i).unwrap_or_default(), &mut r.keys);
+                if let Err(why) =
+                    catalog::encode_key_part(oid, t.field(i).unwrap_or_default(), &mut r.keys)
+                {
+                    bad_key.get_or_insert(why);
+                }
             }
             r.key_ends.push(r.keys.len());
             for i in 0..ncols {
@@ -396,9 +410,16 @@ async fn scan_range(
         .await
         .map_err(|e| IntegrityError::db(what(), e))?
     {
-        parser.feed(&chunk, &mut on_tuple).map_err(format_err)?;
+        parser.feed(&chunk, &mut on_row).map_err(format_err)?;
     }
     parser.finish().map_err(format_err)?;
+    if let Some(why) = bad_key {
+        return Err(IntegrityError::CopyFormat {
+            table: meta.name.clone(),
+            offset: 0,
+            why,
+        });
+    }
     Ok(RangeOut {
         table: job.table,
         range: job.range,

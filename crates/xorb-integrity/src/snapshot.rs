@@ -2,7 +2,7 @@
 //!
 //! A table file is `XORBROWS`, the format version (u32 BE), the number of hashed columns (u32 BE) and the number
 //! of rows (u64 BE), then per row sorted by key: the key's length (u32 BE), the key (see
-//! `catalog::encode_key_part`) and one xxh3-64 per column (u64 LE, 0 for NULL). The manifest is written last,
+//! `catalog::encode_key_part`) and one xxh3-64 per column over its text COPY value (u64 LE, 0 for NULL). The manifest is written last,
 //! through a rename: a directory without one is an incomplete snapshot, never a silently partial one.
 
 use std::fs::File;
@@ -16,7 +16,8 @@ use crate::catalog::Column;
 use crate::scan::TableScan;
 
 pub const FORMAT: &str = "xorb-integrity-row-snapshot";
-pub const VERSION: u32 = 1;
+/// 2: keys and column hashes from the text COPY form (1 read binary COPY).
+pub const VERSION: u32 = 2;
 const MAGIC: &[u8; 8] = b"XORBROWS";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -355,8 +355,9 @@ pub enum Action {
     /// checksum per table) with a row snapshot outside the database: the loss assessment's "before".
     /// `alembic current` and `history` recorded. Keeps an existing verified pair: a resumed run never overwrites it.
     DbBackup,
-    /// Phase 3, before anything destructive: the backup proven by its data. It is restored into a scratch database
-    /// and every table's checksum must equal the snapshot's; the proof is kept in the run's directory.
+    /// Phase 3, before anything destructive: the backup proven by its data. Every row it holds is read and hashed
+    /// as the scan hashed the database's, and every table's checksum must equal the snapshot's; the proof is kept
+    /// in the run's directory.
     BackupProof,
     /// Phase 3: the compatibility check, again against the live database: every revision from `from_revision` to
     /// `to_revision` can be migrated (a downgrade exists in `migrations`), and `release` runs on `to_revision`.

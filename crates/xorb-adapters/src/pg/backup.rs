@@ -1,6 +1,6 @@
 //! Phase 3's backup: `pg_dump` in custom format and the full integrity scan with its row snapshot, both reading one
 //! exported PostgreSQL snapshot at the same time, so the dump and the checksums describe exactly the same data
-//! (`3.db.proof` then proves the dump by restoring it and comparing checksums). Kept once valid.
+//! (`3.db.proof` then proves the dump by reading its rows and comparing checksums). Kept once valid.
 
 use std::path::{Path, PathBuf};
 
@@ -208,7 +208,10 @@ async fn pg_dump(conn: &PgConn, file: &Path, snapshot: String) -> Result<(), Ste
     let mut cmd = tokio::process::Command::new(pg_tool("pg_dump"));
     // Uncompressed: zlib makes pg_dump CPU-bound (one core) where reading the tables is not, and the custom
     // format still restores in parallel (`pg_restore --jobs`, as 3.db.proof does).
-    cmd.arg("--format=custom")
+    // The scan's time zone and encoding, so that every row of the dump is the line the scan hashed (3.db.proof).
+    cmd.envs(xorb_integrity::PG_DUMP_ENV.iter().copied())
+        .args(xorb_integrity::PG_DUMP_ARGS)
+        .arg("--format=custom")
         .arg("--compress=0")
         .arg("--no-password")
         .arg(format!("--snapshot={snapshot}"))

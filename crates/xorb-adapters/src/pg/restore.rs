@@ -306,7 +306,7 @@ pub async fn restore<T: Target>(
         restore_ms,
         scan_ms: restored.elapsed_ms,
         roles: role_changes,
-        differences: compare(&snapshot, &restored),
+        differences: compare(&snapshot, &restored.tables),
     };
     write_json(&proof_path, &proof)?;
     if !proof.differences.is_empty() {
