@@ -519,10 +519,7 @@ pub fn plan_with(
     }
 
     refuse_incompatible(live, from, to, &steps)?;
-    // Not on Kubernetes yet: the lab's rollback hung twice in phase 4 with steps in flight together (every step
-    // pending, none polled again; cause not found), so a cluster's plan runs one step at a time
-    // (docs/design/concurrent-steps.md).
-    if !opts.one_at_a_time && !live.cluster_objects {
+    if !opts.one_at_a_time {
         for s in &mut steps {
             s.access = Some(touches::access_of(&s.action));
         }
@@ -1306,8 +1303,8 @@ mod tests {
         kube.cluster_objects = true;
         let p = plan(&kube, &rc1, &stable, &pol, Scope::All).unwrap();
         assert!(
-            p.steps.iter().all(|s| s.access.is_none()),
-            "a cluster's plan runs one step at a time"
+            p.steps.iter().all(|s| s.access.is_some()),
+            "a cluster's plan runs steps together as the local one does"
         );
         let ids = ids(&p);
         let pos = |id: &str| ids.iter().position(|i| *i == id).unwrap();

@@ -1070,6 +1070,39 @@ fn with_targets(
 mod tests {
     use super::*;
 
+    /// The hang of steps in flight together on Kubernetes (`concurrent-steps.md`). The engine's future, polled by
+    /// `Runtime::block_on`, woke itself (FuturesUnordered yielding, or tokio's budget running out) and then, in
+    /// the same poll, a step called a synchronous method of the target. A `block_on` nested on that thread parks
+    /// on the same thread parker, takes the wake-up for its own, and the outer `block_on` then parks with nobody
+    /// left to wake it. With `block`'s own thread the wake-up reaches the engine.
+    #[test]
+    fn a_synchronous_call_after_a_self_wake_leaves_the_wake_to_the_engine() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut polls = 0;
+            let polled = rt.block_on(std::future::poll_fn(|cx| {
+                polls += 1;
+                if polls > 1 {
+                    return std::task::Poll::Ready(polls);
+                }
+                cx.waker().wake_by_ref();
+                // A nested wait on the runtime's driver, as a Kubernetes call waits on its connection.
+                block(tokio::time::sleep(std::time::Duration::from_millis(20)));
+                std::task::Poll::Pending
+            }));
+            let _ = tx.send(polled);
+        });
+        let polled = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the engine's block_on was never polled again: its wake-up was taken by the nested call");
+        assert_eq!(polled, 2);
+    }
+
     #[test]
     fn the_stamp_changes_with_any_key_or_value_and_only_then() {
         let a = BTreeMap::from([

@@ -543,8 +543,8 @@ fn killed_at_every_journal_boundary_of_phases_1_and_2_the_run_resumes_to_the_sam
         // in flight is probed and either found done (its outcome) or started again (its intent): two writes
         // each. The write after those is a step started or finished that was not before, so every resume moves
         // the run on: with nothing in flight, the next step's intent (killed before it acts); with a step in
-        // flight, its outcome or the intent of one beside it (killed after it acted). It holds as well for
-        // steps run together (docs/design/concurrent-steps.md), which a Kubernetes plan does not do yet.
+        // flight, its outcome or the intent of one beside it (killed after it acted). Steps run together in
+        // phase 1, so the kills also land between steps in flight together.
         let in_flight = steps
             .iter()
             .filter(|s| matches!(s["state"].as_str(), Some("in_flight" | "failed")))
