@@ -108,6 +108,11 @@ where
     })
 }
 
+/// Whether a ConfigMap's `data` already holds `changes` (a key mapped to None: absent).
+fn holds(data: &BTreeMap<String, String>, changes: &BTreeMap<String, Option<String>>) -> bool {
+    changes.iter().all(|(k, v)| data.get(k) == v.as_ref())
+}
+
 fn release_of_image(image: &str) -> &str {
     image.rsplit_once(':').map_or(image, |(_, tag)| tag)
 }
@@ -273,8 +278,7 @@ impl KubeTarget {
         changes: &BTreeMap<String, Option<String>>,
     ) -> Result<bool, StepError> {
         let live = self.cm_data(name).await?;
-        let current = live.clone().unwrap_or_default();
-        if changes.iter().all(|(k, v)| current.get(k) == v.as_ref()) && live.is_some() {
+        if live.as_ref().is_some_and(|data| holds(data, changes)) {
             return Ok(false);
         }
         if live.is_none() {

@@ -213,7 +213,7 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
         announced: &mut BTreeSet<Phase>,
         phase: Phase,
     ) -> Result<(), EngineError> {
-        let phases = active_steps(active);
+        let phases = step_phases(active);
         announce(&mut self.recorder(active), &phases, announced, phase)
     }
 
@@ -230,7 +230,7 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
         confirmations: &BTreeMap<String, Confirmation>,
         announced: &mut BTreeSet<Phase>,
     ) -> Result<Option<RunStatus>, EngineError> {
-        let phases = active_steps(active);
+        let phases = step_phases(active);
         let Engine {
             journal,
             runner,
@@ -386,8 +386,8 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
     }
 }
 
-/// Each step's phase and the number of steps of each phase (what `PhaseStarted` says).
-fn active_steps(active: &Active) -> Vec<Phase> {
+/// Each step's phase, in plan order: `announce` counts a phase's steps from it (what `PhaseStarted` says).
+fn step_phases(active: &Active) -> Vec<Phase> {
     active.plan.steps.iter().map(|s| s.phase).collect()
 }
 

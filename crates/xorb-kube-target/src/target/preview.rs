@@ -136,8 +136,7 @@ impl KubeTarget {
                 .filter_map(|(k, v)| v.as_ref().map(|v| format!("data.{k}: (absent) → {v}")))
                 .collect());
         };
-        let data = live.data.clone().unwrap_or_default();
-        if changes.iter().all(|(k, v)| data.get(k) == v.as_ref()) {
+        if super::holds(&live.data.clone().unwrap_or_default(), changes) {
             return Ok(Vec::new());
         }
         let pp = PatchParams {
