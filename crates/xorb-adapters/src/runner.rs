@@ -130,10 +130,21 @@ impl<T: Target> TargetRunner<T> {
             }
             Action::VerifyTargetAvailable => self.target.verify_available(&self.to).await?,
             Action::IntegrityQuick => {
-                let v = self.integrity(ctx.run_dir, "integrity-before.json").await?;
+                let v = self
+                    .integrity(ctx.run_dir, "integrity-before.json", true)
+                    .await?;
+                let estimated = v["estimated"].as_array().map_or(0, |a| a.len());
                 format!(
-                    "{} tables counted, schema fingerprint {}",
+                    "{} tables counted{}, schema fingerprint {}",
                     v["tables"].as_object().map(|o| o.len()).unwrap_or(0),
+                    if estimated > 0 {
+                        format!(
+                            " ({estimated} larger than {} MiB estimated, not read)",
+                            crate::checks::QUICK_EXACT_PAGES * 8 / 1024
+                        )
+                    } else {
+                        String::new()
+                    },
                     v["schema_fingerprint"].as_str().unwrap_or("")
                 )
             }

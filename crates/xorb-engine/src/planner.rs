@@ -564,7 +564,7 @@ fn check_title(name: &str, to: &str) -> String {
         "monitoring" => format!(
             "Monitoring restored: Prometheus scrapes every target of {to} and serves its rule groups"
         ),
-        "integrity-quick" => "Quick integrity scan: no rows lost since phase 1".into(),
+        "integrity-quick" => "Quick integrity scan: no rows lost since phase 1 (or, for a table phase 1 estimated, since the backup)".into(),
         "loss" => "Data-loss assessment against phase 3's snapshot, preserved data accounted for".into(),
         "audit-log" => "Platform audit log: chained entries verify up to the rollback, plain ones after it, no gap".into(),
         other => other.to_string(),

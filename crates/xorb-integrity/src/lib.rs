@@ -17,7 +17,7 @@ mod loss;
 mod scan;
 mod snapshot;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -133,21 +133,56 @@ impl Default for ScanOptions {
 pub struct QuickReport {
     pub tables: BTreeMap<String, i64>,
     pub schema_fingerprint: String,
+    /// Tables whose count is the planner's estimate, not a count ([`quick_bounded`]).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub estimated: BTreeSet<String>,
 }
 
+/// [`quick`] that reads at most `max_exact_pages` pages of any table, so that its time does not grow with the
+/// database: a larger table's count is PostgreSQL's estimate (its density at the last ANALYZE times its pages now,
+/// else the live-tuple counter), and the table is named in `estimated`. Phase 1 runs this: it is on the runbook's
+/// critical path, and the exact account of every row is the backup's snapshot (phase 3).
+pub async fn quick_bounded(
+    client: &tokio_postgres::Client,
+    max_exact_pages: u64,
+) -> Result<QuickReport, IntegrityError> {
+    quick_of(client, Some(max_exact_pages)).await
+}
+
+/// Exact row counts of every table of schema `public` (`count(*)`: linear in the database) and the fingerprint.
 pub async fn quick(client: &tokio_postgres::Client) -> Result<QuickReport, IntegrityError> {
-    let names: Vec<String> = client
+    quick_of(client, None).await
+}
+
+async fn quick_of(
+    client: &tokio_postgres::Client,
+    max_exact_pages: Option<u64>,
+) -> Result<QuickReport, IntegrityError> {
+    let listed = client
         .query(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+            "SELECT t.tablename::text, \
+                    (pg_relation_size(c.oid) / current_setting('block_size')::int8)::int8, \
+                    (CASE WHEN c.reltuples >= 0 AND c.relpages > 0 \
+                          THEN c.reltuples / c.relpages \
+                               * (pg_relation_size(c.oid) / current_setting('block_size')::int8) \
+                          ELSE coalesce(s.n_live_tup, 0) END)::int8 \
+             FROM pg_tables t \
+             JOIN pg_class c ON c.oid = format('%I.%I', t.schemaname, t.tablename)::regclass \
+             LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid \
+             WHERE t.schemaname = 'public' ORDER BY 1",
             &[],
         )
         .await
-        .map_err(|e| IntegrityError::db("list the tables of schema public", e))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .map_err(|e| IntegrityError::db("list the tables of schema public", e))?;
     let mut tables = BTreeMap::new();
-    for t in names {
+    let mut estimated = BTreeSet::new();
+    for r in listed {
+        let (t, pages, estimate): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
+        if max_exact_pages.is_some_and(|max| pages.max(0) as u64 > max) {
+            tables.insert(t.clone(), estimate.max(0));
+            estimated.insert(t);
+            continue;
+        }
         let n: i64 = client
             .query_one(
                 &format!("SELECT count(*) FROM public.{}", catalog::quote_ident(&t)),
@@ -171,6 +206,7 @@ pub async fn quick(client: &tokio_postgres::Client) -> Result<QuickReport, Integ
     Ok(QuickReport {
         tables,
         schema_fingerprint,
+        estimated,
     })
 }
 

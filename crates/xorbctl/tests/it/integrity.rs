@@ -138,6 +138,126 @@ async fn checksums_are_stable_across_runs_and_parallelism_and_see_one_byte() {
         first[2].2,
         "a duplicate row removed must show"
     );
+
+    dump_rows_hash_as_the_scan_under_any_session_defaults(&pg).await;
+    the_bounded_quick_scan_reads_no_large_table(&pg, &c).await;
+}
+
+/// The backup's proof compares the scan's checksums with a dump's rows: they must agree whatever the database's
+/// own defaults for time zone, date style and float digits are, since both sides set their own.
+async fn dump_rows_hash_as_the_scan_under_any_session_defaults(pg: &Pg) {
+    let c = pg.client().await;
+    c.batch_execute(
+        "ALTER DATABASE xorb SET TimeZone = 'Asia/Kolkata';
+         ALTER DATABASE xorb SET DateStyle = 'SQL, DMY';
+         ALTER DATABASE xorb SET extra_float_digits = 0;
+         ALTER DATABASE xorb SET IntervalStyle = 'sql_standard';
+         CREATE TABLE typed (id int PRIMARY KEY, at timestamptz, d date, f float8, i interval, j jsonb,
+                             b bytea, t text);
+         INSERT INTO typed VALUES
+           (1, '2025-08-01 23:30:00.123456+00', '2025-08-01', 0.1 + 0.2, '1 day 02:03:04', '{\"b\": 1, \"a\": [1.50]}',
+            '\\x00ff', E'tab\there\nnewline \\ backslash'),
+           (2, NULL, NULL, 'NaN', NULL, 'null', '', '');",
+    )
+    .await
+    .unwrap();
+    let scanned = xorb_integrity::full(&pg.cfg, &opts(2))
+        .await
+        .unwrap()
+        .tables;
+    let file = pg.dir.join("typed.dump");
+    let host = pg.cfg.get_hosts()[0].clone();
+    let tokio_postgres::config::Host::Tcp(host) = host else {
+        panic!("a TCP host")
+    };
+    let mut dump = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_dump");
+    dump.envs(xorb_integrity::PG_DUMP_ENV.iter().copied())
+        .args(xorb_integrity::PG_DUMP_ARGS)
+        .args(["--format=custom", "--no-password", "--host", &host])
+        .arg(format!("--port={}", pg.cfg.get_ports()[0]))
+        .args(["--username", "xorb", "--dbname", "xorb", "--file"])
+        .arg(&file)
+        .env(
+            "PGPASSWORD",
+            String::from_utf8(pg.cfg.get_password().unwrap().to_vec()).unwrap(),
+        );
+    let out = dump.output().unwrap();
+    assert!(out.status.success(), "pg_dump: {}", text(&out));
+    let script = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_restore")
+        .args(["--data-only", "--file=-"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(script.status.success(), "pg_restore: {}", text(&script));
+    let dumped = xorb_integrity::dump_checksums(&script.stdout[..]).unwrap();
+    let strip = |v: &[xorb_integrity::TableChecksum]| {
+        v.iter()
+            .map(|t| (t.table.clone(), t.rows, t.columns, t.checksum.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&dumped), strip(&scanned));
+    assert!(scanned.iter().any(|t| t.table == "typed" && t.rows == 2));
+    c.batch_execute("DROP TABLE typed; ALTER DATABASE xorb RESET ALL")
+        .await
+        .unwrap();
+}
+
+/// Phase 1's quick scan is on the critical path: a table over the bound is estimated, not read. The server's own
+/// account of rows read by sequential scans shows it (every other way to read the table is switched off).
+async fn the_bounded_quick_scan_reads_no_large_table(pg: &Pg, c: &tokio_postgres::Client) {
+    c.batch_execute(
+        "ANALYZE big; SET enable_indexscan = off; SET enable_indexonlyscan = off; SET enable_bitmapscan = off;
+         SET max_parallel_workers_per_gather = 0",
+    )
+    .await
+    .unwrap();
+    let observer = pg.client().await;
+    let read = || async {
+        observer
+            .batch_execute("SELECT pg_stat_clear_snapshot()")
+            .await
+            .unwrap();
+        observer
+            .query_one(
+                "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'big'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let before = read().await;
+    let bounded = xorb_integrity::quick_bounded(c, 1024).await.unwrap();
+    let exact = xorb_integrity::quick(c).await.unwrap();
+    c.batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut after = read().await;
+    while after == before && std::time::Instant::now() < deadline {
+        tokio::task::yield_now().await;
+        after = read().await;
+    }
+    let rows = exact.tables["big"];
+    assert_eq!(
+        after - before,
+        rows,
+        "only the exact scan read big's {rows} rows (the bounded one read {})",
+        after - before - rows
+    );
+    assert_eq!(bounded.estimated, BTreeSet::from(["big".to_string()]));
+    assert!(exact.estimated.is_empty());
+    let estimate = bounded.tables["big"];
+    assert!(
+        (estimate - rows).abs() * 100 <= rows,
+        "estimate {estimate} for {rows} rows"
+    );
+    for (t, n) in &exact.tables {
+        if t != "big" {
+            assert_eq!(bounded.tables[t], *n, "{t} is small: counted exactly");
+        }
+    }
+    assert_eq!(bounded.schema_fingerprint, exact.schema_fingerprint);
 }
 
 fn keys(v: &[String]) -> BTreeSet<String> {
