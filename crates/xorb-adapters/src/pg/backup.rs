@@ -129,15 +129,36 @@ pub async fn backup<T: Target>(
         snapshot_dir: Some(snapshot_tmp.clone()),
         ..xorb_integrity::ScanOptions::default()
     };
-    let (report, dumped) = xorb_integrity::full_with(&conn.config(), &opts, |snapshot| {
-        pg_dump(&conn, &partial, snapshot)
-    })
-    .await
-    .map_err(|e| {
+    // What alembic itself says, with the scripts that know the live revision (the release rolled back from): two
+    // Python processes, asked while the database is read (nothing migrates meanwhile), written once the dump is.
+    let from = Release::load_named(&r.paths.releases_root, ctx.from).map_err(fatal)?;
+    let migrations = from.migrations_dir();
+    let alembic_says = async {
+        let (current, history) = tokio::join!(
+            alembic(&r.paths, &migrations, &conn, &["current"], None),
+            alembic(
+                &r.paths,
+                &migrations,
+                &conn,
+                &["history", "--verbose"],
+                None
+            )
+        );
+        Ok::<_, StepError>((current?.0, history?.0))
+    };
+    let cfg = conn.config();
+    let (scanned, said) = tokio::join!(
+        xorb_integrity::full_with(&cfg, &opts, |snapshot| {
+            pg_dump(&conn, &partial, snapshot)
+        }),
+        alembic_says
+    );
+    let (report, dumped) = scanned.map_err(|e| {
         let _ = std::fs::remove_file(&partial);
         failed(e)
     })?;
     dumped?;
+    let (current, history) = said?;
     let scan_ms = report.elapsed_ms;
     let taken_at = report.taken_at.clone();
     let rows: u64 = report.tables.iter().map(|t| t.rows).sum();
@@ -176,19 +197,7 @@ pub async fn backup<T: Target>(
     std::fs::rename(&partial, &dump)
         .map_err(|e| failed(format!("cannot rename {}: {e}", partial.display())))?;
 
-    // What alembic itself says, with the scripts that know the live revision (the release rolled back from).
-    let from = Release::load_named(&r.paths.releases_root, ctx.from).map_err(fatal)?;
-    let migrations = from.migrations_dir();
-    let (current, _) = alembic(&r.paths, &migrations, &conn, &["current"], None).await?;
     write_private(&dir.join("alembic-current.txt"), current.as_bytes()).map_err(failed)?;
-    let (history, _) = alembic(
-        &r.paths,
-        &migrations,
-        &conn,
-        &["history", "--verbose"],
-        None,
-    )
-    .await?;
     write_private(&dir.join("alembic-history.txt"), history.as_bytes()).map_err(failed)?;
 
     Ok(format!(
