@@ -2,13 +2,16 @@
 //! table of contents, so a dump whose data is damaged or incomplete would pass it. Every row the dump holds
 //! (`pg_restore --data-only --file=-`) is hashed as the scan hashed the rows `3.db.backup` read from the same
 //! PostgreSQL snapshot (`xorb_integrity::dump_checksums`): every table must have the same rows, columns and
-//! checksum, and no table may be missing or extra. No server is involved: the proof costs one read of the dump.
+//! checksum, and no table may be missing or extra. Beside that read, the dump's table definitions (`--section=
+//! pre-data`, no rows) are restored into a scratch database: a dump whose rows are whole but whose tables cannot be
+//! created again is no backup either.
 
 use serde::{Deserialize, Serialize};
 use xorb_engine::runner::{StepContext, StepError};
 use xorb_integrity::{FullReport, TableChecksum};
 
 use super::backup::{BackupRecord, backup_path, check_dump};
+use super::schema::{create_scratch, drop_scratch};
 use super::snapshot;
 use super::*;
 use crate::context::TargetRunner;
@@ -58,9 +61,8 @@ pub fn compare(snapshot: &FullReport, dumped: &[TableChecksum]) -> Vec<String> {
     out
 }
 
-/// The runner is not used: the proof reads the dump, not the database.
 pub async fn prove<T: Target>(
-    _r: &TargetRunner<T>,
+    r: &TargetRunner<T>,
     ctx: &StepContext<'_>,
 ) -> Result<String, StepError> {
     let dir = ctx.run_dir.join("db");
@@ -100,9 +102,18 @@ pub async fn prove<T: Target>(
         ));
     }
 
+    let conn = r.pg()?;
     let started = std::time::Instant::now();
-    let dumped = read_dump(&dump).await?;
-    let read_ms = started.elapsed().as_millis() as u64;
+    let (dumped, defined) = tokio::join!(
+        async {
+            let dumped = read_dump(&dump).await;
+            (dumped, started.elapsed().as_millis() as u64)
+        },
+        restore_definitions(&conn, &dump)
+    );
+    let (dumped, read_ms) = dumped;
+    let dumped = dumped?;
+    defined?;
     let differences = compare(&snapshot, &dumped);
     let proof = BackupProof {
         dump_sha256: rec.sha256.clone(),
@@ -131,12 +142,46 @@ pub async fn prove<T: Target>(
     }
     Ok(format!(
         "the backup holds the snapshot's data: every row of {} read and hashed in {read_ms} ms, {} tables and {} \
-         rows with the same checksums as the snapshot of {}",
+         rows with the same checksums as the snapshot of {}; its table definitions restore (scratch database \
+         dropped)",
         dump.display(),
         proof.tables,
         proof.rows,
         proof.snapshot_taken_at
     ))
+}
+
+/// The dump's table definitions (no rows, no indexes) restored into a scratch database, dropped after.
+async fn restore_definitions(conn: &PgConn, dump: &std::path::Path) -> Result<(), StepError> {
+    let admin = connect(&conn.with_db("postgres")).await?;
+    let scratch = create_scratch(
+        &admin,
+        "create a scratch database to restore the backup's tables into",
+    )
+    .await?;
+    let target = conn.with_db(&scratch);
+    let mut cmd = tokio::process::Command::new(pg_tool("pg_restore"));
+    // Owners and grants are the cluster's business: the definitions are restored as the connecting role.
+    cmd.args([
+        "--no-owner",
+        "--no-privileges",
+        "--exit-on-error",
+        "--section=pre-data",
+    ])
+    .arg(format!("--dbname={}", target.dbname))
+    .arg(dump);
+    target.env(&mut cmd);
+    let out = output(cmd, "pg_restore").await;
+    let dropped = drop_scratch(&admin, &scratch).await;
+    let out = out?;
+    if !out.status.success() {
+        return Err(fatal(format!(
+            "the backup {} does not restore: its table definitions fail in a scratch database: {}",
+            dump.display(),
+            last_line(&target.redact(&String::from_utf8_lossy(&out.stderr)))
+        )));
+    }
+    dropped.map_err(db("drop the scratch database"))
 }
 
 /// The checksums of every table `dump` holds, from its rows as `pg_restore` prints them (no database needed).

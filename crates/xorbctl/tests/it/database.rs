@@ -302,6 +302,28 @@ async fn backup_compatibility_and_critical_check() {
     std::fs::write(&dump, &bytes).unwrap();
     std::fs::write(run.dir.join("db/backup.json"), &record_bytes).unwrap();
 
+    // A table definition that does not restore ("CREATE TABLX public.tenants", in the dump's table of contents)
+    // while every row is whole: the rows alone would prove it, the restore of the definitions does not.
+    let ddl = b"CREATE TABLE public.tenants (";
+    let mut broken = bytes.clone();
+    let at = broken
+        .windows(ddl.len())
+        .position(|w| w == ddl)
+        .expect("the dump holds the tenants table's definition");
+    broken[at + 11] = b'X';
+    std::fs::write(&dump, &broken).unwrap();
+    let mut forged = rec.clone();
+    forged["sha256"] = hex_sha256(&broken).into();
+    std::fs::write(run.dir.join("db/backup.json"), forged.to_string()).unwrap();
+    let msg = database::proof::prove(&r, &ctx)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("its table definitions fail"), "{msg}");
+    assert_eq!(count(&stack, scratch).await, 0);
+    std::fs::write(&dump, &bytes).unwrap();
+    std::fs::write(run.dir.join("db/backup.json"), &record_bytes).unwrap();
+
     // A damaged backup, once the schema has moved on, is not silently replaced by a post-downgrade dump.
     let mut damaged = bytes.clone();
     let last = damaged.len() - 1;
