@@ -160,16 +160,21 @@ async fn quick_of(
 ) -> Result<QuickReport, IntegrityError> {
     let listed = client
         .query(
-            "SELECT t.tablename::text, \
-                    (pg_relation_size(c.oid) / current_setting('block_size')::int8)::int8, \
-                    (CASE WHEN c.reltuples >= 0 AND c.relpages > 0 \
-                          THEN c.reltuples / c.relpages \
-                               * (pg_relation_size(c.oid) / current_setting('block_size')::int8) \
-                          ELSE coalesce(s.n_live_tup, 0) END)::int8 \
+            // A partitioned table's rows are its partitions': its size and estimate are theirs, summed
+            // (`pg_partition_tree` lists no row for a table outside any partition tree: hence the union).
+            "SELECT t.tablename::text, coalesce(sum(l.pages), 0)::int8, coalesce(sum(l.estimate), 0)::int8 \
              FROM pg_tables t \
-             JOIN pg_class c ON c.oid = format('%I.%I', t.schemaname, t.tablename)::regclass \
-             LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid \
-             WHERE t.schemaname = 'public' ORDER BY 1",
+             LEFT JOIN LATERAL ( \
+               SELECT pg_relation_size(c.oid) / current_setting('block_size')::int8 AS pages, \
+                      CASE WHEN c.reltuples >= 0 AND c.relpages > 0 \
+                           THEN c.reltuples / c.relpages \
+                                * (pg_relation_size(c.oid) / current_setting('block_size')::int8) \
+                           ELSE coalesce(s.n_live_tup, 0) END AS estimate \
+               FROM (SELECT relid FROM pg_partition_tree(format('%I.%I', t.schemaname, t.tablename)) \
+                     UNION SELECT format('%I.%I', t.schemaname, t.tablename)::regclass) p \
+               JOIN pg_class c ON c.oid = p.relid AND c.relkind = 'r' \
+               LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid) l ON true \
+             WHERE t.schemaname = 'public' GROUP BY 1 ORDER BY 1",
             &[],
         )
         .await
