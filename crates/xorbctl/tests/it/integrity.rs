@@ -258,6 +258,30 @@ async fn the_bounded_quick_scan_reads_no_large_table(pg: &Pg, c: &tokio_postgres
         }
     }
     assert_eq!(bounded.schema_fingerprint, exact.schema_fingerprint);
+
+    // A partitioned table has no pages of its own: it is sized, and estimated, by its partitions.
+    c.batch_execute(
+        "CREATE TABLE parted (id int) PARTITION BY RANGE (id);
+         CREATE TABLE parted_low PARTITION OF parted FOR VALUES FROM (0) TO (100);
+         CREATE TABLE parted_high PARTITION OF parted FOR VALUES FROM (100) TO (200);
+         INSERT INTO parted SELECT g FROM generate_series(0, 149) g;
+         ANALYZE parted",
+    )
+    .await
+    .unwrap();
+    let none_exact = xorb_integrity::quick_bounded(c, 0).await.unwrap();
+    for t in ["parted", "parted_low", "parted_high"] {
+        assert!(none_exact.estimated.contains(t), "{t}: {none_exact:?}");
+    }
+    assert_eq!(
+        (
+            none_exact.tables["parted"],
+            none_exact.tables["parted_low"],
+            none_exact.tables["parted_high"]
+        ),
+        (150, 100, 50)
+    );
+    c.batch_execute("DROP TABLE parted").await.unwrap();
 }
 
 fn keys(v: &[String]) -> BTreeSet<String> {
