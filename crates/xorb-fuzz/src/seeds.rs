@@ -214,6 +214,14 @@ fn in_releases(file: &str) -> Vec<Vec<u8>> {
     shipped(&paths.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
+/// What `pg_restore --data-only --file=-` prints of a small dump: a table with quoted names, escapes and NULLs, a
+/// table of another schema, an empty one.
+const DUMP_SCRIPT: &str = "--\n-- PostgreSQL database dump\n--\n\nSET statement_timeout = 0;\n\n\
+    COPY public.tenants (id, name, \"Odd, \"\"name\"\"\") FROM stdin;\n\
+    1\tacme\t\\N\n2\tglobex\tx\\ty\n\\.\n\n\
+    COPY audit.events (id) FROM stdin;\n7\n\\.\n\n\
+    COPY public.empty (id) FROM stdin;\n\\.\n";
+
 /// Every target, with its seeds.
 pub fn all() -> Vec<Target> {
     vec![
@@ -300,6 +308,21 @@ pub fn all() -> Vec<Target> {
             vec![journal_bytes().to_vec()],
             &[],
             targets::journal_file,
+        ),
+        target(
+            "dump_script",
+            vec![DUMP_SCRIPT.as_bytes().to_vec()],
+            &[
+                "COPY public.",
+                " FROM stdin;\n",
+                "\\.\n",
+                "\t",
+                "\\N",
+                "\"",
+                "(",
+                ", ",
+            ],
+            targets::dump_script,
         ),
         target(
             "journal_rows",

@@ -15,6 +15,11 @@ fn text(b: &[u8]) -> Cow<'_, str> {
     String::from_utf8_lossy(b)
 }
 
+/// The rows of a backup as `pg_restore --data-only --file=-` prints them: the backup's proof reads a file on disk.
+pub fn dump_script(b: &[u8]) {
+    let _ = xorb_integrity::dump_checksums(b);
+}
+
 pub fn release_toml(b: &[u8]) {
     let _ = xorb_model::release::parse_manifest(&text(b));
 }

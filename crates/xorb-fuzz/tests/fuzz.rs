@@ -1,5 +1,5 @@
 //! One fuzz test per parser a user feeds: no panic, no hang. The budget per target is `XORB_FUZZ_SECS` (default
-//! 3 s; the twelve together stay under a minute); README.md, "Development", shows how to run them longer.
+//! 3 s; the thirteen together stay under a minute); README.md, "Development", shows how to run them longer.
 
 use xorb_fuzz::harness::fuzz;
 use xorb_fuzz::seeds::by_name;
@@ -29,4 +29,5 @@ fuzz_tests!(
     audit_jsonl,
     journal_file,
     journal_rows,
+    dump_script,
 );

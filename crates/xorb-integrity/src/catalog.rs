@@ -89,8 +89,9 @@ pub async fn tables(client: &tokio_postgres::Client) -> Result<Vec<TableMeta>, I
 }
 
 /// Key columns are encoded from their text COPY form so that comparing the bytes orders integers numerically
-/// (big-endian at the type's width, sign bit flipped) and uuids as the server does (their 16 bytes); other types
-/// are the length-prefixed text as COPY escaped it (a total order, the same in snapshot and scan).
+/// (big-endian on 8 bytes whatever the type's width, sign bit flipped: a key widened from `integer` to `bigint`
+/// still matches) and uuids as the server does (their 16 bytes); other types are the length-prefixed text as COPY
+/// escaped it (a total order, the same in snapshot and scan).
 pub fn encode_key_part(type_oid: u32, value: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     let bad = |what: &str| {
         format!(
@@ -99,10 +100,8 @@ pub fn encode_key_part(type_oid: u32, value: &[u8], out: &mut Vec<u8>) -> Result
         )
     };
     let text = std::str::from_utf8(value).map_err(|_| bad("text"));
-    let width = match type_oid {
-        INT2 => 2,
-        INT4 => 4,
-        INT8 => 8,
+    match type_oid {
+        INT2 | INT4 | INT8 => {}
         UUID => {
             let hex: String = text?.chars().filter(|&c| c != '-').collect();
             let raw = hex::decode(hex).map_err(|_| bad("a uuid"))?;
@@ -120,7 +119,7 @@ pub fn encode_key_part(type_oid: u32, value: &[u8], out: &mut Vec<u8>) -> Result
         }
     };
     let n: i64 = text?.parse().map_err(|_| bad("an integer"))?;
-    let mut be = n.to_be_bytes()[8 - width..].to_vec();
+    let mut be = n.to_be_bytes();
     be[0] ^= 0x80;
     out.extend_from_slice(&be);
     Ok(())
@@ -130,12 +129,7 @@ pub fn encode_key_part(type_oid: u32, value: &[u8], out: &mut Vec<u8>) -> Result
 pub fn display_key(types: &[u32], mut key: &[u8]) -> String {
     let mut parts = Vec::with_capacity(types.len());
     for &oid in types {
-        let width = match oid {
-            INT2 => Some(2),
-            INT4 => Some(4),
-            INT8 => Some(8),
-            _ => None,
-        };
+        let width = matches!(oid, INT2 | INT4 | INT8).then_some(8);
         let value: Vec<u8> = match width {
             Some(w) if key.len() >= w => {
                 let mut v = key[..w].to_vec();
@@ -166,9 +160,7 @@ pub fn display_key(types: &[u32], mut key: &[u8]) -> String {
 
 fn display_value(oid: u32, v: &[u8]) -> String {
     match (oid, v.len()) {
-        (INT2, 2) => i16::from_be_bytes([v[0], v[1]]).to_string(),
-        (INT4, 4) => i32::from_be_bytes([v[0], v[1], v[2], v[3]]).to_string(),
-        (INT8, 8) => i64::from_be_bytes(v.try_into().unwrap_or([0; 8])).to_string(),
+        (INT2 | INT4 | INT8, 8) => i64::from_be_bytes(v.try_into().unwrap_or([0; 8])).to_string(),
         (UUID, 16) => {
             let h = hex::encode(v);
             format!(
@@ -214,6 +206,18 @@ mod tests {
             display_key(&[INT4, 25, UUID], &k),
             "(-7, acme, 5f0c2d9e-0000-4000-8000-00000000002a)"
         );
+    }
+
+    #[test]
+    fn an_integer_key_encodes_alike_at_any_width() {
+        let enc = |oid: u32| {
+            let mut v = Vec::new();
+            encode_key_part(oid, b"-300", &mut v).unwrap();
+            v
+        };
+        assert_eq!(enc(INT2), enc(INT8));
+        assert_eq!(enc(INT4), enc(INT8));
+        assert_eq!(display_key(&[INT2], &enc(INT2)), "-300");
     }
 
     #[test]
