@@ -18,7 +18,8 @@ use super::ports::{PORTS_ANNOTATION, PortMap};
 use super::probes::{ProbeTarget, Prober};
 use super::spawn::{Ctl, Exit, spawn_process};
 use super::state::{
-    BACKOFF_MAX, Condition, ContainerRun, PodRun, State, Terminated, container_id, grace_of, signal,
+    BACKOFF_MAX, Condition, ContainerRun, DRAIN, PodRun, State, Terminated, container_id, grace_of,
+    signal,
 };
 use super::volumes::Mounts;
 use super::{AgentConfig, AgentProcess, Entrypoint, Env, Shared, now};
@@ -162,9 +163,9 @@ impl Agent {
         if deleting && run.kill_at.is_none() {
             let grace = grace_of(&run.pod);
             run.kill_at = Some(Instant::now() + grace);
+            run.term_at = Some(Instant::now() + DRAIN.min(grace));
             for c in &mut run.containers {
                 c.next_start = None;
-                signal(c, Ctl::Term);
             }
             run.dirty = true;
         }
@@ -219,6 +220,7 @@ impl Agent {
                 .collect(),
             conditions,
             kill_at: None,
+            term_at: None,
             gone: false,
             dirty: true,
             ports,
@@ -340,6 +342,10 @@ impl Agent {
             if any_running {
                 if run.gone && run.kill_at.is_none() {
                     run.kill_at = Some(Instant::now() + Duration::from_secs(2));
+                    run.term_at = Some(Instant::now());
+                }
+                if run.term_at.is_some_and(|t| Instant::now() >= t) {
+                    run.term_at = None;
                     for c in &mut run.containers {
                         signal(c, Ctl::Term);
                     }

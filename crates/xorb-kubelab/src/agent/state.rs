@@ -105,6 +105,8 @@ pub(super) struct PodRun {
     pub(super) conditions: BTreeMap<&'static str, Condition>,
     /// Set once deletion began: SIGKILL after this instant.
     pub(super) kill_at: Option<Instant>,
+    /// Set once deletion began, cleared once the containers are sent SIGTERM ([`DRAIN`] later).
+    pub(super) term_at: Option<Instant>,
     /// The Pod is gone from the API (deleted without grace): stop and forget.
     pub(super) gone: bool,
     pub(super) dirty: bool,
@@ -114,6 +116,12 @@ pub(super) struct PodRun {
     /// Unsupported features: the reason every container stays in CreateContainerConfigError.
     pub(super) refused: Option<String>,
 }
+
+/// How long a Pod being deleted keeps running before its containers get SIGTERM, as if every Pod had a preStop
+/// sleep: the Service proxy lists Pods every 300 ms and stops sending new connections to one being deleted only
+/// when it sees it. Signalled at once, a Pod would drop the connections forwarded meanwhile (a rolling update then
+/// loses requests, which the proxy's test caught under load). Never longer than the Pod's grace period.
+pub(super) const DRAIN: Duration = Duration::from_secs(1);
 
 pub(super) fn grace_of(pod: &Pod) -> Duration {
     let secs = pod
