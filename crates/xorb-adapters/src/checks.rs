@@ -293,10 +293,7 @@ impl<T: Target> TargetRunner<T> {
             .await?;
         // A table phase 1 only estimated is held to the backup's exact count when the run took one (phase 3's
         // snapshot, later than phase 1, so no looser); without one its estimate proves nothing either way.
-        let snapshot: Option<xorb_integrity::FullReport> =
-            std::fs::read(ctx.run_dir.join("db").join("integrity-full.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
+        let snapshot = crate::pg::snapshot::read_full_report(ctx.run_dir).ok();
         let estimated: Vec<&str> = before["estimated"]
             .as_array()
             .map(|a| a.iter().filter_map(|t| t.as_str()).collect())
