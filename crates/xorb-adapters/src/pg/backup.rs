@@ -129,8 +129,8 @@ pub async fn backup<T: Target>(
         snapshot_dir: Some(snapshot_tmp.clone()),
         ..xorb_integrity::ScanOptions::default()
     };
-    // What alembic itself says, with the scripts that know the live revision (the release rolled back from): two
-    // Python processes, asked while the database is read (nothing migrates meanwhile), written once the dump is.
+    // What alembic itself says, with the scripts that know the live revision (the release rolled back from), asked
+    // while the database is read (nothing migrates meanwhile) and written once the dump is.
     let from = Release::load_named(&r.paths.releases_root, ctx.from).map_err(fatal)?;
     let migrations = from.migrations_dir();
     let alembic_says = async {

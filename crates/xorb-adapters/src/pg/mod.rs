@@ -12,6 +12,7 @@ pub mod export;
 pub mod migrate;
 pub mod preserve;
 pub mod proof;
+pub mod python;
 pub mod reimport;
 pub mod restore;
 pub mod schema;

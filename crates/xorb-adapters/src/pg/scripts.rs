@@ -7,6 +7,7 @@ use xorb_engine::runner::StepError;
 use xorb_model::release::Release;
 use xorb_model::schema::{LiveDatabase, RevisionInfo};
 
+use super::python;
 use super::*;
 use crate::context::failed;
 use crate::{AdapterError, Paths};
@@ -51,25 +52,19 @@ pub async fn script_revisions(
             migrations.display()
         )));
     }
-    let python = paths.venv.join("bin/python");
-    let mut cmd = tokio::process::Command::new(&python);
-    cmd.arg(&script)
-        .kill_on_drop(true)
-        .env_remove("DATABASE_URL");
-    let out = cmd.output().await.map_err(|e| AdapterError::Alembic {
-        what: format!("{}", script.display()),
-        why: format!(
-            "cannot run {}: {e} (run ./scripts/setup-python)",
-            python.display()
-        ),
-    })?;
-    if !out.status.success() {
+    let out = python::script(&paths.venv, &script)
+        .await
+        .map_err(|e| AdapterError::Alembic {
+            what: format!("{}", script.display()),
+            why: format!("{e} (run ./scripts/setup-python)"),
+        })?;
+    if out.code != 0 {
         return Err(AdapterError::Alembic {
             what: format!("{}", script.display()),
-            why: last_line(&String::from_utf8_lossy(&out.stderr)),
+            why: last_line(&out.stderr),
         });
     }
-    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).map_err(|e| {
+    let v: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).map_err(|e| {
         AdapterError::Config(format!("{} printed malformed JSON: {e}", script.display()))
     })?;
     v.into_iter()
@@ -95,30 +90,33 @@ pub async fn alembic(
     args: &[&str],
     statement_timeout: Option<Duration>,
 ) -> Result<(String, String), StepError> {
-    let bin = paths.venv.join("bin/alembic");
-    let mut cmd = tokio::process::Command::new(&bin);
-    cmd.arg("-c")
-        .arg(migrations.join("alembic.ini"))
-        .args(args)
-        .env("DATABASE_URL", conn.url())
+    let mut argv = vec![
+        "-c".to_string(),
+        migrations.join("alembic.ini").display().to_string(),
+    ];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let env = vec![
+        ("DATABASE_URL", Some(conn.url())),
         // libpq (under psycopg2) bounds its connect by this: a stopped server must not hold alembic forever.
-        .env("PGCONNECT_TIMEOUT", "10");
-    match statement_timeout {
-        Some(t) => cmd.env(
+        ("PGCONNECT_TIMEOUT", Some("10".to_string())),
+        (
             "XORB_STATEMENT_TIMEOUT_MS",
-            t.as_millis().max(1).to_string(),
+            statement_timeout.map(|t| t.as_millis().max(1).to_string()),
         ),
-        None => cmd.env_remove("XORB_STATEMENT_TIMEOUT_MS"),
-    };
+    ];
     let what = format!("alembic {}", args.join(" "));
-    let out = output(
-        cmd,
-        &format!("{what} ({}; run ./scripts/setup-python)", bin.display()),
-    )
-    .await?;
-    let stdout = conn.redact(&String::from_utf8_lossy(&out.stdout));
-    let stderr = conn.redact(&String::from_utf8_lossy(&out.stderr));
-    if !out.status.success() {
+    let out = python::alembic(&paths.venv, argv, env)
+        .await
+        .map_err(|e| match e {
+            python::WorkerError::Start(e) => fatal(format!(
+                "cannot run {what}: {e} (run ./scripts/setup-python)"
+            )),
+            // Whatever it ran was one transaction, rolled back when its connection went away.
+            python::WorkerError::Lost(e) => failed(format!("{what}: {e}")),
+        })?;
+    let stdout = conn.redact(&out.stdout);
+    let stderr = conn.redact(&out.stderr);
+    if out.code != 0 {
         // Alembic runs all revisions of one call in one transaction: a failure left the schema as it was, so a
         // retry is safe.
         return Err(failed(format!(
