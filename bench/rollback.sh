@@ -8,7 +8,8 @@
 # Each repetition brings up two fresh, private v2025.08-rc1 stacks WITH demo data (and `--scale BENCH_SCALE` when
 # set), each in its own temporary state directory. Before any clock starts, each stack's database is dumped bare
 # (`pg_dump -Fc -Z0` and `pg_dump -Fd -Z0 -j NPROC`, the fastest forms on this PostgreSQL; the files are deleted):
-# the reference of "time to a proven backup", and the same warm cache for both sides. Then each is rolled back to
+# the reference of "time to a proven backup", and the same warm cache for both sides; and Prometheus is left to
+# scrape every target once (`scraped_once`), as a Prometheus that has run for days has. Then each is rolled back to
 # v2025.07-stable (the order of the two alternates from one repetition to the next):
 #
 #   xorbctl   `xorbctl rollback --from v2025.08-rc1 --to v2025.07-stable --yes`. Total = wall time of that
@@ -233,6 +234,21 @@ stack_up() { # STATE
   fi
 }
 
+# scraped_once STATE: wait (deadline 60 s) until Prometheus has scraped every target of the stack at least once and
+# found it up, as a Prometheus running for days has; before any clock. A stack just brought up has targets never
+# scraped yet, and a rollback started then would time the first scrapes' random offsets (up to a 15 s interval)
+# in xorbctl's monitoring check, which a production rollback never waits for.
+scraped_once() {
+  local state=$1 port deadline
+  port=$(jq -r '.prometheus.port' "$state/stack.json")
+  deadline=$((${EPOCHREALTIME%.*} + 60))
+  until curl -fsS "http://127.0.0.1:$port/api/v1/targets" 2>/dev/null |
+    jq -e '.data.activeTargets | length > 0 and all(.health == "up")' >/dev/null; do
+    ((${EPOCHREALTIME%.*} < deadline)) || die "Prometheus of $state has not scraped every target up within 60 s"
+    pause 0.2
+  done
+}
+
 # bare_dumps SIDE REP STATE: the database dumped in the two fastest forms, timed, then deleted (before any clock).
 bare_dumps() {
   local side=$1 rep=$2 state=$3 port pw t0 t1 out=$WORK/bare-dump
@@ -304,6 +320,7 @@ run_xorbctl() { # REP
   say "rep $rep, xorbctl: stack up $FROM --demo-data"
   stack_up "$state"
   bare_dumps a "$rep" "$state"
+  scraped_once "$state"
   say "rep $rep, xorbctl: rollback"
   local t0 t1
   t0=${EPOCHREALTIME//[!0-9]/}
@@ -511,6 +528,7 @@ run_baseline() { # REP
   read -r B_PGPORT B_REDISPORT B_NATSPORT B_PROMPORT < <(jq -r '"\(.postgres.port) \(.redis.port) \(.nats.port) \(.prometheus.port)"' "$sj")
   for v in "$B_PGPORT" "$B_REDISPORT" "$B_NATSPORT" "$B_PROMPORT"; do [[ $v =~ ^[0-9]+$ ]] || die "stack.json lacks a server port"; done
   bare_dumps b "$rep" "$B_STATE"
+  scraped_once "$B_STATE"
   local tok_a tok_b
   if ! tok_a=$(jq -er --arg t "$SMOKE_TENANT" '.[$t]' "$B_STATE/secrets/tenants.json") ||
     ! tok_b=$(jq -er --arg t "$OTHER_TENANT" '.[$t]' "$B_STATE/secrets/tenants.json"); then
