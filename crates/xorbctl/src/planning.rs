@@ -34,6 +34,17 @@ pub async fn compute_plan(
 ) -> anyhow::Result<(Plan, Release, target::Opened)> {
     let (from, to) = (a.from.as_str(), a.to.as_str());
     let paths = target::paths(loc)?;
+    let scope = a
+        .only
+        .as_deref()
+        .map(Scope::parse)
+        .transpose()?
+        .unwrap_or(Scope::All);
+    if matches!(scope, Scope::All | Scope::Database) {
+        // Alembic's imports take longer than the rest of planning: they run while the releases are read and the target
+        // observed.
+        xorb_adapters::pg::python::warm(&paths.venv);
+    }
     let policy = load_policy(a.runbook.as_deref())?;
     let from_rel = Release::load_named(&paths.releases_root, from)
         .with_context(|| format!("--from {from}"))?;
@@ -45,12 +56,6 @@ pub async fn compute_plan(
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "(embedded runbooks/rollback.toml)".into());
     policy.check_service_order(&origin, &[&from_rel, &to_rel])?;
-    let scope = a
-        .only
-        .as_deref()
-        .map(Scope::parse)
-        .transpose()?
-        .unwrap_or(Scope::All);
     let opened = target::open(loc).await?;
     red.add_all(opened.secrets());
     let mut live = opened.observe().await?;

@@ -61,6 +61,12 @@ pub async fn script(venv: &Path, script: &Path) -> Result<Reply, WorkerError> {
     .await
 }
 
+/// Starts the worker now, without waiting for it, so that its imports overlap the caller's other work (the
+/// planner's reading of releases and the target). A failure to start is reported by the first call.
+pub fn warm(venv: &Path) {
+    let _ = worker(venv);
+}
+
 struct Worker {
     child: Mutex<Child>,
     io: Arc<tokio::sync::Mutex<Option<Io>>>,
