@@ -90,7 +90,7 @@ pub async fn tables(client: &tokio_postgres::Client) -> Result<Vec<TableMeta>, I
 
 /// Key columns are encoded from their text COPY form so that comparing the bytes orders integers numerically
 /// (big-endian on 8 bytes whatever the type's width, sign bit flipped: a key widened from `integer` to `bigint`
-/// still matches) and uuids as the server does (their 16 bytes); other types are the length-prefixed text as COPY
+/// still matches) and uuids as the server does (their 16 bytes, no length); other types are the length-prefixed text as COPY
 /// escaped it (a total order, the same in snapshot and scan).
 pub fn encode_key_part(type_oid: u32, value: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     let bad = |what: &str| {
@@ -103,12 +103,8 @@ pub fn encode_key_part(type_oid: u32, value: &[u8], out: &mut Vec<u8>) -> Result
     match type_oid {
         INT2 | INT4 | INT8 => {}
         UUID => {
-            let hex: String = text?.chars().filter(|&c| c != '-').collect();
-            let raw = hex::decode(hex).map_err(|_| bad("a uuid"))?;
-            if raw.len() != 16 {
-                return Err(bad("a uuid"));
-            }
-            out.extend_from_slice(&16u32.to_be_bytes());
+            // Fixed width needs no length: 4 bytes less for every row of a table keyed by uuid.
+            let raw = uuid_bytes(value).ok_or_else(|| bad("a uuid"))?;
             out.extend_from_slice(&raw);
             return Ok(());
         }
@@ -125,15 +121,35 @@ pub fn encode_key_part(type_oid: u32, value: &[u8], out: &mut Vec<u8>) -> Result
     Ok(())
 }
 
+/// A uuid as PostgreSQL prints it (32 hex digits, dashes anywhere), as its 16 bytes; without allocating, since
+/// it runs for every row of a table keyed by uuid.
+fn uuid_bytes(text: &[u8]) -> Option<[u8; 16]> {
+    let mut raw = [0u8; 16];
+    let mut nibbles = 0;
+    for &c in text.iter().filter(|&&c| c != b'-') {
+        let v = (c as char).to_digit(16)? as u8;
+        let byte = raw.get_mut(nibbles / 2)?;
+        *byte = (*byte << 4) | v;
+        nibbles += 1;
+    }
+    (nibbles == 32).then_some(raw)
+}
+
 /// The key as a person reads it: `42`, `5f0c…-…`, `acme`, or `(a, b)` for a composite key.
 pub fn display_key(types: &[u32], mut key: &[u8]) -> String {
     let mut parts = Vec::with_capacity(types.len());
     for &oid in types {
-        let width = matches!(oid, INT2 | INT4 | INT8).then_some(8);
+        let width = match oid {
+            INT2 | INT4 | INT8 => Some(8),
+            UUID => Some(16),
+            _ => None,
+        };
         let value: Vec<u8> = match width {
             Some(w) if key.len() >= w => {
                 let mut v = key[..w].to_vec();
-                v[0] ^= 0x80;
+                if w == 8 {
+                    v[0] ^= 0x80;
+                }
                 key = &key[w..];
                 v
             }
@@ -225,5 +241,31 @@ mod tests {
         let mut k = Vec::new();
         assert!(encode_key_part(INT8, b"12x", &mut k).is_err());
         assert!(encode_key_part(UUID, b"5f0c", &mut k).is_err());
+        for bad in [
+            &b"5f0c1e2a-0b9d-4c3e-8f71-2a6b4c8d9e0"[..],
+            b"5f0c1e2a-0b9d-4c3e-8f71-2a6b4c8d9e0f1",
+            b"5f0c1e2a-0b9d-4c3e-8f71-2a6b4c8d9e0g",
+            b"5f0c1e2a-0b9d-4c3e-8f71-2a6b4c8d9e\xc3\xa9",
+        ] {
+            assert!(
+                encode_key_part(UUID, bad, &mut k).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn a_uuid_key_is_its_16_bytes_however_printed() {
+        let raw = hex::decode("5f0c1e2a0b9d4c3e8f712a6b4c8d9e0f").unwrap();
+        for text in [
+            &b"5f0c1e2a-0b9d-4c3e-8f71-2a6b4c8d9e0f"[..],
+            b"5F0C1E2A-0B9D-4C3E-8F71-2A6B4C8D9E0F",
+            b"5f0c1e2a0b9d4c3e8f712a6b4c8d9e0f",
+        ] {
+            let mut k = Vec::new();
+            encode_key_part(UUID, text, &mut k).unwrap();
+            assert_eq!(k, raw);
+        }
     }
 }

@@ -16,8 +16,8 @@ use crate::catalog::Column;
 use crate::scan::TableScan;
 
 pub const FORMAT: &str = "xorb-integrity-row-snapshot";
-/// 2: keys and column hashes from the text COPY form (1 read binary COPY).
-pub const VERSION: u32 = 2;
+/// 2: keys and column hashes from the text COPY form (1 read binary COPY). 3: a uuid key part has no length.
+pub const VERSION: u32 = 3;
 const MAGIC: &[u8; 8] = b"XORBROWS";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
