@@ -291,13 +291,11 @@ mod tests {
         let v = dir.path().join("venv");
         std::os::unix::fs::symlink(venv().canonicalize().unwrap(), &v).unwrap();
         let pid = script_file(dir.path(), "pid.py", "import os\nprint(os.getpid())\n");
-        let before: u32 = script(&v, &pid)
-            .await
-            .unwrap()
-            .stdout
-            .trim()
-            .parse()
-            .unwrap();
+        let worker_pid = async || -> u32 {
+            let out = script(&v, &pid).await.unwrap().stdout;
+            out.trim().parse().unwrap()
+        };
+        let before = worker_pid().await;
         let slow = script_file(dir.path(), "slow.py", "import time\ntime.sleep(60)\n");
         let cut = tokio::time::timeout(Duration::from_millis(300), script(&v, &slow)).await;
         assert!(cut.is_err(), "the slow script answered");
@@ -305,14 +303,7 @@ mod tests {
             !Path::new(&format!("/proc/{before}")).exists(),
             "the worker outlived the dropped call"
         );
-        let after: u32 = script(&v, &pid)
-            .await
-            .unwrap()
-            .stdout
-            .trim()
-            .parse()
-            .unwrap();
-        assert_ne!(after, before);
+        assert_ne!(worker_pid().await, before);
     }
 
     #[tokio::test]

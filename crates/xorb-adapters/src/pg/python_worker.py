@@ -94,17 +94,22 @@ def exit_code(e):
     return 1
 
 
+def set_environ(values):
+    """Sets each variable, or removes it where the value is None."""
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 for line in sys.stdin:
     request = json.loads(line)
     env = request.get("env", {})
     saved = {k: os.environ.get(k) for k in env}
     code = 0
     try:
-        for k, v in env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        set_environ(env)
         run(request)
     except SystemExit as e:
         code = exit_code(e)
@@ -112,10 +117,6 @@ for line in sys.stdin:
         traceback.print_exc(file=ERR)
         code = 1
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        set_environ(saved)
         sys.argv = [""]
     reply({"code": code, "stdout": OUT.take(), "stderr": ERR.take()})
