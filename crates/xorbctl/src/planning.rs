@@ -40,9 +40,10 @@ pub async fn compute_plan(
         .map(Scope::parse)
         .transpose()?
         .unwrap_or(Scope::All);
-    if matches!(scope, Scope::All | Scope::Database) {
-        // Alembic's imports take longer than the rest of planning: they run while the releases are read and the target
-        // observed.
+    let touches_database = matches!(scope, Scope::All | Scope::Database);
+    if touches_database {
+        // Alembic's imports take longer than the rest of planning: they run while the releases are read and the
+        // target observed.
         xorb_adapters::pg::python::warm(&paths.venv);
     }
     let policy = load_policy(a.runbook.as_deref())?;
@@ -59,7 +60,7 @@ pub async fn compute_plan(
     let opened = target::open(loc).await?;
     red.add_all(opened.secrets());
     let mut live = opened.observe().await?;
-    if matches!(scope, Scope::All | Scope::Database) {
+    if touches_database {
         target::check_migrations_dir(&from_rel)?;
         let db = opened
             .observe_database(&from_rel)

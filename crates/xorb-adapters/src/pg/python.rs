@@ -39,6 +39,18 @@ pub enum WorkerError {
     Lost(String),
 }
 
+impl WorkerError {
+    /// The same error, its message naming the worker.
+    fn of(self, bin: &Path) -> Self {
+        let what =
+            |why: String| format!("the Python worker ({} with Alembic) {why}", bin.display());
+        match self {
+            WorkerError::Start(why) => WorkerError::Start(what(why)),
+            WorkerError::Lost(why) => WorkerError::Lost(what(why)),
+        }
+    }
+}
+
 /// `alembic ARGS` in the warm worker; `env` is set for this request only (`None` removes a variable).
 pub async fn alembic(
     venv: &Path,
@@ -170,10 +182,10 @@ async fn call(venv: &Path, request: Value) -> Result<Reply, WorkerError> {
         worker: Some(w),
     };
     let mut io = io;
-    let exchanged = tokio::task::spawn_blocking(move || {
+    let reply = tokio::task::spawn_blocking(move || {
         let result = match io.as_mut() {
             Some(io) => exchange(io, &line),
-            None => Err(Exchange::Lost("stopped earlier".to_string())),
+            None => Err(WorkerError::Lost("stopped earlier".to_string())),
         };
         if result.is_err() {
             *io = None;
@@ -181,22 +193,11 @@ async fn call(venv: &Path, request: Value) -> Result<Reply, WorkerError> {
         result
     })
     .await
-    .map_err(|e| Exchange::Lost(format!("lost its thread: {e}")))
-    .and_then(|r| r);
-    let what = |why: String| format!("the Python worker ({} with Alembic) {why}", bin.display());
-    match exchanged {
-        Ok(reply) => {
-            in_flight.worker = None;
-            Ok(reply)
-        }
-        Err(Exchange::NoAlembic(why)) => Err(WorkerError::Start(what(why))),
-        Err(Exchange::Lost(why)) => Err(WorkerError::Lost(what(why))),
-    }
-}
-
-enum Exchange {
-    NoAlembic(String),
-    Lost(String),
+    .map_err(|e| WorkerError::Lost(format!("lost its thread: {e}")))
+    .and_then(|r| r)
+    .map_err(|e| e.of(&bin))?;
+    in_flight.worker = None;
+    Ok(reply)
 }
 
 fn read_json(stdout: &mut BufReader<ChildStdout>) -> Result<Value, String> {
@@ -208,11 +209,11 @@ fn read_json(stdout: &mut BufReader<ChildStdout>) -> Result<Value, String> {
     }
 }
 
-fn exchange(io: &mut Io, line: &str) -> Result<Reply, Exchange> {
+fn exchange(io: &mut Io, line: &str) -> Result<Reply, WorkerError> {
     if !io.ready {
-        let hello = read_json(&mut io.stdout).map_err(Exchange::NoAlembic)?;
+        let hello = read_json(&mut io.stdout).map_err(WorkerError::Start)?;
         if hello["ready"] != Value::Bool(true) {
-            return Err(Exchange::NoAlembic(format!(
+            return Err(WorkerError::Start(format!(
                 "cannot import Alembic: {}",
                 crate::toolout::last_line(hello["error"].as_str().unwrap_or_default())
             )));
@@ -222,8 +223,8 @@ fn exchange(io: &mut Io, line: &str) -> Result<Reply, Exchange> {
     io.stdin
         .write_all(line.as_bytes())
         .and_then(|()| io.stdin.flush())
-        .map_err(|e| Exchange::Lost(format!("cannot be written to: {e}")))?;
-    let v = read_json(&mut io.stdout).map_err(Exchange::Lost)?;
+        .map_err(|e| WorkerError::Lost(format!("cannot be written to: {e}")))?;
+    let v = read_json(&mut io.stdout).map_err(WorkerError::Lost)?;
     let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
     Ok(Reply {
         code: v["code"].as_i64().unwrap_or(1),
