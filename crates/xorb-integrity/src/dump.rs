@@ -11,6 +11,7 @@ use std::io::BufRead;
 use crate::IntegrityError;
 use crate::copy::CopyParser;
 use crate::scan::{TableChecksum, row_hash};
+use crate::script::{Header, ScriptParser, ScriptSink};
 
 /// The environment of a `pg_dump` whose rows the scan can compare with: its time zone is the scan's.
 pub const PG_DUMP_ENV: &[(&str, &str)] = &[("PGTZ", "UTC")];
@@ -20,128 +21,78 @@ pub const PG_DUMP_ARGS: &[&str] = &["--encoding=UTF8"];
 struct Open {
     table: String,
     columns: usize,
-    /// False for a table outside schema `public`, which the scan does not cover: its rows are skipped.
-    kept: bool,
     parser: CopyParser,
     rows: u64,
     sum: u128,
 }
 
+/// Every table of schema `public` (the scan covers no other) with its checksum.
+#[derive(Default)]
+struct Sums {
+    out: Vec<TableChecksum>,
+    open: Option<Open>,
+}
+
+impl ScriptSink for Sums {
+    fn begin(&mut self, h: Header) -> Result<bool, String> {
+        if h.schema != "public" {
+            return Ok(false);
+        }
+        self.open = Some(Open {
+            table: h.table,
+            columns: h.columns.len(),
+            parser: CopyParser::new(h.columns.len()),
+            rows: 0,
+            sum: 0,
+        });
+        Ok(true)
+    }
+
+    fn rows(&mut self, data: &[u8]) -> Result<(), String> {
+        let t = self.open.as_mut().expect("a table is open");
+        let (rows, sum) = (&mut t.rows, &mut t.sum);
+        t.parser
+            .feed(data, &mut |r| {
+                *rows += 1;
+                *sum = sum.wrapping_add(row_hash(r.raw));
+            })
+            .map_err(|e| e.why)
+    }
+
+    fn rows_seen(&self) -> u64 {
+        self.open.as_ref().map_or(0, |t| t.rows)
+    }
+
+    fn end(&mut self) -> Result<(), String> {
+        let t = self.open.take().expect("a table is open");
+        self.out.push(TableChecksum {
+            table: t.table,
+            rows: t.rows,
+            checksum: format!("{:032x}", t.sum),
+            columns: t.columns,
+            primary_key: Vec::new(),
+        });
+        Ok(())
+    }
+}
+
 /// Every table of schema `public` whose data the script holds, with its row count, column count and checksum
 /// (the scan's [`TableChecksum`]; a dump's COPY names no primary key, so `primary_key` is empty).
 pub fn dump_checksums(mut script: impl BufRead) -> Result<Vec<TableChecksum>, IntegrityError> {
-    let bad = |line: u64, why: String| IntegrityError::Dump(format!("line {line}: {why}"));
-    let mut out = Vec::new();
-    let mut open: Option<Open> = None;
-    let mut line = Vec::with_capacity(1 << 12);
-    let mut number = 0u64;
+    let (mut parser, mut sums) = (ScriptParser::default(), Sums::default());
     loop {
-        line.clear();
-        let n = script
-            .read_until(b'\n', &mut line)
+        let chunk = script
+            .fill_buf()
             .map_err(|e| IntegrityError::Dump(format!("cannot read the dump's data: {e}")))?;
-        if n == 0 {
+        if chunk.is_empty() {
             break;
         }
-        number += 1;
-        match open.as_mut() {
-            Some(_) if line == b"\\.\n" => {
-                let t = open.take().unwrap();
-                t.parser.finish().map_err(|e| bad(number, e.why))?;
-                if t.kept {
-                    out.push(TableChecksum {
-                        table: t.table,
-                        rows: t.rows,
-                        checksum: format!("{:032x}", t.sum),
-                        columns: t.columns,
-                        primary_key: Vec::new(),
-                    });
-                }
-            }
-            Some(t) => {
-                let (rows, sum) = (&mut t.rows, &mut t.sum);
-                t.parser
-                    .feed(&line, &mut |r| {
-                        *rows += 1;
-                        *sum = sum.wrapping_add(row_hash(r.raw));
-                    })
-                    .map_err(|e| bad(number, format!("table {}: {}", t.table, e.why)))?;
-            }
-            None if line.starts_with(b"COPY ") => {
-                let text = String::from_utf8_lossy(&line);
-                let (schema, table, columns) = copy_header(&text).ok_or_else(|| {
-                    bad(
-                        number,
-                        format!("not a COPY header pg_restore writes: {}", text.trim_end()),
-                    )
-                })?;
-                open = Some(Open {
-                    kept: schema == "public",
-                    table,
-                    columns,
-                    parser: CopyParser::new(columns),
-                    rows: 0,
-                    sum: 0,
-                });
-            }
-            None => {}
-        }
+        let n = chunk.len();
+        parser.feed(chunk, &mut sums)?;
+        script.consume(n);
     }
-    if let Some(t) = open {
-        return Err(IntegrityError::Dump(format!(
-            "the data of table {} ends without its end marker (\\.) after {} rows: the dump is cut short",
-            t.table, t.rows
-        )));
-    }
-    Ok(out)
-}
-
-/// `COPY schema.table (a, "B c") FROM stdin;` → (schema, table, number of columns).
-fn copy_header(line: &str) -> Option<(String, String, usize)> {
-    let rest = line.strip_prefix("COPY ")?;
-    let (schema, rest) = ident(rest)?;
-    let (table, rest) = ident(rest.strip_prefix('.')?)?;
-    let mut rest = rest.strip_prefix(' ')?;
-    let mut columns = 0;
-    if let Some(mut list) = rest.strip_prefix('(') {
-        loop {
-            let (_, after) = ident(list)?;
-            columns += 1;
-            if let Some(next) = after.strip_prefix(", ") {
-                list = next;
-            } else {
-                rest = after.strip_prefix(") ")?;
-                break;
-            }
-        }
-    } else {
-        // A table without columns: pg_dump writes an empty list.
-        rest = rest.strip_prefix(' ')?;
-    }
-    (rest.trim_end() == "FROM stdin;").then_some((schema, table, columns))
-}
-
-/// One identifier as `pg_dump` prints it: bare, or double-quoted with `""` for a quote.
-fn ident(s: &str) -> Option<(String, &str)> {
-    if let Some(mut rest) = s.strip_prefix('"') {
-        let mut name = String::new();
-        loop {
-            let end = rest.find('"')?;
-            name.push_str(&rest[..end]);
-            rest = &rest[end + 1..];
-            match rest.strip_prefix('"') {
-                Some(more) => {
-                    name.push('"');
-                    rest = more;
-                }
-                None => return Some((name, rest)),
-            }
-        }
-    }
-    let end = s
-        .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
-        .unwrap_or(s.len());
-    (end > 0).then(|| (s[..end].to_string(), &s[end..]))
+    parser.finish(&sums)?;
+    Ok(sums.out)
 }
 
 #[cfg(test)]
@@ -188,18 +139,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 1: not a COPY header"), "{e}");
-    }
-
-    #[test]
-    fn headers_pg_dump_writes_are_read() {
-        assert_eq!(
-            copy_header("COPY public.\"Weird \"\"T\"\"\" (a) FROM stdin;\n"),
-            Some(("public".into(), "Weird \"T\"".into(), 1))
-        );
-        assert_eq!(
-            copy_header("COPY public.nocols  FROM stdin;\n"),
-            Some(("public".into(), "nocols".into(), 0))
-        );
-        assert_eq!(copy_header("COPY public.t (a) TO stdout;\n"), None);
     }
 }

@@ -13,8 +13,10 @@
 mod catalog;
 mod copy;
 mod dump;
+mod dump_scan;
 mod loss;
 mod scan;
+mod script;
 mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,8 +25,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use dump::{PG_DUMP_ARGS, PG_DUMP_ENV, dump_checksums};
+pub use dump_scan::DumpScan;
 pub use loss::{ChangedRow, DroppedColumn, LossReport, TableLoss, TableState, loss};
-pub use scan::{FullReport, TableChecksum, full, full_with};
+pub use scan::{FullReport, TableChecksum, full};
 pub use tokio_postgres::Config;
 
 #[derive(Debug, thiserror::Error)]

@@ -248,6 +248,10 @@ impl Scan {
         })
     }
 
+    pub fn snapshot_id(&self) -> &str {
+        &self.snapshot_id
+    }
+
     /// Keeps only the named tables, in the order of the catalog; an unknown name is an error.
     pub fn select(&mut self, names: &Option<Vec<String>>) -> Result<(), IntegrityError> {
         if let Some(names) = names {
@@ -439,38 +443,7 @@ async fn scan_range(
         .await
         .map_err(|e| IntegrityError::db(what(), e))?;
     futures::pin_mut!(stream);
-    let ncols = meta.columns.len();
-    let pk: Vec<(usize, u32)> = meta
-        .primary_key
-        .iter()
-        .map(|&i| (i, meta.columns[i].type_oid))
-        .collect();
-    let mut rows = 0u64;
-    let mut sum = 0u128;
-    let mut records = (mode == Mode::Records).then(|| Records {
-        ncols,
-        ..Records::default()
-    });
-    let mut parser = CopyParser::new(ncols);
-    let mut bad_key: Option<String> = None;
-    let mut on_row = |t: Row<'_>| {
-        rows += 1;
-        sum = sum.wrapping_add(row_hash(t.raw));
-        if let Some(r) = records.as_mut() {
-            for &(i, oid) in &pk {
-                // A primary key column is never NULL.
-                if let Err(why) =
-                    catalog::encode_key_part(oid, t.field(i).unwrap_or_default(), &mut r.keys)
-                {
-                    bad_key.get_or_insert(why);
-                }
-            }
-            r.key_ends.push(r.keys.len());
-            for i in 0..ncols {
-                r.hashes.push(column_hash(t.field(i)));
-            }
-        }
-    };
+    let mut rows = TableRows::new(meta, mode);
     let format_err = |e: crate::copy::CopyFormatError| IntegrityError::CopyFormat {
         table: meta.name.clone(),
         offset: e.offset,
@@ -481,16 +454,9 @@ async fn scan_range(
         .await
         .map_err(|e| IntegrityError::db(what(), e))?
     {
-        parser.feed(&chunk, &mut on_row).map_err(format_err)?;
+        rows.feed(&chunk).map_err(format_err)?;
     }
-    parser.finish().map_err(format_err)?;
-    if let Some(why) = bad_key {
-        return Err(IntegrityError::CopyFormat {
-            table: meta.name.clone(),
-            offset: 0,
-            why,
-        });
-    }
+    let (rows, sum, records) = rows.finish().map_err(format_err)?;
     Ok(RangeOut {
         table: job.table,
         range: job.range,
@@ -500,23 +466,83 @@ async fn scan_range(
     })
 }
 
-/// A content checksum of every table (or of `opts.tables`), and the row snapshot if `opts.snapshot_dir` is set.
-pub async fn full(cfg: &Config, opts: &ScanOptions) -> Result<FullReport, IntegrityError> {
-    full_with(cfg, opts, |_| async {}).await.map(|(r, ())| r)
+/// A table's rows (or a range's) as they stream in, in the text COPY format: their count and checksum and, in
+/// `Records` mode, each row's key and column hashes. The scan feeds it what the server sends; the backup, what
+/// `pg_dump` wrote (`dump_scan.rs`).
+pub(crate) struct TableRows {
+    parser: CopyParser,
+    ncols: usize,
+    /// Key columns with their types.
+    pk: Vec<(usize, u32)>,
+    pub rows: u64,
+    sum: u128,
+    records: Option<Records>,
+    bad_key: Option<String>,
 }
 
-/// [`full`], with `beside` run at the same time on the scan's exported snapshot (its id, for `SET TRANSACTION
-/// SNAPSHOT` or `pg_dump --snapshot`): what `beside` reads is exactly the data the checksums describe. The snapshot
-/// stays exported until both are done.
-pub async fn full_with<F, Fut, T>(
-    cfg: &Config,
-    opts: &ScanOptions,
-    beside: F,
-) -> Result<(FullReport, T), IntegrityError>
-where
-    F: FnOnce(String) -> Fut,
-    Fut: std::future::Future<Output = T>,
-{
+impl TableRows {
+    pub fn new(meta: &TableMeta, mode: Mode) -> Self {
+        let ncols = meta.columns.len();
+        Self {
+            parser: CopyParser::new(ncols),
+            ncols,
+            pk: meta
+                .primary_key
+                .iter()
+                .map(|&i| (i, meta.columns[i].type_oid))
+                .collect(),
+            rows: 0,
+            sum: 0,
+            records: (mode == Mode::Records).then(|| Records {
+                ncols,
+                ..Records::default()
+            }),
+            bad_key: None,
+        }
+    }
+
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), crate::copy::CopyFormatError> {
+        let Self {
+            parser,
+            ncols,
+            pk,
+            rows,
+            sum,
+            records,
+            bad_key,
+        } = self;
+        parser.feed(data, &mut |t: Row<'_>| {
+            *rows += 1;
+            *sum = sum.wrapping_add(row_hash(t.raw));
+            if let Some(r) = records.as_mut() {
+                for &(i, oid) in pk.iter() {
+                    // A primary key column is never NULL.
+                    if let Err(why) =
+                        catalog::encode_key_part(oid, t.field(i).unwrap_or_default(), &mut r.keys)
+                    {
+                        bad_key.get_or_insert(why);
+                    }
+                }
+                r.key_ends.push(r.keys.len());
+                for i in 0..*ncols {
+                    r.hashes.push(column_hash(t.field(i)));
+                }
+            }
+        })
+    }
+
+    /// Rows, checksum and records (unsorted), once the stream has ended.
+    pub fn finish(self) -> Result<(u64, u128, Option<Records>), crate::copy::CopyFormatError> {
+        self.parser.finish()?;
+        match self.bad_key {
+            Some(why) => Err(crate::copy::CopyFormatError { offset: 0, why }),
+            None => Ok((self.rows, self.sum, self.records)),
+        }
+    }
+}
+
+/// A content checksum of every table (or of `opts.tables`), and the row snapshot if `opts.snapshot_dir` is set.
+pub async fn full(cfg: &Config, opts: &ScanOptions) -> Result<FullReport, IntegrityError> {
     let started = std::time::Instant::now();
     let mut scan = Scan::begin(cfg).await?;
     scan.select(&opts.tables)?;
@@ -526,11 +552,7 @@ where
     } else {
         Mode::Checksum
     };
-    let (scans, also) = tokio::join!(
-        scan.run(cfg, &which, opts.parallelism, mode),
-        beside(scan.snapshot_id.clone())
-    );
-    let scans = scans?;
+    let scans = scan.run(cfg, &which, opts.parallelism, mode).await?;
     if let Some(dir) = &opts.snapshot_dir {
         crate::snapshot::write(dir, &scan.taken_at, &scans)?;
     }
@@ -541,7 +563,7 @@ where
         snapshot_dir: opts.snapshot_dir.clone(),
         elapsed_ms: started.elapsed().as_millis() as u64,
     };
-    Ok((report, also))
+    Ok(report)
 }
 
 #[cfg(test)]

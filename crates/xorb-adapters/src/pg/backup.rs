@@ -1,6 +1,7 @@
-//! Phase 3's backup: `pg_dump` in custom format and the full integrity scan with its row snapshot, both reading one
-//! exported PostgreSQL snapshot at the same time, so the dump and the checksums describe exactly the same data
-//! (`3.db.proof` then proves the dump by reading its rows and comparing checksums). Kept once valid.
+//! Phase 3's backup: `pg_dump` in custom format of one exported PostgreSQL snapshot, and the full integrity scan with
+//! its row snapshot taken from the rows `pg_dump` writes (`dump_pipe`), so the dump and the checksums describe
+//! exactly the same data and the database is read once (`3.db.proof` then proves the file by reading its rows
+//! back and comparing checksums). Kept once valid.
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use xorb_engine::runner::{StepContext, StepError};
 use xorb_model::release::Release;
 
+use super::dump_pipe::PipeError;
 use super::scripts::alembic;
 use super::snapshot;
 use super::*;
@@ -125,12 +127,6 @@ pub async fn backup<T: Target>(
     let _ = std::fs::remove_file(&partial);
     let snapshot_tmp = dir.join("snapshot.partial");
     let _ = std::fs::remove_dir_all(&snapshot_tmp);
-    let opts = xorb_integrity::ScanOptions {
-        snapshot_dir: Some(snapshot_tmp.clone()),
-        ..xorb_integrity::ScanOptions::default()
-    };
-    // What alembic itself says, with the scripts that know the live revision (the release rolled back from), asked
-    // while the database is read (nothing migrates meanwhile) and written once the dump is.
     let from = Release::load_named(&r.paths.releases_root, ctx.from).map_err(fatal)?;
     let migrations = from.migrations_dir();
     let alembic_says = async {
@@ -146,18 +142,23 @@ pub async fn backup<T: Target>(
         );
         Ok::<_, StepError>((current?.0, history?.0))
     };
-    let cfg = conn.config();
-    let (scanned, said) = tokio::join!(
-        xorb_integrity::full_with(&cfg, &opts, |snapshot| {
-            pg_dump(&conn, &partial, snapshot)
-        }),
-        alembic_says
-    );
-    let (report, dumped) = scanned.map_err(|e| {
+    // One read of the database: the scan takes its rows from the dump as it is written (`dump_pipe`).
+    let scan = xorb_integrity::DumpScan::begin(&conn.config(), Some(snapshot_tmp.clone()))
+        .await
+        .map_err(failed)?;
+    let (script, pipe) = super::dump_pipe::start(&conn, &partial, scan.snapshot_id())?;
+    let (scanned, dumped, said) = tokio::join!(scan.read(script), pipe.run(), alembic_says);
+    let report = match (scanned, dumped) {
+        (_, Err(PipeError::Dump(e))) => Err(e),
+        (Err(e), _) => Err(failed(format!(
+            "reading the rows of the dump as it was taken: {e}"
+        ))),
+        (Ok(_), Err(PipeError::Pipe(e))) => Err(e),
+        (Ok(report), Ok(dumped)) => Ok((report, dumped)),
+    };
+    let (report, dumped) = report.inspect_err(|_| {
         let _ = std::fs::remove_file(&partial);
-        failed(e)
     })?;
-    dumped?;
     let (current, history) = said?;
     let scan_ms = report.elapsed_ms;
     let taken_at = report.taken_at.clone();
@@ -165,9 +166,7 @@ pub async fn backup<T: Target>(
     let tables = report.tables.len();
     snapshot::install_snapshot(ctx.run_dir, &snapshot_tmp, report)?;
 
-    set_private(&partial)?;
-    let sha = tokio::task::block_in_place(|| sha256_file(&partial)).map_err(failed)?;
-    let bytes = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    let (sha, bytes) = (dumped.sha256, dumped.bytes);
     let list = pg_restore_list(&partial).await.map_err(failed)?;
     let list_path = dir.join("xorb.dump.list");
     write_private(&list_path, list.as_bytes()).map_err(failed)?;
@@ -202,43 +201,14 @@ pub async fn backup<T: Target>(
 
     Ok(format!(
         "pg_dump (custom format, uncompressed) into {}: {} bytes, SHA-256 {}, {} entries readable by pg_restore --list; \
-         with it, from the same PostgreSQL snapshot (taken at {taken_at}), {tables} tables and {rows} rows \
-         checksummed and snapshotted in {scan_ms} ms; alembic current: {}",
+         its {tables} tables and {rows} rows checksummed and snapshotted from the rows it wrote, as the database \
+         held them at {taken_at}, in {scan_ms} ms; alembic current: {}",
         dump.display(),
         bytes,
         short(&sha),
         rec.entries,
         last_line(&current).trim()
     ))
-}
-
-/// `pg_dump` of the database as the exported snapshot `snapshot` shows it, into `file`.
-async fn pg_dump(conn: &PgConn, file: &Path, snapshot: String) -> Result<(), StepError> {
-    let mut cmd = tokio::process::Command::new(pg_tool("pg_dump"));
-    // Uncompressed: zlib makes pg_dump CPU-bound (one core) where reading the tables is not, and the custom
-    // format still restores in parallel (`pg_restore --jobs`, as 3.db.proof does).
-    // The scan's time zone and encoding, so that every row of the dump is the line the scan hashed (3.db.proof).
-    cmd.envs(xorb_integrity::PG_DUMP_ENV.iter().copied())
-        .args(xorb_integrity::PG_DUMP_ARGS)
-        .arg("--format=custom")
-        .arg("--compress=0")
-        .arg("--no-password")
-        .arg(format!("--snapshot={snapshot}"))
-        .arg("--file")
-        .arg(file);
-    conn.env(&mut cmd);
-    let out = output(cmd, "pg_dump").await?;
-    if !out.status.success() {
-        let _ = std::fs::remove_file(file);
-        return Err(failed(format!(
-            "pg_dump of database {} on {}:{} failed: {}",
-            conn.dbname,
-            conn.host,
-            conn.port,
-            last_line(&conn.redact(&String::from_utf8_lossy(&out.stderr)))
-        )));
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod backup;
 pub mod compat;
 pub mod critical;
+mod dump_pipe;
 pub mod export;
 pub mod migrate;
 pub mod preserve;
@@ -94,12 +95,6 @@ pub(crate) async fn output(
 
 pub(crate) fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<(), StepError> {
     crate::files::write_json(path, v).map_err(failed)
-}
-
-pub(crate) fn set_private(path: &Path) -> Result<(), StepError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| failed(format!("cannot set mode of {}: {e}", path.display())))
 }
 
 pub(crate) fn now() -> String {
