@@ -148,13 +148,15 @@ pub async fn backup<T: Target>(
         .map_err(failed)?;
     let (script, pipe) = super::dump_pipe::start(&conn, &partial, scan.snapshot_id())?;
     let (scanned, dumped, said) = tokio::join!(scan.read(script), pipe.run(), alembic_says);
+    let reading = |e| format!("reading the rows of the dump as it was taken: {e}");
     let report = match (scanned, dumped) {
-        (_, Err(PipeError::Dump(e))) => Err(e),
-        (Err(e), _) => Err(failed(format!(
-            "reading the rows of the dump as it was taken: {e}"
-        ))),
-        (Ok(_), Err(PipeError::Pipe(e))) => Err(e),
         (Ok(report), Ok(dumped)) => Ok((report, dumped)),
+        // pg_dump failing ends the rows early: its own error is the cause.
+        (_, Err(PipeError::Dump(e))) => Err(e),
+        (Ok(_), Err(PipeError::Pipe(e))) => Err(e),
+        (Err(e), Ok(_)) => Err(failed(reading(e))),
+        // Either can end the other (a reader that stops breaks the pipe; a broken pipe cuts the rows): say both.
+        (Err(e), Err(PipeError::Pipe(p))) => Err(failed(format!("{}; the pipe: {p}", reading(e)))),
     };
     let (report, dumped) = report.inspect_err(|_| {
         let _ = std::fs::remove_file(&partial);

@@ -26,11 +26,11 @@ pub(crate) struct Dumped {
     pub bytes: u64,
 }
 
-/// Why the pipe failed, in the order a person should hear it.
+/// Why the pipe failed.
 pub(crate) enum PipeError {
     /// `pg_dump` itself failed: the cause, whatever the reader of its rows saw.
     Dump(StepError),
-    /// The rest of the pipe (`pg_restore`, the file): second to an error of the reader, which ends `pg_restore`.
+    /// The rest of the pipe (`pg_restore`, the file): a cause, or the consequence of a reader that stopped.
     Pipe(StepError),
 }
 

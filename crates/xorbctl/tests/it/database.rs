@@ -232,6 +232,22 @@ async fn backup_compatibility_and_critical_check() {
     let current = std::fs::read_to_string(run.dir.join("db/alembic-current.txt")).unwrap();
     assert!(current.contains("8d9a2c3"), "{current}");
 
+    // The checksums were taken from the rows pg_dump wrote, not from the database: they are the ones a scan of the
+    // database gives (phase 5's loss check compares the two), nothing having written since.
+    let scanned = xorb_integrity::full(
+        &stack_conn(&stack).config(),
+        &xorb_integrity::ScanOptions::default(),
+    )
+    .await
+    .unwrap();
+    let from_dump = crate::common::table_checksums(
+        &serde_json::from_slice(&std::fs::read(run.dir.join("db/integrity-full.json")).unwrap())
+            .unwrap(),
+    );
+    let from_db = crate::common::table_checksums(&serde_json::to_value(&scanned).unwrap());
+    assert_eq!(from_dump, from_db, "{detail}");
+    assert!(from_db["findings"].0 > 0, "{from_db:?}");
+
     // A second call (a resumed run) keeps the file as it is, even after the data changed.
     stack.add_tenant("db-backup-later").await;
     let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
