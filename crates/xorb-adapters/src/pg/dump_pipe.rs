@@ -105,7 +105,12 @@ impl Pipe {
             }
             Err(e) => return Err(PipeError::Dump(failed(format!("pg_dump: {e}")))),
         }
-        let dumped = copied.map_err(PipeError::Pipe)?;
+        let dumped = copied.map_err(|e| {
+            PipeError::Pipe(match &restore_status {
+                Ok(s) if !s.success() => failed(format!("{e} (pg_restore ended: {s})")),
+                _ => e,
+            })
+        })?;
         match restore_status {
             Ok(s) if s.success() => Ok(dumped),
             other => Err(PipeError::Pipe(failed(format!(
