@@ -44,7 +44,12 @@ pub struct BackupRecord {
 
 /// The dump is intact (its SHA-256 is the recorded one) and `pg_restore --list` reads it; returns the listing.
 pub(crate) async fn check_dump(dump: &Path, rec: &BackupRecord) -> Result<String, String> {
-    let sha = tokio::task::block_in_place(|| sha256_file(dump)).map_err(|e| e.to_string())?;
+    // On a blocking thread, not in place: the proof reads the dump's rows at the same time.
+    let file = dump.to_path_buf();
+    let sha = tokio::task::spawn_blocking(move || sha256_file(&file))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     if sha != rec.sha256 {
         return Err(format!(
             "{} has SHA-256 {sha}, not the recorded {}",

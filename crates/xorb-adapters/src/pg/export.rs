@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use xorb_model::plan::Preserve;
 
 use super::*;
-use crate::evidence::{self, Verifier, bytea_from_text, sha256, sha256_file};
+use crate::evidence::{self, Verifier, bytea_from_text, sha256_file};
 
 // Preservation
 
@@ -208,24 +208,33 @@ pub(crate) fn verify_table_export(
     dir: &Path,
     counts: &BTreeMap<String, usize>,
 ) -> Result<BTreeMap<String, String>, String> {
+    use sha2::{Digest, Sha256};
+    use std::io::BufRead;
     let mut files = BTreeMap::new();
     for (table, n) in counts {
         let p = dir.join(format!("{table}.jsonl"));
-        let text =
-            std::fs::read_to_string(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-        let mut got = 0usize;
-        for (i, l) in text.lines().enumerate() {
-            let v: serde_json::Value = serde_json::from_str(l)
-                .map_err(|e| format!("{} line {}: {e}", p.display(), i + 1))?;
-            if !v.is_object() {
-                return Err(format!("{} line {}: not a row", p.display(), i + 1));
+        let cannot = |e: std::io::Error| format!("cannot read {}: {e}", p.display());
+        let mut input =
+            std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&p).map_err(cannot)?);
+        let (mut got, mut sha, mut line) = (0usize, Sha256::new(), Vec::with_capacity(512));
+        loop {
+            line.clear();
+            if input.read_until(b'\n', &mut line).map_err(cannot)? == 0 {
+                break;
             }
             got += 1;
+            sha.update(&line);
+            // Read as JSON without building it: an object is a value that begins with a brace.
+            serde_json::from_slice::<serde::de::IgnoredAny>(&line)
+                .map_err(|e| format!("{} line {got}: {e}", p.display()))?;
+            if line.first() != Some(&b'{') {
+                return Err(format!("{} line {got}: not a row", p.display()));
+            }
         }
         if got != *n {
             return Err(format!("{} holds {got} rows, the table {n}", p.display()));
         }
-        files.insert(format!("{table}.jsonl"), sha256(text.as_bytes()));
+        files.insert(format!("{table}.jsonl"), hex::encode(sha.finalize()));
     }
     Ok(files)
 }

@@ -66,19 +66,22 @@ pub async fn migrate<T: Target>(
     }
     let mut parts = Vec::new();
     if m.direction == MigrationDirection::Down && !m.preserve.is_empty() {
-        let mut client = connect(&conn).await?;
-        for p in m.preserve {
-            parts.push(match p {
-                Preserve::Evidence => preserve_evidence(r, &mut client, ctx.run_dir).await?,
-                Preserve::ControlPlane => preserve_control_plane(&mut client, ctx.run_dir).await?,
+        // Each export reads its own snapshot on its own connection, all at once: the server's work for one
+        // overlaps xorbctl's for another (G8's audit chain and control plane, 400,000 rows each at 1 GB).
+        let exports = m.preserve.iter().map(|p| async {
+            let mut client = connect(&conn).await?;
+            match p {
+                Preserve::Evidence => preserve_evidence(r, &mut client, ctx.run_dir).await,
+                Preserve::ControlPlane => preserve_control_plane(&mut client, ctx.run_dir).await,
                 Preserve::IsolationModes => {
-                    preserve_isolation_modes(&mut client, ctx.run_dir).await?
+                    preserve_isolation_modes(&mut client, ctx.run_dir).await
                 }
                 Preserve::AuditChain => {
-                    super::audit::preserve_audit_chain(r, &mut client, ctx.run_dir).await?
+                    super::audit::preserve_audit_chain(r, &mut client, ctx.run_dir).await
                 }
-            });
-        }
+            }
+        });
+        parts.extend(futures::future::try_join_all(exports).await?);
     }
     let rel = scripts_release(r, ctx, m.direction)?;
     let migrations = rel.migrations_dir();

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod backup;
+mod chain_file;
 pub mod compat;
 pub mod critical;
 mod dump_pipe;
