@@ -213,7 +213,7 @@ impl<T: Target> TargetRunner<T> {
             )),
             // The runbook's `--since "1 hour ago"` when the plan names no window (a gate, `assess`).
             Check::AuditLog => {
-                crate::pg::audit::check_audit_log(
+                crate::pg::audit_check::check_audit_log(
                     self,
                     ctx,
                     Duration::from_secs(since_secs.unwrap_or(3600)),

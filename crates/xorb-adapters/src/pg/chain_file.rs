@@ -60,19 +60,25 @@ pub(crate) async fn write(
         serde_json::to_writer(&mut line, &e).map_err(failed)?;
         line.push(b'\n');
         out.write_all(&line).map_err(cannot)?;
-        sum.add(&e, &line);
+        sum.add(Some(e.audit_id), &line);
     }
     out.flush().map_err(cannot)?;
     Ok(sum.done())
 }
 
-/// Reads `path` back: every line an entry, the links verified from the first (`Links`).
-pub(crate) fn read_back(path: &Path) -> Result<ChainFile, String> {
+/// Reads `path` back: every line an entry, the links verified from the first (`Links`); `each` sees every entry.
+/// A line that does not read or verify is the error, once the whole file has been hashed: a caller that holds
+/// the file's recorded hash says first that the file changed.
+pub(crate) fn read_back(
+    path: &Path,
+    mut each: impl FnMut(&ChainEntry),
+) -> Result<(ChainFile, Option<String>), String> {
     let file =
         std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut input = std::io::BufReader::with_capacity(1 << 20, file);
     let mut sum = Summary::default();
     let mut links = Links::default();
+    let mut problem = None;
     let mut line = Vec::with_capacity(512);
     loop {
         line.clear();
@@ -82,12 +88,22 @@ pub(crate) fn read_back(path: &Path) -> Result<ChainFile, String> {
         if n == 0 {
             break;
         }
-        let e: ChainEntry = serde_json::from_slice(&line)
-            .map_err(|e| format!("{} line {}: {e}", path.display(), sum.entries + 1))?;
-        links.next(&e)?;
-        sum.add(&e, &line);
+        let mut id = None;
+        if problem.is_none() {
+            let e = serde_json::from_slice::<ChainEntry>(&line)
+                .map_err(|e| format!("{} line {}: {e}", path.display(), sum.entries + 1))
+                .and_then(|e| links.next(&e).map(|()| e));
+            match e {
+                Ok(e) => {
+                    each(&e);
+                    id = Some(e.audit_id);
+                }
+                Err(why) => problem = Some(why),
+            }
+        }
+        sum.add(id, &line);
     }
-    Ok(sum.done())
+    Ok((sum.done(), problem))
 }
 
 #[derive(Default)]
@@ -98,9 +114,11 @@ struct Summary {
 }
 
 impl Summary {
-    fn add(&mut self, e: &ChainEntry, line: &[u8]) {
+    fn add(&mut self, audit_id: Option<i64>, line: &[u8]) {
         self.entries += 1;
-        self.span = Some((self.span.map_or(e.audit_id, |(a, _)| a), e.audit_id));
+        if let Some(id) = audit_id {
+            self.span = Some((self.span.map_or(id, |(a, _)| a), id));
+        }
         self.sha.update(line);
     }
 

@@ -5,6 +5,7 @@
 //! arguments, and whatever it prints is redacted before it is kept.
 
 pub mod audit;
+pub mod audit_check;
 pub mod backup;
 mod chain_file;
 pub mod compat;
