@@ -219,6 +219,20 @@ async fn the_platform_audit_log_check_names_an_altered_or_deleted_chained_entry(
     .await
     .unwrap();
     assert!(audit_check(&st).is_ok(), "restored");
+    // One moved out of the window by its time: its chain entry, in the window, still names it.
+    let shift = "UPDATE audit_log SET created_at = created_at {} interval '48 hours' WHERE id = $1";
+    pg.execute(&shift.replace("{}", "-"), &[&ids[1]])
+        .await
+        .unwrap();
+    let e = audit_check(&st).unwrap_err();
+    assert!(
+        e.contains(&format!("audit entry {} was altered", ids[1])),
+        "{e}"
+    );
+    pg.execute(&shift.replace("{}", "+"), &[&ids[1]])
+        .await
+        .unwrap();
+    assert!(audit_check(&st).is_ok(), "restored");
 
     // One deleted: named.
     pg.execute("DELETE FROM audit_log WHERE id = $1", &[&ids[2]])
