@@ -23,16 +23,20 @@ pub fn private_dir(path: &Path) -> Result<PathBuf, AdapterError> {
 
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), AdapterError> {
     use std::io::Write;
+    create_private(path)
+        .and_then(|mut f| f.write_all(contents))
+        .map_err(|e| AdapterError::io(format!("cannot write {}", path.display()), e))
+}
+
+/// `path` created or truncated, readable by its owner only (0600): for files a step streams into.
+pub fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| AdapterError::io(format!("cannot write {}", path.display()), e))?;
-    f.write_all(contents)
-        .map_err(|e| AdapterError::io(format!("cannot write {}", path.display()), e))
 }
 
 pub fn write_file(path: &Path, contents: &str) -> Result<(), AdapterError> {

@@ -4,7 +4,6 @@
 //! lines, capped), and the full output, when there is a run directory, goes to an owner-only file the error names.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Lines of a tool's output an error quotes.
@@ -77,12 +76,7 @@ pub fn keep_full(dir: &Path, name: &str, text: &str) -> std::io::Result<PathBuf>
         .mode(0o700)
         .create(dir)?;
     let path = dir.join(name);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)?;
+    let mut f = crate::files::create_private(&path)?;
     f.write_all(text.as_bytes())?;
     Ok(path)
 }

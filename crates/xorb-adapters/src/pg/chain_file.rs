@@ -3,7 +3,6 @@
 //! lines and one text (and again when read back), its export took 700 MB.
 
 use std::io::{BufRead, BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use futures::TryStreamExt;
@@ -37,13 +36,7 @@ pub(crate) async fn write(
         .map_err(db("read audit_chain"))?;
     futures::pin_mut!(rows);
     let cannot = |e: std::io::Error| failed(format!("cannot write {}: {e}", path.display()));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(cannot)?;
+    let file = crate::files::create_private(path).map_err(cannot)?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let mut sum = Summary::default();
     let mut line = Vec::with_capacity(512);

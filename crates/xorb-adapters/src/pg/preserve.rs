@@ -71,7 +71,6 @@ pub(crate) async fn export_table(
 ) -> Result<usize, StepError> {
     use futures::TryStreamExt;
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let rows = tx
         .query_raw(
             &format!("SELECT row_to_json(t)::text FROM public.{table} t ORDER BY 1"),
@@ -81,13 +80,7 @@ pub(crate) async fn export_table(
         .map_err(|e| failed(format!("database: export {table}: {e}")))?;
     futures::pin_mut!(rows);
     let cannot = |e: std::io::Error| failed(format!("cannot write {}: {e}", path.display()));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(cannot)?;
+    let file = crate::files::create_private(path).map_err(cannot)?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let mut n = 0;
     while let Some(row) = rows

@@ -201,38 +201,23 @@ async fn the_platform_audit_log_check_names_an_altered_or_deleted_chained_entry(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    pg.execute(
+    altered_is_named(
+        &st,
+        &pg,
+        ids[1],
         "UPDATE audit_log SET actor = 'svc:someone-else' WHERE id = $1",
-        &[&ids[1]],
-    )
-    .await
-    .unwrap();
-    let e = audit_check(&st).unwrap_err();
-    assert!(
-        e.contains(&format!("audit entry {} was altered", ids[1])),
-        "{e}"
-    );
-    pg.execute(
         "UPDATE audit_log SET actor = 'svc:test' WHERE id = $1",
-        &[&ids[1]],
     )
-    .await
-    .unwrap();
-    assert!(audit_check(&st).is_ok(), "restored");
+    .await;
     // One moved out of the window by its time: its chain entry, in the window, still names it.
-    let shift = "UPDATE audit_log SET created_at = created_at {} interval '48 hours' WHERE id = $1";
-    pg.execute(&shift.replace("{}", "-"), &[&ids[1]])
-        .await
-        .unwrap();
-    let e = audit_check(&st).unwrap_err();
-    assert!(
-        e.contains(&format!("audit entry {} was altered", ids[1])),
-        "{e}"
-    );
-    pg.execute(&shift.replace("{}", "+"), &[&ids[1]])
-        .await
-        .unwrap();
-    assert!(audit_check(&st).is_ok(), "restored");
+    altered_is_named(
+        &st,
+        &pg,
+        ids[1],
+        "UPDATE audit_log SET created_at = created_at - interval '48 hours' WHERE id = $1",
+        "UPDATE audit_log SET created_at = created_at + interval '48 hours' WHERE id = $1",
+    )
+    .await;
 
     // One deleted: named.
     pg.execute("DELETE FROM audit_log WHERE id = $1", &[&ids[2]])
@@ -259,4 +244,19 @@ async fn the_platform_audit_log_check_names_an_altered_or_deleted_chained_entry(
 
     let bad = st.xorbctl(&["audit", "platform", "--since", "1 hour ago"]);
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+}
+
+/// `change` (an UPDATE of audit entry `id`) makes the check name the entry as altered; `undo` makes it pass again.
+async fn altered_is_named(
+    st: &Stack,
+    pg: &tokio_postgres::Client,
+    id: i64,
+    change: &str,
+    undo: &str,
+) {
+    pg.execute(change, &[&id]).await.unwrap();
+    let e = audit_check(st).unwrap_err();
+    assert!(e.contains(&format!("audit entry {id} was altered")), "{e}");
+    pg.execute(undo, &[&id]).await.unwrap();
+    assert!(audit_check(st).is_ok(), "restored: {undo}");
 }
