@@ -62,19 +62,25 @@ impl DumpScan {
             open: None,
             pairs: Vec::new(),
         };
-        let mut parser = ScriptParser::default();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = script
-                .read(&mut buf)
-                .await
-                .map_err(|e| IntegrityError::Dump(format!("cannot read the dump's rows: {e}")))?;
-            if n == 0 {
-                break;
+        let reading = async {
+            let mut parser = ScriptParser::default();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = script.read(&mut buf).await.map_err(|e| {
+                    IntegrityError::Dump(format!("cannot read the dump's rows: {e}"))
+                })?;
+                if n == 0 {
+                    break;
+                }
+                parser.feed(&buf[..n], &mut sink)?;
             }
-            parser.feed(&buf[..n], &mut sink)?;
-        }
-        parser.finish(&sink)?;
+            parser.finish(&sink)
+        };
+        // The server counts the same snapshot meanwhile: what the checksums are taken from is pg_dump's reading,
+        // and the count is the database's own word that no row is missing from it.
+        let (read, counts) = tokio::join!(reading, self.scan.counts());
+        read?;
+        let counts = counts?;
         let mut scans = Vec::with_capacity(sink.done.len());
         for (meta, done) in self.scan.tables.iter().zip(sink.done) {
             scans.push(done.ok_or_else(|| {
@@ -84,6 +90,7 @@ impl DumpScan {
                 ))
             })?);
         }
+        same_counts(&scans, &counts)?;
         if let Some(dir) = &self.snapshot_dir {
             crate::snapshot::write(dir, &self.scan.taken_at, &scans)?;
         }
@@ -95,6 +102,28 @@ impl DumpScan {
             elapsed_ms: self.started.elapsed().as_millis() as u64,
         })
     }
+}
+
+/// Every table's rows as the dump holds them against its count in the snapshot (same order).
+fn same_counts(scans: &[TableScan], counts: &[u64]) -> Result<(), IntegrityError> {
+    let wrong: Vec<String> = scans
+        .iter()
+        .zip(counts)
+        .filter(|(t, n)| t.rows != **n)
+        .map(|(t, n)| {
+            format!(
+                "{} ({} rows in the dump, {n} in the database)",
+                t.meta.name, t.rows
+            )
+        })
+        .collect();
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    Err(IntegrityError::Dump(format!(
+        "pg_dump did not write every row of the snapshot it read: {}",
+        wrong.join(", ")
+    )))
 }
 
 /// The snapshot's tables, filled one at a time as the dump's blocks pass.
@@ -248,6 +277,24 @@ mod tests {
         let e = read(&metas, twice).err().unwrap();
         assert!(
             e.contains("line 3: the dump holds the data of table a twice"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_table_with_fewer_rows_than_the_database_counts_is_named() {
+        let metas = [meta("a", &["id"]), meta("b", &["id"])];
+        let done = read(
+            &metas,
+            b"COPY public.a (id) FROM stdin;\n1\n2\n\\.\nCOPY public.b (id) FROM stdin;\n7\n\\.\n",
+        )
+        .unwrap();
+        let scans: Vec<TableScan> = done.into_iter().map(Option::unwrap).collect();
+        assert!(same_counts(&scans, &[2, 1]).is_ok());
+        let e = same_counts(&scans, &[2, 3]).unwrap_err().to_string();
+        assert!(
+            e.contains("pg_dump did not write every row of the snapshot it read: b (1 rows in the dump, 3 in the database)")
+                && !e.contains(" a ("),
             "{e}"
         );
     }
