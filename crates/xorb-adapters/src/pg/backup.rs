@@ -209,7 +209,8 @@ pub async fn backup<T: Target>(
     Ok(format!(
         "pg_dump (custom format, uncompressed) into {}: {} bytes, SHA-256 {}, {} entries readable by pg_restore --list; \
          its {tables} tables and {rows} rows checksummed and snapshotted from the rows it wrote, as the database \
-         held them at {taken_at}, in {scan_ms} ms; alembic current: {}",
+         held them at {taken_at} (every table's rows equal to its count there), in {scan_ms} ms; alembic \
+         current: {}",
         dump.display(),
         bytes,
         short(&sha),
