@@ -28,6 +28,26 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), AdapterError> {
         .map_err(|e| AdapterError::io(format!("cannot write {}", path.display()), e))
 }
 
+/// Reads `path` a line at a time, each with its newline, never whole (exports of 400,000 rows at 1 GB); `each`
+/// returning an error stops the read with it.
+pub fn each_line(
+    path: &Path,
+    mut each: impl FnMut(&[u8]) -> Result<(), String>,
+) -> Result<(), String> {
+    use std::io::BufRead;
+    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let mut input =
+        std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path).map_err(cannot)?);
+    let mut line = Vec::with_capacity(512);
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line).map_err(cannot)? == 0 {
+            return Ok(());
+        }
+        each(&line)?;
+    }
+}
+
 /// `path` created or truncated, readable by its owner only (0600): for files a step streams into.
 pub fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;

@@ -36,6 +36,21 @@ impl TableMeta {
     }
 }
 
+/// `count(*)` of table `name` of schema `public`, in the client's current transaction.
+pub(crate) async fn count_rows(
+    client: &tokio_postgres::Client,
+    name: &str,
+) -> Result<i64, IntegrityError> {
+    Ok(client
+        .query_one(
+            &format!("SELECT count(*) FROM public.{}", quote_ident(name)),
+            &[],
+        )
+        .await
+        .map_err(|e| IntegrityError::db(format!("count the rows of table {name}"), e))?
+        .get(0))
+}
+
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }

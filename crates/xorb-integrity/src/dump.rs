@@ -9,8 +9,7 @@
 use std::io::BufRead;
 
 use crate::IntegrityError;
-use crate::copy::CopyParser;
-use crate::scan::{TableChecksum, row_hash};
+use crate::scan::{TableChecksum, TableRows};
 use crate::script::{Header, ScriptParser, ScriptSink};
 
 /// The environment of a `pg_dump` whose rows the scan can compare with: its time zone is the scan's.
@@ -21,9 +20,8 @@ pub const PG_DUMP_ARGS: &[&str] = &["--encoding=UTF8"];
 struct Open {
     table: String,
     columns: usize,
-    parser: CopyParser,
-    rows: u64,
-    sum: u128,
+    /// Hashed as the scan hashes a row: the same code.
+    rows: TableRows,
 }
 
 /// Every table of schema `public` (the scan covers no other) with its checksum.
@@ -41,34 +39,27 @@ impl ScriptSink for Sums {
         self.open = Some(Open {
             table: h.table,
             columns: h.columns.len(),
-            parser: CopyParser::new(h.columns.len()),
-            rows: 0,
-            sum: 0,
+            rows: TableRows::checksum(h.columns.len()),
         });
         Ok(true)
     }
 
     fn rows(&mut self, data: &[u8]) -> Result<(), String> {
         let t = self.open.as_mut().expect("a table is open");
-        let (rows, sum) = (&mut t.rows, &mut t.sum);
-        t.parser
-            .feed(data, &mut |r| {
-                *rows += 1;
-                *sum = sum.wrapping_add(row_hash(r.raw));
-            })
-            .map_err(|e| e.why)
+        t.rows.feed(data).map_err(|e| e.why)
     }
 
     fn rows_seen(&self) -> u64 {
-        self.open.as_ref().map_or(0, |t| t.rows)
+        self.open.as_ref().map_or(0, |t| t.rows.rows)
     }
 
     fn end(&mut self) -> Result<(), String> {
         let t = self.open.take().expect("a table is open");
+        let (rows, sum, _) = t.rows.finish().map_err(|e| e.why)?;
         self.out.push(TableChecksum {
             table: t.table,
-            rows: t.rows,
-            checksum: format!("{:032x}", t.sum),
+            rows,
+            checksum: format!("{sum:032x}"),
             columns: t.columns,
             primary_key: Vec::new(),
         });
@@ -98,6 +89,7 @@ pub fn dump_checksums(mut script: impl BufRead) -> Result<Vec<TableChecksum>, In
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scan::row_hash;
 
     const SCRIPT: &str = "--\n-- PostgreSQL database dump\n--\nSET statement_timeout = 0;\n\n\
         COPY public.tenants (id, name, \"Odd, \"\"name\"\"\") FROM stdin;\n\

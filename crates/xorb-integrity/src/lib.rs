@@ -191,14 +191,7 @@ async fn quick_of(
             estimated.insert(t);
             continue;
         }
-        let n: i64 = client
-            .query_one(
-                &format!("SELECT count(*) FROM public.{}", catalog::quote_ident(&t)),
-                &[],
-            )
-            .await
-            .map_err(|e| IntegrityError::db(format!("count the rows of table {t}"), e))?
-            .get(0);
+        let n = catalog::count_rows(client, &t).await?;
         tables.insert(t, n);
     }
     let schema_fingerprint: String = client

@@ -257,19 +257,7 @@ impl Scan {
     pub async fn counts(&self) -> Result<Vec<u64>, IntegrityError> {
         let mut out = Vec::with_capacity(self.tables.len());
         for t in &self.tables {
-            let n: i64 = self
-                .coordinator
-                .query_one(
-                    &format!(
-                        "SELECT count(*) FROM public.{}",
-                        catalog::quote_ident(&t.name)
-                    ),
-                    &[],
-                )
-                .await
-                .map_err(|e| IntegrityError::db(format!("count the rows of {}", t.name), e))?
-                .get(0);
-            out.push(n as u64);
+            out.push(catalog::count_rows(&self.coordinator, &t.name).await? as u64);
         }
         Ok(out)
     }
@@ -505,20 +493,30 @@ pub(crate) struct TableRows {
 impl TableRows {
     pub fn new(meta: &TableMeta, mode: Mode) -> Self {
         let ncols = meta.columns.len();
-        Self {
-            parser: CopyParser::new(ncols),
-            ncols,
-            pk: meta
+        let mut t = Self::checksum(ncols);
+        if mode == Mode::Records {
+            t.pk = meta
                 .primary_key
                 .iter()
                 .map(|&i| (i, meta.columns[i].type_oid))
-                .collect(),
-            rows: 0,
-            sum: 0,
-            records: (mode == Mode::Records).then(|| Records {
+                .collect();
+            t.records = Some(Records {
                 ncols,
                 ..Records::default()
-            }),
+            });
+        }
+        t
+    }
+
+    /// Count and checksum only, for rows of which only the number of columns is known (a dump's, read back).
+    pub fn checksum(ncols: usize) -> Self {
+        Self {
+            parser: CopyParser::new(ncols),
+            ncols,
+            pk: Vec::new(),
+            rows: 0,
+            sum: 0,
+            records: None,
             bad_key: None,
         }
     }

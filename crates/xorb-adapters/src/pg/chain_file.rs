@@ -2,7 +2,7 @@
 //! and read back line by line, never held whole. At 1 GB the chain has 400,000 entries; held as rows, entries,
 //! lines and one text (and again when read back), its export took 700 MB.
 
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use futures::TryStreamExt;
@@ -66,24 +66,13 @@ pub(crate) fn read_back(
     path: &Path,
     mut each: impl FnMut(&ChainEntry),
 ) -> Result<(ChainFile, Option<String>), String> {
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut input = std::io::BufReader::with_capacity(1 << 20, file);
     let mut sum = Summary::default();
     let mut links = Links::default();
     let mut problem = None;
-    let mut line = Vec::with_capacity(512);
-    loop {
-        line.clear();
-        let n = input
-            .read_until(b'\n', &mut line)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        if n == 0 {
-            break;
-        }
+    crate::files::each_line(path, |line| {
         let mut id = None;
         if problem.is_none() {
-            let e = serde_json::from_slice::<ChainEntry>(&line)
+            let e = serde_json::from_slice::<ChainEntry>(line)
                 .map_err(|e| format!("{} line {}: {e}", path.display(), sum.entries + 1))
                 .and_then(|e| links.next(&e).map(|()| e));
             match e {
@@ -94,8 +83,9 @@ pub(crate) fn read_back(
                 Err(why) => problem = Some(why),
             }
         }
-        sum.add(id, &line);
-    }
+        sum.add(id, line);
+        Ok(())
+    })?;
     Ok((sum.done(), problem))
 }
 

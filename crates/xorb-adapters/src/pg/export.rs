@@ -209,28 +209,21 @@ pub(crate) fn verify_table_export(
     counts: &BTreeMap<String, usize>,
 ) -> Result<BTreeMap<String, String>, String> {
     use sha2::{Digest, Sha256};
-    use std::io::BufRead;
     let mut files = BTreeMap::new();
     for (table, n) in counts {
         let p = dir.join(format!("{table}.jsonl"));
-        let cannot = |e: std::io::Error| format!("cannot read {}: {e}", p.display());
-        let mut input =
-            std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&p).map_err(cannot)?);
-        let (mut got, mut sha, mut line) = (0usize, Sha256::new(), Vec::with_capacity(512));
-        loop {
-            line.clear();
-            if input.read_until(b'\n', &mut line).map_err(cannot)? == 0 {
-                break;
-            }
+        let (mut got, mut sha) = (0usize, Sha256::new());
+        crate::files::each_line(&p, |line| {
             got += 1;
-            sha.update(&line);
+            sha.update(line);
             // Read as JSON without building it: an object is a value that begins with a brace.
-            serde_json::from_slice::<serde::de::IgnoredAny>(&line)
+            serde_json::from_slice::<serde::de::IgnoredAny>(line)
                 .map_err(|e| format!("{} line {got}: {e}", p.display()))?;
             if line.first() != Some(&b'{') {
                 return Err(format!("{} line {got}: not a row", p.display()));
             }
-        }
+            Ok(())
+        })?;
         if got != *n {
             return Err(format!("{} holds {got} rows, the table {n}", p.display()));
         }
