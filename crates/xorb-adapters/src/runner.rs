@@ -211,6 +211,7 @@ impl<T: Target> TargetRunner<T> {
                 pg::migrate::migrate(
                     self,
                     &pg::MigrateStep {
+                        step_id: &step.id,
                         revision,
                         to_revision,
                         direction: *direction,

@@ -5,6 +5,9 @@
 //! stops (SIGSTOP) a dependency in between, so the fault lands *inside* that step at a known point, without a
 //! sleep. It pauses once per process: a retry of the step, or a later resume in the same process, does not pause.
 //! If no release comes within an hour the step goes on, so a forgotten test cannot hold a run forever.
+//!
+//! `<step id>@<point>` pauses at a named point inside the step instead, where the target calls [`inside`]: for a
+//! fault that must land between two of the step's own actions (a power loss right after a downgrade commits).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -41,11 +44,22 @@ fn armed() -> Option<&'static (String, PathBuf)> {
 
 /// Called by the executor between a step's intent and its action.
 pub(crate) async fn in_step(step_id: &str) {
+    at(step_id).await
+}
+
+/// Called by a target at the point `point` inside step `step_id` (armed as `<step id>@<point>`).
+pub async fn inside(step_id: &str, point: &str) {
+    if armed().is_some() {
+        at(&format!("{step_id}@{point}")).await
+    }
+}
+
+async fn at(here: &str) {
     static DONE: AtomicBool = AtomicBool::new(false);
     let Some((step, dir)) = armed() else {
         return;
     };
-    if step != step_id || DONE.swap(true, Ordering::SeqCst) {
+    if step != here || DONE.swap(true, Ordering::SeqCst) {
         return;
     }
     // The marker is written whole (temporary name, rename): a test that sees it may act at once.
@@ -72,6 +86,13 @@ mod tests {
         assert_eq!(
             parse("3.db.backup:/tmp/x:y"),
             Some(("3.db.backup".to_string(), PathBuf::from("/tmp/x:y")))
+        );
+        assert_eq!(
+            parse("3.g8.downgrade.8d9a2c3@migrated:/tmp/x"),
+            Some((
+                "3.g8.downgrade.8d9a2c3@migrated".to_string(),
+                PathBuf::from("/tmp/x")
+            ))
         );
         assert_eq!(parse("3.db.backup"), None);
         assert_eq!(parse(":/tmp"), None);

@@ -15,6 +15,7 @@ use crate::target::Target;
 
 /// One `Action::Migrate`, borrowed from the step.
 pub struct MigrateStep<'a> {
+    pub step_id: &'a str,
     pub revision: &'a str,
     pub to_revision: &'a str,
     pub direction: MigrationDirection,
@@ -82,6 +83,7 @@ pub async fn migrate<T: Target>(
             }
         });
         parts.extend(futures::future::try_join_all(exports).await?);
+        parts.push(flush_exports(ctx.run_dir).await?);
     }
     let rel = scripts_release(r, ctx, m.direction)?;
     let migrations = rel.migrations_dir();
@@ -121,6 +123,7 @@ pub async fn migrate<T: Target>(
             log.display()
         )));
     }
+    xorb_engine::pause::inside(m.step_id, "migrated").await;
     let name = m
         .data_migration
         .map(|d| format!("{d}: "))
@@ -137,6 +140,29 @@ pub async fn migrate<T: Target>(
         m.to_revision
     ));
     Ok(format!("{name}{}", parts.join("; ")))
+}
+
+/// The exports are on disk before the downgrade that drops their data commits. The engine flushes a step's files
+/// only once it ends (journal-and-resume.md, FLUSH): a power loss between this commit and that flush would keep
+/// the downgrade (PostgreSQL's WAL is synced) and lose the only copy of what it dropped outside the backup. One
+/// syncfs of the run directory's file system, not an fsync per file (G7 alone exports 4,032 evidence files).
+async fn flush_exports(run_dir: &std::path::Path) -> Result<String, StepError> {
+    let dir = run_dir.to_path_buf();
+    let started = std::time::Instant::now();
+    tokio::task::spawn_blocking(move || xorb_engine::private::sync_file_systems(&[&dir]))
+        .await
+        .map_err(|e| fatal(format!("the flush of the exports did not finish: {e}")))?
+        .map_err(|(path, e)| {
+            fatal(format!(
+                "the exports cannot be flushed to disk (syncfs of the file system of {}: {e}), so the downgrade \
+                 did not run: check that disk before resuming",
+                path.display()
+            ))
+        })?;
+    Ok(format!(
+        "exports flushed to disk in {} ms",
+        started.elapsed().as_millis()
+    ))
 }
 
 pub async fn probe_migrate<T: Target>(

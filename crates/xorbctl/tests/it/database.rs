@@ -58,6 +58,7 @@ impl Run {
 
 fn step<'a>(rev: &'a str, to: &'a str, preserve: &'a [Preserve]) -> MigrateStep<'a> {
     MigrateStep {
+        step_id: "3.test.downgrade",
         revision: rev,
         to_revision: to,
         direction: MigrationDirection::Down,
@@ -536,6 +537,7 @@ async fn downgrade_step_by_step_preserves_then_reimport_brings_it_back() {
             .unwrap();
         eprintln!("migrate: {d}");
         assert!(d.contains(to), "{d}");
+        assert!(d.contains("exports flushed to disk in"), "{d}");
         assert_eq!(revision(&stack).await, to);
         assert!(matches!(
             database::probe_migrate(&r, to, &ctx).await.unwrap(),

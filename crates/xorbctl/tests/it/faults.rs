@@ -901,6 +901,73 @@ async fn xorbctl_s_state_turning_read_only_mid_run_stops_it_cleanly_and_resume_a
     let _ = std::fs::remove_dir_all(&pauses);
 }
 
+/// A power loss (everything not yet on disk gone, the process with it) right after a destructive downgrade commits,
+/// before the engine flushes the step's files and journals its outcome: PostgreSQL keeps the downgrade (its WAL is
+/// synced), so the data the step preserved of the tables it dropped must be on disk too, or its only copy outside
+/// the backup is gone under a schema that no longer holds it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_power_loss_right_after_a_destructive_downgrade_keeps_what_it_preserved_and_resume_ends_the_run()
+ {
+    let fs = OwnStateFs::create();
+    let st = Stack::up_in(fs.state.clone(), RC1, true);
+    fs.sync();
+    let pauses = Stack::new_dir();
+    let step_id = "3.g8.downgrade.8d9a2c3";
+    let point = format!("{step_id}@migrated");
+    let child = start_paused(&st, &ROLLBACK_ONE_AT_A_TIME, &point, &pauses).await;
+    // Paused after the commit: the schema is G8's target, the journal still has the step in flight.
+    assert_eq!(st.status()["schema_revision"], "7c8f1b2");
+    assert_eq!(run_step(&show(&st), step_id)["state"], "in_flight");
+    // The power goes: the disk keeps what was flushed to it, nothing else, and the process is gone.
+    fs.read_only();
+    let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+    let killed = finish(child, STOPS_WITHIN).await;
+    assert!(!killed.status.success());
+    fs.remount();
+
+    let run = show(&st);
+    let run_dir = st.dir.join("runs").join(run["id"].as_str().unwrap());
+    for kind in ["control-plane", "audit-chain"] {
+        let dir = run_dir.join("preserved").join(kind);
+        let manifest: Value = serde_json::from_slice(
+            &std::fs::read(dir.join("manifest.json"))
+                .unwrap_or_else(|e| panic!("{kind}: the export's manifest survives: {e}")),
+        )
+        .unwrap();
+        assert_eq!(manifest["verified"], true, "{kind}: {manifest:#}");
+        for (file, sha) in manifest["files"].as_object().unwrap() {
+            use sha2::Digest;
+            let bytes = std::fs::read(dir.join(file)).unwrap_or_default();
+            assert_eq!(
+                hex::encode(sha2::Sha256::digest(&bytes)),
+                sha.as_str().unwrap(),
+                "{kind}/{file} survives whole ({} bytes)",
+                bytes.len()
+            );
+        }
+    }
+
+    let out = finish(
+        {
+            let mut cmd = st.cmd();
+            cmd.args(["resume", "latest"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0);
+            cmd.spawn().unwrap()
+        },
+        STOPS_WITHIN,
+    )
+    .await;
+    assert!(out.status.success(), "the resume: {}", text(&out));
+    let (run, _) = assert_as_uninterrupted(&st).await;
+    assert_eq!(run_step(&run, step_id)["state"], "already_done", "{run:#}");
+    audit_verify(&st);
+    st.xorbctl(&["stack", "down"]);
+    drop(fs);
+    let _ = std::fs::remove_dir_all(&pauses);
+}
+
 /// A Slack-compatible webhook receiver as a process of its own (so that it can be stopped and killed like a real
 /// one): answers every POST 200 and appends its `X-Xorb-Delivery-Id` to a file.
 struct Receiver {
