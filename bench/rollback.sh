@@ -117,6 +117,15 @@ declare -A BASE_PIDS=() # role -> pid of a process the baseline started (not in 
 # pause SECONDS: waits without forking sleep (read with a timeout on $WORK/pause.fifo, which nobody writes to).
 pause() { read -r -t "$1" -u "$PAUSE_FD" _ || true; }
 # (Commands that leave processes running get `{PAUSE_FD}>&-`, so that no server holds the FIFO open.)
+# busy: sets BUSY to the machine's busy CPU time so far, in clock ticks of every core (/proc/stat's first line:
+# all but idle and iowait), without a fork. The difference over a rollback is the work it made the machine do,
+# servers and tools included: at full use of every core it cannot take less than that over the core count.
+HZ=$(getconf CLK_TCK)
+busy() {
+  local _cpu user nice system _idle _iowait irq softirq steal _rest
+  read -r _cpu user nice system _idle _iowait irq softirq steal _rest </proc/stat
+  BUSY=$((user + nice + system + irq + softirq + steal))
+}
 
 # alive PID [START_TIME]: the process exists, is not a zombie and (if given) started at START_TIME. No fork.
 alive() {
@@ -312,7 +321,7 @@ done
 
 # ======================================= (a) xorbctl =========================================================
 declare -A FIG=() # "side:metric:rep" -> milliseconds
-METRICS=(p1 p2 p21 p22 critical p3 p4 p5 total)
+METRICS=(p1 p2 p21 p22 critical p3 p4 p5 total cpu)
 
 run_xorbctl() { # REP
   local rep=$1 state=$WORK/a$1/state
@@ -322,13 +331,17 @@ run_xorbctl() { # REP
   bare_dumps a "$rep" "$state"
   scraped_once "$state"
   say "rep $rep, xorbctl: rollback"
-  local t0 t1
+  local t0 t1 c0
+  busy
+  c0=$BUSY
   t0=${EPOCHREALTIME//[!0-9]/}
   if ! "$XORBCTL" --state-dir "$state" rollback --from "$FROM" --to "$TO" --yes >"$WORK/a$rep/rollback.log" 2>&1 {PAUSE_FD}>&-; then
     tail -n 40 "$WORK/a$rep/rollback.log" >&2
     die "xorbctl rollback failed (rep $rep)"
   fi
   t1=${EPOCHREALTIME//[!0-9]/}
+  busy
+  FIG[a:cpu:$rep]=$(((BUSY - c0) * 1000 / HZ))
   "$XORBCTL" --state-dir "$state" report latest --format json >"$WORK/a$rep/report.json"
   local status
   status=$(jq -r '.status.state? // .status' "$WORK/a$rep/report.json")
@@ -536,9 +549,11 @@ run_baseline() { # REP
   fi
   say "rep $rep, baseline: rollback in plain bash"
 
-  local t0 t1 t2 t3 t3b t3c t4 role kind name p i s
+  local t0 t1 t2 t3 t3b t3c t4 c0 role kind name p i s
   declare -A port=() pid=() start=() config=()
   # ---------------- phase 1: assessment
+  busy
+  c0=$BUSY
   t0=${EPOCHREALTIME//[!0-9]/}
   mkdir -p "$B_WORK/capture"
   cp "$sj" "$B_WORK/capture/stack.json"
@@ -640,6 +655,8 @@ SQL
   [[ -z $lost ]] || die "baseline check integrity: rows lost: $lost"
   full_scan >"$B_WORK/integrity-full-after.txt" || die "baseline: full integrity scan failed" # --full-scan --report
   t4=${EPOCHREALTIME//[!0-9]/}
+  busy
+  FIG[b:cpu:$rep]=$(((BUSY - c0) * 1000 / HZ))
 
   FIG[b:p1:$rep]=$(((t1 - t0) / 1000)) FIG[b:p21:$rep]=$(((t2 - t1) / 1000)) FIG[b:p22:$rep]=$(((t3 - t2) / 1000))
   FIG[b:p2:$rep]=$(((t3 - t1) / 1000)) FIG[b:critical:$rep]=$(((t3 - t0) / 1000))
@@ -690,6 +707,7 @@ declare -A LABEL=(
   [p4]="phase 4 infrastructure"
   [p5]="phase 5 verification"
   [total]="total (wall)"
+  [cpu]="busy CPU (ms, all cores)"
 )
 {
   db_size=$(jq -r '.db_bytes // empty' "$WORK/size.json" 2>/dev/null || true)
@@ -718,6 +736,9 @@ declare -A LABEL=(
   printf '%-28s %10.1f   reps %s\n' "bare pg_dump -Fd -Z0 -j$(nproc)" "$fd" "$(reps_of a dump_fd) $(reps_of b dump_fd)"
   awk -v p="$proven" -v b="$bare" -v r="$(reps_of a proven)" 'BEGIN {
     printf "%-28s %10.1f   %.2fx the fastest bare dump; reps %s\n", "xorbctl backup + proof", p, (b > 0 ? p / b : 0), r }'
+  # shellcheck disable=SC2046
+  awk -v c="$(median $(reps_of a cpu))" -v b="$(median $(reps_of b total))" -v n="$(nproc)" 'BEGIN {
+    printf "xorbctl'"'"'s work over %d cores: at least %.1f ms of wall time even with every core busy (%.2fx the baseline'"'"'s wall)\n", n, c / n, (b > 0 ? c / n / b : 0) }'
   printf '\nxorbctl steps of at least 100 ms, rep 1 (ms):'
   awk '$2 >= 100 { printf " %s %s;", $1, $2 }' "$WORK/a1/steps.txt"
   printf '\n'

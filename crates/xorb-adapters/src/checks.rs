@@ -240,6 +240,7 @@ impl<T: Target> TargetRunner<T> {
             .ok_or_else(|| format!("unknown check {name:?} (known: {})", Check::names()))?;
         let ctx = StepContext {
             run_id: "assess",
+            step_id: "assess",
             run_dir: scratch,
             from: self.to.name(),
             to: self.to.name(),

@@ -211,7 +211,6 @@ impl<T: Target> TargetRunner<T> {
                 pg::migrate::migrate(
                     self,
                     &pg::MigrateStep {
-                        step_id: &step.id,
                         revision,
                         to_revision,
                         direction: *direction,

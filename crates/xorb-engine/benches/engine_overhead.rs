@@ -109,6 +109,7 @@ fn main() {
             for (index, step) in plan.steps.iter().enumerate() {
                 let ctx = StepContext {
                     run_id: "bench",
+                    step_id: &step.id,
                     run_dir: &run_dir,
                     from: &plan.from,
                     to: &plan.to,

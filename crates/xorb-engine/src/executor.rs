@@ -256,6 +256,7 @@ impl Active {
     fn ctx(&self, index: usize, attempt: u32) -> StepContext<'_> {
         StepContext {
             run_id: &self.run_id,
+            step_id: &self.plan.steps[index].id,
             run_dir: &self.run_dir,
             from: &self.plan.from,
             to: &self.plan.to,

@@ -83,6 +83,8 @@ impl StepError {
 #[derive(Debug, Clone, Copy)]
 pub struct StepContext<'a> {
     pub run_id: &'a str,
+    /// The step's id in the plan (`3.db.backup`).
+    pub step_id: &'a str,
     /// The run's artifacts directory (`<state_dir>/runs/<run_id>`): captured state, backups, reports.
     pub run_dir: &'a Path,
     /// Release rolled back from / to.

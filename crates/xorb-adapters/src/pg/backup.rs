@@ -152,6 +152,8 @@ pub async fn backup<T: Target>(
         .await
         .map_err(failed)?;
     let (script, pipe) = super::dump_pipe::start(&conn, &partial, scan.snapshot_id())?;
+    // pg_dump runs and fills its pipe while this waits: a test can stop it in the middle of a dump.
+    xorb_engine::pause::inside(ctx.step_id, "dumping").await;
     let (scanned, dumped, said) = tokio::join!(scan.read(script), pipe.run(), alembic_says);
     let reading = |e| format!("reading the rows of the dump as it was taken: {e}");
     let report = match (scanned, dumped) {

@@ -15,7 +15,6 @@ use crate::target::Target;
 
 /// One `Action::Migrate`, borrowed from the step.
 pub struct MigrateStep<'a> {
-    pub step_id: &'a str,
     pub revision: &'a str,
     pub to_revision: &'a str,
     pub direction: MigrationDirection,
@@ -123,7 +122,7 @@ pub async fn migrate<T: Target>(
             log.display()
         )));
     }
-    xorb_engine::pause::inside(m.step_id, "migrated").await;
+    xorb_engine::pause::inside(ctx.step_id, "migrated").await;
     let name = m
         .data_migration
         .map(|d| format!("{d}: "))

@@ -259,6 +259,7 @@ impl<R: StepRunner, S: EventSink> Engine<R, S> {
         let mut aborted: Option<RunStatus> = None;
         let ctx = |index: usize, attempt: u32| StepContext {
             run_id,
+            step_id: &plan.steps[index].id,
             run_dir,
             from: &plan.from,
             to: &plan.to,

@@ -47,6 +47,7 @@ impl Run {
     fn ctx<'a>(&'a self, from: &'a str, to: &'a str) -> StepContext<'a> {
         StepContext {
             run_id: &self.id,
+            step_id: "it-database",
             run_dir: &self.dir,
             from,
             to,
@@ -58,7 +59,6 @@ impl Run {
 
 fn step<'a>(rev: &'a str, to: &'a str, preserve: &'a [Preserve]) -> MigrateStep<'a> {
     MigrateStep {
-        step_id: "3.test.downgrade",
         revision: rev,
         to_revision: to,
         direction: MigrationDirection::Down,

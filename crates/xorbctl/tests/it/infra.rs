@@ -39,6 +39,7 @@ fn run_dir(st: &Stack, name: &str) -> PathBuf {
 fn ctx<'a>(run_dir: &'a Path) -> StepContext<'a> {
     StepContext {
         run_id: "it-infra",
+        step_id: "it-infra",
         run_dir,
         from: FROM,
         to: TO,
