@@ -66,6 +66,7 @@ pub async fn migrate<T: Target>(
     }
     let mut parts = Vec::new();
     if m.direction == MigrationDirection::Down && !m.preserve.is_empty() {
+        let started = std::time::Instant::now();
         // Each export reads its own snapshot on its own connection, all at once: the server's work for one
         // overlaps xorbctl's for another (G8's audit chain and control plane, 400,000 rows each at 1 GB).
         let exports = m.preserve.iter().map(|p| async {
@@ -82,6 +83,10 @@ pub async fn migrate<T: Target>(
             }
         });
         parts.extend(futures::future::try_join_all(exports).await?);
+        parts.push(format!(
+            "exported in {} ms",
+            started.elapsed().as_millis()
+        ));
         parts.push(flush_exports(ctx.run_dir).await?);
     }
     let rel = scripts_release(r, ctx, m.direction)?;
@@ -96,6 +101,7 @@ pub async fn migrate<T: Target>(
         MigrationDirection::Down => "downgrade",
         MigrationDirection::Up => "upgrade",
     };
+    let started = std::time::Instant::now();
     let result = alembic(
         &r.paths,
         &migrations,
@@ -127,8 +133,9 @@ pub async fn migrate<T: Target>(
         .data_migration
         .map(|d| format!("{d}: "))
         .unwrap_or_default();
+    let took = started.elapsed().as_millis();
     parts.push(format!(
-        "{verb}d {} -> {} with the migrations of {} ({}); alembic_version is {}",
+        "{verb}d {} -> {} in {took} ms with the migrations of {} ({}); alembic_version is {}",
         m.revision,
         m.to_revision,
         rel.name(),
