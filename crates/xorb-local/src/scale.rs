@@ -280,11 +280,18 @@ pub async fn demo_scale(
     if !batches.is_empty() {
         // Vacuumed here, not by autovacuum up to a minute later: on a freshly filled gigabyte its pass (and the
         // first reader's hint bits) would land in the middle of whatever runs next, a rollback and its
-        // benchmark included, as a database that has run for days never has it.
+        // benchmark included, as a database that has run for days never has it. The same for the checkpoint that
+        // writes the gigabyte out: begun by the load's WAL, it was still spreading its writes over the rollback
+        // (PostgreSQL's log: 17 s of writes ending inside the backup's proof, whose DROP DATABASE of its scratch
+        // database forces a checkpoint and so waited for that one to finish first).
         client
             .batch_execute("VACUUM (ANALYZE)")
             .await
             .map_err(|e| LocalError::db("vacuum and analyze", e))?;
+        client
+            .batch_execute("CHECKPOINT")
+            .await
+            .map_err(|e| LocalError::db("checkpoint after the scale data", e))?;
     }
     let mut rows = std::collections::BTreeMap::new();
     for t in [
