@@ -530,8 +530,7 @@ mod tests {
                 builtin_source(k).to_string()
             })
         })
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string()
     }
 

@@ -180,9 +180,9 @@ impl<'a> Html<'a> {
         let c = &r.completion;
         let (class, sym, word) = verdict(&r.status);
         let mut b = String::new();
-        let _ = write!(
+        let _ = writeln!(
             b,
-            "<section id=\"verdict\" class=\"banner {class}\" role=\"status\" data-status=\"{}\"><p class=\"verdict\"><span class=\"sym\" aria-hidden=\"true\">{sym}</span> {word}</p><p class=\"headline\">{}</p><dl><dt>Status</dt><dd>{}</dd><dt>Impact</dt><dd>{}</dd><dt>Next</dt><dd>{}</dd></dl></section>\n",
+            "<section id=\"verdict\" class=\"banner {class}\" role=\"status\" data-status=\"{}\"><p class=\"verdict\"><span class=\"sym\" aria-hidden=\"true\">{sym}</span> {word}</p><p class=\"headline\">{}</p><dl><dt>Status</dt><dd>{}</dd><dt>Impact</dt><dd>{}</dd><dt>Next</dt><dd>{}</dd></dl></section>",
             r.status.kind(),
             self.t(c
                 .headline
@@ -192,9 +192,9 @@ impl<'a> Html<'a> {
             self.t(&c.impact),
             self.t(&c.next)
         );
-        let _ = write!(
+        let _ = writeln!(
             b,
-            "<section id=\"summary\"><h2>Summary</h2><dl class=\"grid\"><dt>Rollback</dt><dd>{} → {}</dd><dt>Scope</dt><dd>{}</dd><dt>Started</dt><dd>{}</dd><dt>Finished</dt><dd>{}</dd><dt>Duration</dt><dd>{}</dd><dt>Executing</dt><dd>{} in {} execution{}</dd><dt>Current step</dt><dd id=\"current-step\">{}</dd></dl></section>\n",
+            "<section id=\"summary\"><h2>Summary</h2><dl class=\"grid\"><dt>Rollback</dt><dd>{} → {}</dd><dt>Scope</dt><dd>{}</dd><dt>Started</dt><dd>{}</dd><dt>Finished</dt><dd>{}</dd><dt>Duration</dt><dd>{}</dd><dt>Executing</dt><dd>{} in {} execution{}</dd><dt>Current step</dt><dd id=\"current-step\">{}</dd></dl></section>",
             self.t(&r.from),
             self.t(&r.to),
             self.t(r.scope.as_deref().unwrap_or("full rollback")),
@@ -220,9 +220,9 @@ impl<'a> Html<'a> {
                 )
             })
             .collect();
-        let _ = write!(
+        let _ = writeln!(
             b,
-            "<section id=\"timeline\"><h2>Timeline</h2><p class=\"legend\">To scale from the run's creation{}. Bars: <span class=\"key ok\">✓ done</span> <span class=\"key bad\">✗ failed</span> <span class=\"key warn\">⚡ interrupted (crash)</span> <span class=\"key skip\">» skipped</span> <span class=\"key wait\">‖ waiting</span> <span class=\"key open\">… running</span> · ↻ resume. Hover a bar for its attempt and duration.</p><div class=\"scroll\">{}</div></section>\n",
+            "<section id=\"timeline\"><h2>Timeline</h2><p class=\"legend\">To scale from the run's creation{}. Bars: <span class=\"key ok\">✓ done</span> <span class=\"key bad\">✗ failed</span> <span class=\"key warn\">⚡ interrupted (crash)</span> <span class=\"key skip\">» skipped</span> <span class=\"key wait\">‖ waiting</span> <span class=\"key open\">… running</span> · ↻ resume. Hover a bar for its attempt and duration.</p><div class=\"scroll\">{}</div></section>",
             if d.timeline.waits.is_empty() {
                 ""
             } else {

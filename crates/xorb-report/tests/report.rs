@@ -442,16 +442,18 @@ async fn html_report_escapes_run_text_and_redacts_secrets() {
     record.steps[1].outcome = Some(StepOutcome::succeeded(
         "\"><img src=x onerror=alert(2)> password=hunter2-planted",
     ));
-    let mut gov = xorb_engine::approvals::GovernanceRecord::default();
-    gov.gate = Some(xorb_engine::approvals::GateRecord {
-        severity: Some("P1".into()),
-        initiator: "<b onclick=x>eve</b>".into(),
-        release_repo: None,
-        push_remote: None,
-        created_at: record.created_at,
-        opened_at: Some(record.created_at),
-        opened_by: Some("mallory'><svg onload=alert(3)>".into()),
-    });
+    let mut gov = xorb_engine::approvals::GovernanceRecord {
+        gate: Some(xorb_engine::approvals::GateRecord {
+            severity: Some("P1".into()),
+            initiator: "<b onclick=x>eve</b>".into(),
+            release_repo: None,
+            push_remote: None,
+            created_at: record.created_at,
+            opened_at: Some(record.created_at),
+            opened_by: Some("mallory'><svg onload=alert(3)>".into()),
+        }),
+        ..Default::default()
+    };
     gov.approvals.push(xorb_engine::approvals::ApprovalRecord {
         name: "<i>mallory</i>".into(),
         role: "incident-commander".into(),

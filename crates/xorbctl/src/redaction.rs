@@ -103,14 +103,15 @@ fn build(state_dir: &Path, releases_root: Option<&Path>, webhooks: &[String]) ->
     if let Ok(entries) = std::fs::read_dir(state_dir.join("audit")) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".pem") && !name.contains(".pub") {
-                if let Ok(text) = std::fs::read_to_string(e.path()) {
-                    values.extend(
-                        text.lines()
-                            .filter(|l| !l.starts_with("-----"))
-                            .map(str::to_string),
-                    );
-                }
+            if name.ends_with(".pem")
+                && !name.contains(".pub")
+                && let Ok(text) = std::fs::read_to_string(e.path())
+            {
+                values.extend(
+                    text.lines()
+                        .filter(|l| !l.starts_with("-----"))
+                        .map(str::to_string),
+                );
             }
         }
     }

@@ -83,10 +83,7 @@ pub async fn migrate<T: Target>(
             }
         });
         parts.extend(futures::future::try_join_all(exports).await?);
-        parts.push(format!(
-            "exported in {} ms",
-            started.elapsed().as_millis()
-        ));
+        parts.push(format!("exported in {} ms", started.elapsed().as_millis()));
         parts.push(flush_exports(ctx.run_dir).await?);
     }
     let rel = scripts_release(r, ctx, m.direction)?;

@@ -29,8 +29,8 @@ fn render_status(st: &target::StackStatus) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<14} {:<34} {:<18} {:<7} {}",
-        "SERVICE", "IMAGE", "REPORTS", "PORT", "HEALTH"
+        "{:<14} {:<34} {:<18} {:<7} HEALTH",
+        "SERVICE", "IMAGE", "REPORTS", "PORT"
     );
     for svc in &st.services {
         let health = if !svc.running {

@@ -90,6 +90,10 @@ impl Stack {
         stack
     }
 
+    #[expect(
+        clippy::zombie_processes,
+        reason = "the watchdog outlives this process by design: it acts once the tests are gone"
+    )]
     fn arm_watchdog(&self) {
         use std::os::unix::process::CommandExt;
         let script = format!(

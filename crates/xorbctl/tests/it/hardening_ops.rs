@@ -333,7 +333,7 @@ fn a_run_waiting_at_its_gate_cannot_be_sidestepped_by_a_weaker_gate_until_it_is_
     }
     assert_eq!(
         run_ids(&st),
-        [waiting.clone()],
+        std::slice::from_ref(&waiting),
         "the refusals journaled nothing"
     );
     assert_eq!(service_pid(&st, "api"), api_before, "nothing acted");

@@ -160,7 +160,7 @@ async fn check_report(
         .collect();
     assert_eq!(
         requests,
-        [url.clone()],
+        std::slice::from_ref(&url),
         "the page requested more than its own file"
     );
     assert_eq!(
