@@ -563,18 +563,7 @@ async fn prometheus_or_alertmanager_killed_or_stalled_inside_the_monitoring_step
             _ => assert_eq!(proc_state(pid), Some('T'), "{} stays stopped", c.server),
         }
         heal(&st, c, None);
-        let out = finish(
-            {
-                let mut cmd = st.cmd();
-                cmd.args(["resume", "latest"])
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .process_group(0);
-                cmd.spawn().unwrap()
-            },
-            STOPS_WITHIN,
-        )
-        .await;
+        let out = resume(&st).await;
         assert!(
             out.status.success(),
             "{} {:?}: the resume after healing: {}",
@@ -767,6 +756,25 @@ impl Drop for OwnStateFs {
     }
 }
 
+/// `resume latest`, bounded like every command of these tests (a hang is killed and fails the test).
+async fn resume(st: &Stack) -> Output {
+    let mut cmd = st.cmd();
+    cmd.args(["resume", "latest"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    finish(cmd.spawn().unwrap(), STOPS_WITHIN).await
+}
+
+/// `resume latest` ends the run as an uninterrupted one, finding `step_id`'s change made (its probe).
+async fn resume_to_the_end(st: &Stack, step_id: &str) -> Value {
+    let out = resume(st).await;
+    assert!(out.status.success(), "the resume: {}", text(&out));
+    let (run, _) = assert_as_uninterrupted(st).await;
+    assert_eq!(run_step(&run, step_id)["state"], "already_done", "{run:#}");
+    run
+}
+
 fn audit_verify(st: &Stack) -> String {
     let out = st.xorbctl(&["audit", "verify"]);
     let o = text(&out);
@@ -871,21 +879,7 @@ async fn xorbctl_s_state_turning_read_only_mid_run_stops_it_cleanly_and_resume_a
     assert!(torn.is_empty(), "{torn:?}");
 
     // The resume finds the step's change made (its probe), records it done, and ends as an uninterrupted run.
-    let out = finish(
-        {
-            let mut cmd = st.cmd();
-            cmd.args(["resume", "latest"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .process_group(0);
-            cmd.spawn().unwrap()
-        },
-        STOPS_WITHIN,
-    )
-    .await;
-    assert!(out.status.success(), "the resume: {}", text(&out));
-    let (run, _) = assert_as_uninterrupted(&st).await;
-    assert_eq!(run_step(&run, step_id)["state"], "already_done", "{run:#}");
+    resume_to_the_end(&st, step_id).await;
     let after = audit_verify(&st);
     assert!(!after.contains("torn"), "{after}");
 
@@ -948,21 +942,7 @@ async fn a_power_loss_right_after_a_destructive_downgrade_keeps_what_it_preserve
         }
     }
 
-    let out = finish(
-        {
-            let mut cmd = st.cmd();
-            cmd.args(["resume", "latest"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .process_group(0);
-            cmd.spawn().unwrap()
-        },
-        STOPS_WITHIN,
-    )
-    .await;
-    assert!(out.status.success(), "the resume: {}", text(&out));
-    let (run, _) = assert_as_uninterrupted(&st).await;
-    assert_eq!(run_step(&run, step_id)["state"], "already_done", "{run:#}");
+    resume_to_the_end(&st, step_id).await;
     audit_verify(&st);
     st.xorbctl(&["stack", "down"]);
     drop(fs);
